@@ -1,0 +1,138 @@
+//! The wire protocol between the `provium` host and `provium-agent`.
+//!
+//! One byte stream (a virtio-serial port) carries everything, so every
+//! [`frame::Frame`] names a *channel*. A request opens a channel, may carry
+//! or receive bulk `Data` frames, and is closed by the agent's single
+//! `Reply`. Many channels are in flight at once; streams are channels whose
+//! `Data` is paced by host `Credit`.
+//!
+//! ```text
+//!  host                                                agent
+//!   | Hello{version}                  (channel 0)        |
+//!   |--------------------------------------------------->|
+//!   |                 HelloOk{version, kernel, uptime}   |
+//!   |<---------------------------------------------------|
+//!   | Request(1, Exec)  Request(2, Stat)                 |  concurrent
+//!   |--------------------------------------------------->|
+//!   |           Reply(2, Stat)   Reply(1, Exec)          |  any order
+//!   |<---------------------------------------------------|
+//! ```
+//!
+//! Message bodies are MessagePack with named fields ([`encode_msg`]);
+//! `Data` bodies are raw bytes. [`PROTOCOL_VERSION`] pins all of it, and the
+//! tests below pin exact bytes so that a silent change fails.
+
+pub mod frame;
+mod hello;
+mod ops;
+
+pub use frame::{Decoder, Frame, FrameError, FrameKind};
+pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
+pub use ops::{
+    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, Reply, Request,
+    Response, MAX_CAPTURE,
+};
+
+/// A message body that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {what}: {source}")]
+pub struct DecodeError {
+    pub what: &'static str,
+    #[source]
+    pub source: rmp_serde::decode::Error,
+}
+
+/// Encodes a message body (MessagePack, fields by name).
+pub fn encode_msg<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(msg).expect("protocol messages always serialize")
+}
+
+/// Decodes a message body; `what` names the message in the error.
+pub fn decode_msg<T: serde::de::DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(body).map_err(|source| DecodeError { what, source })
+}
+
+#[cfg(test)]
+mod pin_tests {
+    //! Exact-bytes pins: if one of these fails, the wire format changed.
+    //! Bump [`PROTOCOL_VERSION`] and update the expected bytes together.
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn version_is_pinned() {
+        assert_eq!(PROTOCOL_VERSION, 1);
+    }
+
+    #[test]
+    fn hello_bytes() {
+        let b = encode_msg(&Hello { protocol_version: 1 });
+        assert_eq!(hex(&b), "81b070726f746f636f6c5f76657273696f6e01");
+    }
+
+    #[test]
+    fn exec_request_bytes() {
+        let req = Request::Exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            timeout_ms: Some(5),
+            ..Default::default()
+        });
+        let b = encode_msg(&req);
+        assert_eq!(
+            hex(&b),
+            "82a26f70a465786563a46172677386a461726776\
+             93a27368a22d63a474727565a3656e7680a9656e765f636c656172c2a3637764c0a5737464696ec400\
+             aa74696d656f75745f6d7305"
+        );
+        assert_eq!(decode_msg::<Request>("request", &b).unwrap(), req);
+    }
+
+    #[test]
+    fn reply_bytes() {
+        let ok: Reply = Ok(Response::Exec(ExecOutput {
+            status: ExitStatus::Exited(0),
+            stdout: b"Linux\n".to_vec(),
+            stderr: vec![],
+            truncated: false,
+        }));
+        assert_eq!(
+            hex(&encode_msg(&ok)),
+            "81a24f6b82a46b696e64a465786563a576616c756584a673746174757382a46b696e64a6657869746564\
+             a576616c756500a67374646f7574c4064c696e75780aa6737464657272c400a97472756e6361746564c2"
+        );
+        let err: Reply = Err(OpError { kind: OpErrorKind::Os, errno: Some(2), message: "no such file".into() });
+        assert_eq!(
+            hex(&encode_msg(&err)),
+            "81a3457272\
+             83a46b696e64a26f73a56572726e6f02a76d657373616765ac6e6f20737563682066696c65"
+        );
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let reqs = vec![
+            Request::Ping,
+            Request::Exec(ExecRequest::default()),
+            Request::ReadFile { path: "/a".into() },
+            Request::WriteFile { path: "/a".into(), perm: 0o644, append: true },
+            Request::Stat { path: "/".into(), follow_symlinks: false },
+            Request::ListDir { path: "/".into() },
+            Request::Mkdir { path: "/x/y".into(), parents: true, perm: 0o755 },
+            Request::Unlink { path: "/x".into() },
+            Request::Rename { from: "/a".into(), to: "/b".into() },
+        ];
+        for r in reqs {
+            let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_not_a_panic() {
+        assert!(decode_msg::<Request>("request", &[0xc1, 0xff, 0x00]).is_err());
+        assert!(decode_msg::<Reply>("reply", &[]).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! Requests the host makes and the replies the agent gives.
+//!
+//! A request opens a channel; the agent answers with exactly one [`Reply`]
+//! on it. Bulk bytes never ride inside these messages when they can be large:
+//!
+//! ```text
+//! host                                   agent
+//!  | Request(ch=5, ReadFile)               |
+//!  |-------------------------------------->|
+//!  |                  Data(ch=5, 256 KiB)  |   zero or more
+//!  |<--------------------------------------|
+//!  |                  Reply(ch=5, Ok(Done))|   channel 5 closed
+//!  |<--------------------------------------|
+//!
+//!  | Request(ch=6, WriteFile)              |
+//!  | Data(ch=6) ... DataEnd(ch=6)          |   file contents
+//!  |-------------------------------------->|
+//!  |              Reply(ch=6, Ok(Done))    |
+//!  |<--------------------------------------|
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What to run for [`Request::Exec`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// `argv[0]` is resolved through `PATH` when it has no slash.
+    pub argv: Vec<String>,
+    /// Variables set on top of the agent's environment (or of an empty one
+    /// with `env_clear`).
+    pub env: BTreeMap<String, String>,
+    pub env_clear: bool,
+    pub cwd: Option<String>,
+    #[serde(with = "serde_bytes")]
+    pub stdin: Vec<u8>,
+    /// Kill the whole process group after this long.
+    pub timeout_ms: Option<u64>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum ExitStatus {
+    Exited(i32),
+    Signalled(i32),
+    TimedOut,
+}
+
+/// The result of a command that ran (whatever its exit status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// Set when output beyond [`MAX_CAPTURE`] was discarded.
+    pub truncated: bool,
+}
+
+/// The most output (stdout + stderr) one `Exec` reply carries.
+pub const MAX_CAPTURE: usize = 12 * 1024 * 1024;
+
+/// Type of a directory entry, as `stat` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryType {
+    File,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    BlockDevice,
+    CharDevice,
+    Other,
+}
+
+impl EntryType {
+    /// The snake_case name users see in Lua.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryType::File => "file",
+            EntryType::Directory => "directory",
+            EntryType::Symlink => "symlink",
+            EntryType::Fifo => "fifo",
+            EntryType::Socket => "socket",
+            EntryType::BlockDevice => "block_device",
+            EntryType::CharDevice => "char_device",
+            EntryType::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub size: u64,
+    pub mtime_ns: i64,
+    /// Permission bits (`mode & 0o7777`).
+    pub perm: u32,
+    pub entry_type: EntryType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub entry_type: EntryType,
+}
+
+/// Every operation the host can ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    /// Round-trip check; answered with [`Response::Done`].
+    Ping,
+    /// Run a command to completion. Answered with [`Response::Exec`].
+    Exec(ExecRequest),
+    /// File contents follow as `Data` frames, then [`Response::Done`].
+    ReadFile { path: String },
+    /// The host sends the contents as `Data` frames and a `DataEnd`.
+    /// Replaces the file (or appends); created with `perm` if new.
+    WriteFile { path: String, perm: u32, append: bool },
+    Stat { path: String, follow_symlinks: bool },
+    ListDir { path: String },
+    Mkdir { path: String, parents: bool, perm: u32 },
+    /// Removes a file or an empty directory.
+    Unlink { path: String },
+    Rename { from: String, to: String },
+}
+
+impl Request {
+    /// Short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Exec(_) => "exec",
+            Request::ReadFile { .. } => "read_file",
+            Request::WriteFile { .. } => "write_file",
+            Request::Stat { .. } => "stat",
+            Request::ListDir { .. } => "listdir",
+            Request::Mkdir { .. } => "mkdir",
+            Request::Unlink { .. } => "unlink",
+            Request::Rename { .. } => "rename",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Response {
+    Done,
+    Exec(ExecOutput),
+    Stat(Metadata),
+    ListDir(Vec<DirEntry>),
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpError {
+    pub kind: OpErrorKind,
+    /// `errno` for [`OpErrorKind::Os`].
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpErrorKind {
+    /// The guest OS refused (`ENOENT`, `EACCES`, …).
+    Os,
+    /// The request was malformed or not understood.
+    BadRequest,
+    /// The host cancelled the channel.
+    Cancelled,
+    /// The agent itself failed.
+    Internal,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.errno {
+            Some(e) => write!(f, "{} (errno {e})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for OpError {}
+
+/// The body of a `Reply` frame.
+pub type Reply = Result<Response, OpError>;
