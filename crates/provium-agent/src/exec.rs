@@ -1,0 +1,248 @@
+//! Running a command to completion.
+//!
+//! The child leads its own process group; stdin is fed from the request,
+//! stdout and stderr are captured. One `poll` loop watches the pipes and the
+//! child's [`ExitSlot`], so the call returns **when the child exits**, not
+//! when its pipes close: a `server &` left behind keeps the pipes open but
+//! does not hang the command. A timeout, or a cancel from the host, kills
+//! the whole process group.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use provium_protocol::{ExecOutput, ExecRequest, ExitStatus, OpError, OpErrorKind, MAX_CAPTURE};
+
+use crate::reaper;
+
+/// Set when the host cancels the channel; checked between polls.
+pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// Finds `prog` the way a shell would, so that a missing command becomes
+/// exit status 127 (like `sh`) instead of an error.
+fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if prog.contains('/') {
+        return match executable(Path::new(prog)) {
+            Ok(true) => Ok(prog.to_string()),
+            Ok(false) => Err((126, format!("{prog}: permission denied"))),
+            Err(_) => Err((127, format!("{prog}: not found"))),
+        };
+    }
+    let path = env_path.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = Path::new(dir).join(prog);
+        if let Ok(true) = executable(&cand) {
+            return Ok(cand.to_string_lossy().into_owned());
+        }
+    }
+    Err((127, format!("{prog}: command not found")))
+}
+
+fn os_error(what: &str, e: std::io::Error) -> OpError {
+    OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
+}
+
+pub fn run(req: ExecRequest, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
+    let Some(prog) = req.argv.first() else {
+        return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
+    };
+    let env_path = if req.env_clear { Some(req.env.get("PATH").cloned().unwrap_or_default()) } else { req.env.get("PATH").cloned() };
+    let resolved = match resolve(prog, env_path.as_deref()) {
+        Ok(p) => p,
+        Err((code, msg)) => {
+            return Ok(ExecOutput {
+                status: ExitStatus::Exited(code),
+                stdout: Vec::new(),
+                stderr: format!("provium-agent: {msg}\n").into_bytes(),
+                truncated: false,
+            })
+        }
+    };
+    let mut cmd = Command::new(&resolved);
+    cmd.arg0(prog).args(&req.argv[1..]).process_group(0);
+    if req.env_clear {
+        cmd.env_clear();
+    }
+    cmd.envs(&req.env);
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.stdin(if req.stdin.is_empty() { Stdio::null() } else { Stdio::piped() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+
+    let mut reg = reaper::lock();
+    let mut child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
+    let pid = child.id() as i32;
+    let slot = reg.insert(pid);
+    drop(reg);
+
+    let deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut io = ChildIo::new(child.stdin.take(), child.stdout.take().unwrap(), child.stderr.take().unwrap(), req.stdin);
+    let mut killed_for_timeout = false;
+    loop {
+        if let Some(status) = slot.status() {
+            io.drain_after_exit();
+            let status = if killed_for_timeout { ExitStatus::TimedOut } else { decode_status(status) };
+            return Ok(io.into_output(status));
+        }
+        let now = Instant::now();
+        let mut wait_ms = 100i32;
+        if let Some(d) = deadline {
+            if now >= d && !killed_for_timeout {
+                kill_group(pid);
+                killed_for_timeout = true;
+            }
+            wait_ms = wait_ms.min(d.saturating_duration_since(now).as_millis() as i32 + 1);
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) && !killed_for_timeout {
+            kill_group(pid);
+        }
+        io.poll_once(slot.fd(), wait_ms);
+    }
+}
+
+fn kill_group(pid: i32) {
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+}
+
+fn decode_status(raw: i32) -> ExitStatus {
+    if libc::WIFEXITED(raw) {
+        ExitStatus::Exited(libc::WEXITSTATUS(raw))
+    } else if libc::WIFSIGNALED(raw) {
+        ExitStatus::Signalled(libc::WTERMSIG(raw))
+    } else {
+        ExitStatus::Exited(-1)
+    }
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// The child's three pipes and what has moved through them.
+struct ChildIo {
+    stdin: Option<ChildStdin>,
+    stdin_data: Vec<u8>,
+    stdin_pos: usize,
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+    truncated: bool,
+}
+
+impl ChildIo {
+    fn new(stdin: Option<ChildStdin>, stdout: ChildStdout, stderr: ChildStderr, stdin_data: Vec<u8>) -> ChildIo {
+        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()].into_iter().chain(stdin.as_ref().map(|s| s.as_raw_fd())) {
+            set_nonblocking(fd);
+        }
+        ChildIo {
+            stdin,
+            stdin_data,
+            stdin_pos: 0,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            out: Vec::new(),
+            err: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn poll_once(&mut self, exit_fd: i32, timeout_ms: i32) {
+        let mut fds = vec![libc::pollfd { fd: exit_fd, events: libc::POLLIN, revents: 0 }];
+        let ids: Vec<u8> = [
+            self.stdout.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 1u8)),
+            self.stderr.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 2u8)),
+            self.stdin.as_ref().map(|s| (s.as_raw_fd(), libc::POLLOUT, 0u8)),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|(fd, events, id)| {
+            fds.push(libc::pollfd { fd, events, revents: 0 });
+            id
+        })
+        .collect();
+        // SAFETY: fds is a valid array of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n <= 0 {
+            return;
+        }
+        for (pfd, id) in fds[1..].iter().zip(ids) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match id {
+                0 => self.feed_stdin(),
+                1 => self.read_pipe(true),
+                _ => self.read_pipe(false),
+            }
+        }
+    }
+
+    fn feed_stdin(&mut self) {
+        let Some(stdin) = self.stdin.as_mut() else { return };
+        match stdin.write(&self.stdin_data[self.stdin_pos..]) {
+            Ok(n) => self.stdin_pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+            Err(_) => self.stdin_pos = self.stdin_data.len(),
+        }
+        if self.stdin_pos >= self.stdin_data.len() {
+            self.stdin = None; // closes the pipe: the child sees EOF
+        }
+    }
+
+    /// Reads what is available; closes the pipe at EOF.
+    fn read_pipe(&mut self, is_stdout: bool) {
+        let mut buf = [0u8; 64 * 1024];
+        // Bounded, so a grandchild writing without pause cannot keep us here.
+        for _ in 0..256 {
+            let pipe: &mut dyn Read = match (is_stdout, self.stdout.as_mut(), self.stderr.as_mut()) {
+                (true, Some(p), _) => p,
+                (false, _, Some(p)) => p,
+                _ => return,
+            };
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    if is_stdout {
+                        self.stdout = None;
+                    } else {
+                        self.stderr = None;
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    let room = MAX_CAPTURE.saturating_sub(self.out.len() + self.err.len());
+                    let keep = n.min(room);
+                    if keep < n {
+                        self.truncated = true;
+                    }
+                    let dst = if is_stdout { &mut self.out } else { &mut self.err };
+                    dst.extend_from_slice(&buf[..keep]);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return, // WouldBlock: nothing more for now
+            }
+        }
+    }
+
+    /// The child has exited: take what its pipes already hold, then stop
+    /// (a background grandchild may keep them open forever).
+    fn drain_after_exit(&mut self) {
+        self.read_pipe(true);
+        self.read_pipe(false);
+    }
+
+    fn into_output(self, status: ExitStatus) -> ExecOutput {
+        ExecOutput { status, stdout: self.out, stderr: self.err, truncated: self.truncated }
+    }
+}

@@ -1,0 +1,14 @@
+//! Diagnostics to the kernel log (`/dev/kmsg`), which lands on the guest
+//! console that provium captures. Never used for protocol traffic.
+
+use std::io::Write;
+
+pub fn warn(msg: &str) {
+    let line = format!("<4>provium-agent: {msg}\n");
+    match std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(_) => eprint!("provium-agent: {msg}\n"),
+    }
+}

@@ -1,0 +1,42 @@
+//! `provium-agent`: the small static program provium injects into every guest.
+//!
+//! It starts as the kernel's `rdinit`. As PID 1 with an image `/init`, it
+//! forks: the parent `exec`s `/init` (which keeps PID 1) and the child serves.
+//! Without an `/init` it is the init itself: it mounts the basic filesystems,
+//! reaps orphans and never exits. Either way it then loads the kernel modules
+//! it needs, opens the virtio-serial port named [`PORT_NAME`] and serves the
+//! host's requests over it ([`session`]).
+//!
+//! ```text
+//! main ─ init (shim or standalone) ─ kmod (finit_module) ─ port (open)
+//!      └ session: reader thread ─┬─ handler thread per request ─ exec / fsops
+//!                                └─ reaper thread (all child exits)
+//! ```
+
+mod exec;
+mod fsops;
+mod init;
+mod kmod;
+mod log;
+mod port;
+mod reaper;
+mod session;
+
+/// The name of the virtio-serial port the host listens on.
+pub const PORT_NAME: &str = "provium.agent";
+
+fn main() {
+    let start_uptime_ms = init::boottime_ms();
+    let mode = init::become_init();
+    kmod::load_wanted();
+    init::bring_up_loopback();
+    reaper::start();
+    let info = session::AgentInfo { start_uptime_ms, standalone: mode == init::Mode::Standalone };
+    loop {
+        match port::open(PORT_NAME) {
+            Ok(port) => session::serve(port, &info),
+            Err(e) => log::warn(&format!("cannot open port `{PORT_NAME}`: {e}; retrying")),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,106 @@
+//! The one place that reaps child processes.
+//!
+//! As a standalone init the agent inherits every orphan, so it must reap
+//! with `waitid(P_ALL)`; that would steal exit statuses from anyone waiting
+//! on a specific child. So all waiting goes through here: a spawner holds
+//! the registry lock across `spawn` + [`Registry::insert`], and the reaper
+//! thread delivers each status to the registered [`ExitSlot`]. Orphans'
+//! statuses are dropped.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+
+/// Where the reaper puts one child's wait status and how it wakes the waiter.
+pub struct ExitSlot {
+    status: Mutex<Option<i32>>,
+    event: OwnedFd,
+}
+
+impl ExitSlot {
+    fn new() -> Arc<ExitSlot> {
+        // SAFETY: eventfd returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is a fresh, owned descriptor.
+        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        Arc::new(ExitSlot { status: Mutex::new(None), event })
+    }
+
+    /// Readable (for `poll`) once the child has exited.
+    pub fn fd(&self) -> i32 {
+        self.event.as_raw_fd()
+    }
+
+    /// The raw wait status, once the child has exited.
+    pub fn status(&self) -> Option<i32> {
+        *self.status.lock().unwrap()
+    }
+
+    fn deliver(&self, status: i32) {
+        *self.status.lock().unwrap() = Some(status);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to an eventfd.
+        unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    waiting: HashMap<i32, Arc<ExitSlot>>,
+    spawned: u64,
+}
+
+impl Registry {
+    /// Registers a just-spawned child; call with the lock held since before
+    /// the spawn.
+    pub fn insert(&mut self, pid: i32) -> Arc<ExitSlot> {
+        let slot = ExitSlot::new();
+        self.waiting.insert(pid, slot.clone());
+        self.spawned += 1;
+        SPAWNED.notify_all();
+        slot
+    }
+}
+
+static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+static SPAWNED: Condvar = Condvar::new();
+
+fn registry() -> &'static Mutex<Registry> {
+    REGISTRY.get_or_init(|| Mutex::new(Registry::default()))
+}
+
+/// Takes the registry lock; hold it across `spawn` and `insert`.
+pub fn lock() -> MutexGuard<'static, Registry> {
+    registry().lock().unwrap()
+}
+
+pub fn start() {
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(reap_forever)
+        .expect("spawn reaper thread");
+}
+
+fn reap_forever() {
+    loop {
+        let seen = lock().spawned;
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            if let Some(slot) = lock().waiting.remove(&pid) {
+                slot.deliver(status);
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ECHILD) {
+            // No children: sleep until a spawn happens after `seen`.
+            let reg = lock();
+            let _unused = SPAWNED
+                .wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| r.spawned == seen)
+                .unwrap();
+        }
+    }
+}

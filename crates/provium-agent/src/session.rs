@@ -1,0 +1,208 @@
+//! Serving the host over the port: the reader loop, channel routing, and the
+//! shared writer.
+//!
+//! The reader thread decodes frames. A `Hello` starts a new session: it bumps
+//! the *generation*, which silences every handler of the old session (their
+//! late replies are dropped, so reused channel ids cannot get stale answers).
+//! A `Request` spawns a handler thread with an inbox for the channel's
+//! `Data`/`DataEnd`/`Cancel` frames. When the host disconnects the port reads
+//! EOF; the agent drops its partial frame, cancels the channels and waits for
+//! the host to come back.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender as MpscSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use provium_protocol::frame::{self, Decoder, FrameKind};
+use provium_protocol::{
+    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response,
+    PROTOCOL_VERSION,
+};
+
+use crate::{exec, fsops, log};
+
+pub struct AgentInfo {
+    pub start_uptime_ms: u64,
+    pub standalone: bool,
+}
+
+/// What the reader routes to a channel's handler.
+pub enum Inbound {
+    Data(Vec<u8>),
+    DataEnd,
+    Cancel,
+}
+
+/// The port's write side, shared by all handlers.
+struct Writer {
+    port: Mutex<File>,
+    generation: AtomicU64,
+}
+
+impl Writer {
+    fn send(&self, generation: u64, channel: u32, kind: FrameKind, body: &[u8]) {
+        let mut port = self.port.lock().unwrap();
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return; // the session this frame belongs to is gone
+        }
+        // A write error means the host went away; the reader notices.
+        let _ = port.write_all(&frame::encode(channel, kind, body));
+    }
+}
+
+/// A handler's way to answer on its channel.
+pub struct Sender {
+    writer: Arc<Writer>,
+    generation: u64,
+    channel: u32,
+}
+
+impl Sender {
+    pub fn data(&self, bytes: &[u8]) {
+        for chunk in bytes.chunks(frame::CHUNK) {
+            self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
+        }
+    }
+
+    fn reply(&self, reply: &Reply) {
+        self.writer.send(self.generation, self.channel, FrameKind::Reply, &encode_msg(reply));
+    }
+}
+
+struct Channel {
+    inbox: MpscSender<Inbound>,
+    cancel: exec::CancelFlag,
+}
+
+type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
+
+pub fn serve(mut port: File, info: &AgentInfo) {
+    let writer = Arc::new(Writer {
+        port: Mutex::new(port.try_clone().expect("dup port fd")),
+        generation: AtomicU64::new(0),
+    });
+    let channels: Channels = Arc::default();
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match port.read(&mut buf) {
+            Ok(0) => {
+                // Host side closed: forget the partial frame and the channels.
+                decoder.reset();
+                cancel_all(&channels);
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        decoder.feed(&buf[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => dispatch(f, &writer, &channels, info),
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn(&format!("bad frame from host ({e}); waiting for a new Hello"));
+                    decoder.reset();
+                    cancel_all(&channels);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn cancel_all(channels: &Channels) {
+    for (_, ch) in channels.lock().unwrap().drain() {
+        ch.cancel.store(true, Ordering::SeqCst);
+        let _ = ch.inbox.send(Inbound::Cancel);
+    }
+}
+
+fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &AgentInfo) {
+    match f.kind {
+        FrameKind::Hello => hello(&f.body, writer, channels, info),
+        FrameKind::Request => {
+            let generation = writer.generation.load(Ordering::SeqCst);
+            let out = Sender { writer: writer.clone(), generation, channel: f.channel };
+            let req: Request = match decode_msg("request", &f.body) {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = OpError { kind: OpErrorKind::BadRequest, errno: None, message: e.to_string() };
+                    out.reply(&Err(err));
+                    return;
+                }
+            };
+            let (tx, rx) = channel();
+            let cancel: exec::CancelFlag = Arc::new(AtomicBool::new(false));
+            channels.lock().unwrap().insert(f.channel, Channel { inbox: tx, cancel: cancel.clone() });
+            let channels = channels.clone();
+            std::thread::spawn(move || {
+                let name = req.name();
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(req, &out, &rx, &cancel)))
+                    .unwrap_or_else(|_| {
+                        Err(OpError { kind: OpErrorKind::Internal, errno: None, message: format!("{name}: agent handler panicked") })
+                    });
+                channels.lock().unwrap().remove(&out.channel);
+                out.reply(&reply);
+            });
+        }
+        FrameKind::Data | FrameKind::DataEnd | FrameKind::Cancel => {
+            let chans = channels.lock().unwrap();
+            if let Some(ch) = chans.get(&f.channel) {
+                let msg = match f.kind {
+                    FrameKind::Data => Inbound::Data(f.body),
+                    FrameKind::DataEnd => Inbound::DataEnd,
+                    _ => {
+                        ch.cancel.store(true, Ordering::SeqCst);
+                        Inbound::Cancel
+                    }
+                };
+                let _ = ch.inbox.send(msg);
+            }
+        }
+        // Credit is for streams (not served yet); agent-bound kinds only.
+        _ => {}
+    }
+}
+
+fn hello(body: &[u8], writer: &Arc<Writer>, channels: &Channels, info: &AgentInfo) {
+    cancel_all(channels);
+    let generation = writer.generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let host_version = decode_msg::<Hello>("hello", body).map(|h| h.protocol_version).unwrap_or(0);
+    if host_version != PROTOCOL_VERSION {
+        let err = HelloErr { host_version, agent_version: PROTOCOL_VERSION };
+        writer.send(generation, 0, FrameKind::HelloErr, &encode_msg(&err));
+        return;
+    }
+    let ok = HelloOk {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        agent_start_uptime_ms: info.start_uptime_ms,
+        standalone: info.standalone,
+    };
+    writer.send(generation, 0, FrameKind::HelloOk, &encode_msg(&ok));
+}
+
+fn handle(req: Request, out: &Sender, inbox: &Receiver<Inbound>, cancel: &exec::CancelFlag) -> Reply {
+    match req {
+        Request::Ping => Ok(Response::Done),
+        Request::Exec(e) => exec::run(e, cancel).map(Response::Exec),
+        Request::ReadFile { path } => fsops::read_file(&path, out),
+        Request::WriteFile { path, perm, append } => fsops::write_file(&path, perm, append, inbox),
+        Request::Stat { path, follow_symlinks } => fsops::stat(&path, follow_symlinks),
+        Request::ListDir { path } => fsops::listdir(&path),
+        Request::Mkdir { path, parents, perm } => fsops::mkdir(&path, parents, perm),
+        Request::Unlink { path } => fsops::unlink(&path),
+        Request::Rename { from, to } => fsops::rename(&from, &to),
+    }
+}
