@@ -25,7 +25,10 @@ pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
 /// exit status 127 (like `sh`) instead of an error.
 fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = |p: &Path| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if prog.contains('/') {
         return match executable(Path::new(prog)) {
             Ok(true) => Ok(prog.to_string()),
@@ -33,7 +36,10 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
             Err(_) => Err((127, format!("{prog}: not found"))),
         };
     }
-    let path = env_path.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+    let path = env_path
+        .map(str::to_string)
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(prog);
         if let Ok(true) = executable(&cand) {
@@ -44,14 +50,26 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
 }
 
 fn os_error(what: &str, e: std::io::Error) -> OpError {
-    OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
+    OpError {
+        kind: OpErrorKind::Os,
+        errno: e.raw_os_error(),
+        message: format!("{what}: {e}"),
+    }
 }
 
 pub fn run(req: ExecRequest, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
     let Some(prog) = req.argv.first() else {
-        return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
+        return Err(OpError {
+            kind: OpErrorKind::BadRequest,
+            errno: None,
+            message: "exec: empty argv".into(),
+        });
     };
-    let env_path = if req.env_clear { Some(req.env.get("PATH").cloned().unwrap_or_default()) } else { req.env.get("PATH").cloned() };
+    let env_path = if req.env_clear {
+        Some(req.env.get("PATH").cloned().unwrap_or_default())
+    } else {
+        req.env.get("PATH").cloned()
+    };
     let resolved = match resolve(prog, env_path.as_deref()) {
         Ok(p) => p,
         Err((code, msg)) => {
@@ -72,22 +90,39 @@ pub fn run(req: ExecRequest, cancel: &CancelFlag) -> Result<ExecOutput, OpError>
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(if req.stdin.is_empty() { Stdio::null() } else { Stdio::piped() });
+    cmd.stdin(if req.stdin.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
 
     let mut reg = reaper::lock();
-    let mut child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
     let pid = child.id() as i32;
     let slot = reg.insert(pid);
     drop(reg);
 
-    let deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-    let mut io = ChildIo::new(child.stdin.take(), child.stdout.take().unwrap(), child.stderr.take().unwrap(), req.stdin);
+    let deadline = req
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut io = ChildIo::new(
+        child.stdin.take(),
+        child.stdout.take().unwrap(),
+        child.stderr.take().unwrap(),
+        req.stdin,
+    );
     let mut killed_for_timeout = false;
     loop {
         if let Some(status) = slot.status() {
             io.drain_after_exit();
-            let status = if killed_for_timeout { ExitStatus::TimedOut } else { decode_status(status) };
+            let status = if killed_for_timeout {
+                ExitStatus::TimedOut
+            } else {
+                decode_status(status)
+            };
             return Ok(io.into_output(status));
         }
         let now = Instant::now();
@@ -142,8 +177,16 @@ struct ChildIo {
 }
 
 impl ChildIo {
-    fn new(stdin: Option<ChildStdin>, stdout: ChildStdout, stderr: ChildStderr, stdin_data: Vec<u8>) -> ChildIo {
-        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()].into_iter().chain(stdin.as_ref().map(|s| s.as_raw_fd())) {
+    fn new(
+        stdin: Option<ChildStdin>,
+        stdout: ChildStdout,
+        stderr: ChildStderr,
+        stdin_data: Vec<u8>,
+    ) -> ChildIo {
+        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()]
+            .into_iter()
+            .chain(stdin.as_ref().map(|s| s.as_raw_fd()))
+        {
             set_nonblocking(fd);
         }
         ChildIo {
@@ -159,16 +202,30 @@ impl ChildIo {
     }
 
     fn poll_once(&mut self, exit_fd: i32, timeout_ms: i32) {
-        let mut fds = vec![libc::pollfd { fd: exit_fd, events: libc::POLLIN, revents: 0 }];
+        let mut fds = vec![libc::pollfd {
+            fd: exit_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
         let ids: Vec<u8> = [
-            self.stdout.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 1u8)),
-            self.stderr.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 2u8)),
-            self.stdin.as_ref().map(|s| (s.as_raw_fd(), libc::POLLOUT, 0u8)),
+            self.stdout
+                .as_ref()
+                .map(|s| (s.as_raw_fd(), libc::POLLIN, 1u8)),
+            self.stderr
+                .as_ref()
+                .map(|s| (s.as_raw_fd(), libc::POLLIN, 2u8)),
+            self.stdin
+                .as_ref()
+                .map(|s| (s.as_raw_fd(), libc::POLLOUT, 0u8)),
         ]
         .into_iter()
         .flatten()
         .map(|(fd, events, id)| {
-            fds.push(libc::pollfd { fd, events, revents: 0 });
+            fds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
             id
         })
         .collect();
@@ -190,10 +247,14 @@ impl ChildIo {
     }
 
     fn feed_stdin(&mut self) {
-        let Some(stdin) = self.stdin.as_mut() else { return };
+        let Some(stdin) = self.stdin.as_mut() else {
+            return;
+        };
         match stdin.write(&self.stdin_data[self.stdin_pos..]) {
             Ok(n) => self.stdin_pos += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => return,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                return
+            }
             Err(_) => self.stdin_pos = self.stdin_data.len(),
         }
         if self.stdin_pos >= self.stdin_data.len() {
@@ -206,7 +267,8 @@ impl ChildIo {
         let mut buf = [0u8; 64 * 1024];
         // Bounded, so a grandchild writing without pause cannot keep us here.
         for _ in 0..256 {
-            let pipe: &mut dyn Read = match (is_stdout, self.stdout.as_mut(), self.stderr.as_mut()) {
+            let pipe: &mut dyn Read = match (is_stdout, self.stdout.as_mut(), self.stderr.as_mut())
+            {
                 (true, Some(p), _) => p,
                 (false, _, Some(p)) => p,
                 _ => return,
@@ -226,7 +288,11 @@ impl ChildIo {
                     if keep < n {
                         self.truncated = true;
                     }
-                    let dst = if is_stdout { &mut self.out } else { &mut self.err };
+                    let dst = if is_stdout {
+                        &mut self.out
+                    } else {
+                        &mut self.err
+                    };
                     dst.extend_from_slice(&buf[..keep]);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -243,6 +309,11 @@ impl ChildIo {
     }
 
     fn into_output(self, status: ExitStatus) -> ExecOutput {
-        ExecOutput { status, stdout: self.out, stderr: self.err, truncated: self.truncated }
+        ExecOutput {
+            status,
+            stdout: self.out,
+            stderr: self.err,
+            truncated: self.truncated,
+        }
     }
 }

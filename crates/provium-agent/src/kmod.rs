@@ -30,7 +30,9 @@ fn module_name(path: &str) -> String {
 fn parse_dep(text: &str) -> HashMap<String, (String, Vec<String>)> {
     let mut map = HashMap::new();
     for line in text.lines() {
-        let Some((path, deps)) = line.split_once(':') else { continue };
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
         let deps = deps.split_whitespace().map(str::to_string).collect();
         map.insert(module_name(path), (path.trim().to_string(), deps));
     }
@@ -45,7 +47,12 @@ pub fn load_wanted() {
     };
     let deps = parse_dep(&dep_text);
     let wanted: Vec<String> = match std::fs::read_to_string("/etc/provium/modules") {
-        Ok(t) => t.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.replace('-', "_")).collect(),
+        Ok(t) => t
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.replace('-', "_"))
+            .collect(),
         Err(_) => DEFAULT_WANTED.iter().map(|s| s.to_string()).collect(),
     };
     let mut loaded = HashSet::new();
@@ -56,8 +63,15 @@ pub fn load_wanted() {
 
 /// Loads `name` after its dependencies (recursively, whatever order
 /// modules.dep lists them in); each module at most once.
-fn load_with_deps(dir: &str, deps: &HashMap<String, (String, Vec<String>)>, name: &str, loaded: &mut HashSet<String>) {
-    let Some((rel, dep_paths)) = deps.get(name) else { return };
+fn load_with_deps(
+    dir: &str,
+    deps: &HashMap<String, (String, Vec<String>)>,
+    name: &str,
+    loaded: &mut HashSet<String>,
+) {
+    let Some((rel, dep_paths)) = deps.get(name) else {
+        return;
+    };
     if !loaded.insert(name.to_string()) {
         return;
     }
@@ -97,7 +111,10 @@ mod tests {
             "kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko\n\
              kernel/drivers/virtio/virtio.ko:\n",
         );
-        assert_eq!(m["virtio_rng"].1, vec!["kernel/drivers/virtio/virtio.ko".to_string()]);
+        assert_eq!(
+            m["virtio_rng"].1,
+            vec!["kernel/drivers/virtio/virtio.ko".to_string()]
+        );
         assert!(m["virtio"].1.is_empty());
         assert_eq!(module_name("a/b/x.ko.xz"), "x");
     }

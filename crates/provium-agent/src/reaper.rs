@@ -24,7 +24,10 @@ impl ExitSlot {
         assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
         // SAFETY: fd is a fresh, owned descriptor.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
-        Arc::new(ExitSlot { status: Mutex::new(None), event })
+        Arc::new(ExitSlot {
+            status: Mutex::new(None),
+            event,
+        })
     }
 
     /// Readable (for `poll`) once the child has exited.
@@ -99,7 +102,9 @@ fn reap_forever() {
             // No children: sleep until a spawn happens after `seen`.
             let reg = lock();
             let _unused = SPAWNED
-                .wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| r.spawned == seen)
+                .wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| {
+                    r.spawned == seen
+                })
                 .unwrap();
         }
     }

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use provium_protocol::frame::{self, Decoder, FrameKind};
 use provium_protocol::{
-    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response,
-    PROTOCOL_VERSION,
+    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request,
+    Response, PROTOCOL_VERSION,
 };
 
 use crate::{exec, fsops, log};
@@ -64,12 +64,18 @@ pub struct Sender {
 impl Sender {
     pub fn data(&self, bytes: &[u8]) {
         for chunk in bytes.chunks(frame::CHUNK) {
-            self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
+            self.writer
+                .send(self.generation, self.channel, FrameKind::Data, chunk);
         }
     }
 
     fn reply(&self, reply: &Reply) {
-        self.writer.send(self.generation, self.channel, FrameKind::Reply, &encode_msg(reply));
+        self.writer.send(
+            self.generation,
+            self.channel,
+            FrameKind::Reply,
+            &encode_msg(reply),
+        );
     }
 }
 
@@ -110,7 +116,9 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                 Ok(Some(f)) => dispatch(f, &writer, &channels, info),
                 Ok(None) => break,
                 Err(e) => {
-                    log::warn(&format!("bad frame from host ({e}); waiting for a new Hello"));
+                    log::warn(&format!(
+                        "bad frame from host ({e}); waiting for a new Hello"
+                    ));
                     decoder.reset();
                     cancel_all(&channels);
                     break;
@@ -132,25 +140,45 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
         FrameKind::Hello => hello(&f.body, writer, channels, info),
         FrameKind::Request => {
             let generation = writer.generation.load(Ordering::SeqCst);
-            let out = Sender { writer: writer.clone(), generation, channel: f.channel };
+            let out = Sender {
+                writer: writer.clone(),
+                generation,
+                channel: f.channel,
+            };
             let req: Request = match decode_msg("request", &f.body) {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = OpError { kind: OpErrorKind::BadRequest, errno: None, message: e.to_string() };
+                    let err = OpError {
+                        kind: OpErrorKind::BadRequest,
+                        errno: None,
+                        message: e.to_string(),
+                    };
                     out.reply(&Err(err));
                     return;
                 }
             };
             let (tx, rx) = channel();
             let cancel: exec::CancelFlag = Arc::new(AtomicBool::new(false));
-            channels.lock().unwrap().insert(f.channel, Channel { inbox: tx, cancel: cancel.clone() });
+            channels.lock().unwrap().insert(
+                f.channel,
+                Channel {
+                    inbox: tx,
+                    cancel: cancel.clone(),
+                },
+            );
             let channels = channels.clone();
             std::thread::spawn(move || {
                 let name = req.name();
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(req, &out, &rx, &cancel)))
-                    .unwrap_or_else(|_| {
-                        Err(OpError { kind: OpErrorKind::Internal, errno: None, message: format!("{name}: agent handler panicked") })
-                    });
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handle(req, &out, &rx, &cancel)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(OpError {
+                        kind: OpErrorKind::Internal,
+                        errno: None,
+                        message: format!("{name}: agent handler panicked"),
+                    })
+                });
                 channels.lock().unwrap().remove(&out.channel);
                 out.reply(&reply);
             });
@@ -177,31 +205,51 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
 fn hello(body: &[u8], writer: &Arc<Writer>, channels: &Channels, info: &AgentInfo) {
     cancel_all(channels);
     let generation = writer.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    let host_version = decode_msg::<Hello>("hello", body).map(|h| h.protocol_version).unwrap_or(0);
+    let host_version = decode_msg::<Hello>("hello", body)
+        .map(|h| h.protocol_version)
+        .unwrap_or(0);
     if host_version != PROTOCOL_VERSION {
-        let err = HelloErr { host_version, agent_version: PROTOCOL_VERSION };
+        let err = HelloErr {
+            host_version,
+            agent_version: PROTOCOL_VERSION,
+        };
         writer.send(generation, 0, FrameKind::HelloErr, &encode_msg(&err));
         return;
     }
     let ok = HelloOk {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
         agent_start_uptime_ms: info.start_uptime_ms,
         standalone: info.standalone,
     };
     writer.send(generation, 0, FrameKind::HelloOk, &encode_msg(&ok));
 }
 
-fn handle(req: Request, out: &Sender, inbox: &Receiver<Inbound>, cancel: &exec::CancelFlag) -> Reply {
+fn handle(
+    req: Request,
+    out: &Sender,
+    inbox: &Receiver<Inbound>,
+    cancel: &exec::CancelFlag,
+) -> Reply {
     match req {
         Request::Ping => Ok(Response::Done),
         Request::Exec(e) => exec::run(e, cancel).map(Response::Exec),
         Request::ReadFile { path } => fsops::read_file(&path, out),
         Request::WriteFile { path, perm, append } => fsops::write_file(&path, perm, append, inbox),
-        Request::Stat { path, follow_symlinks } => fsops::stat(&path, follow_symlinks),
+        Request::Stat {
+            path,
+            follow_symlinks,
+        } => fsops::stat(&path, follow_symlinks),
         Request::ListDir { path } => fsops::listdir(&path),
-        Request::Mkdir { path, parents, perm } => fsops::mkdir(&path, parents, perm),
+        Request::Mkdir {
+            path,
+            parents,
+            perm,
+        } => fsops::mkdir(&path, parents, perm),
         Request::Unlink { path } => fsops::unlink(&path),
         Request::Rename { from, to } => fsops::rename(&from, &to),
     }

@@ -117,16 +117,36 @@ pub enum Request {
     /// Run a command to completion. Answered with [`Response::Exec`].
     Exec(ExecRequest),
     /// File contents follow as `Data` frames, then [`Response::Done`].
-    ReadFile { path: String },
+    ReadFile {
+        path: String,
+    },
     /// The host sends the contents as `Data` frames and a `DataEnd`.
     /// Replaces the file (or appends); created with `perm` if new.
-    WriteFile { path: String, perm: u32, append: bool },
-    Stat { path: String, follow_symlinks: bool },
-    ListDir { path: String },
-    Mkdir { path: String, parents: bool, perm: u32 },
+    WriteFile {
+        path: String,
+        perm: u32,
+        append: bool,
+    },
+    Stat {
+        path: String,
+        follow_symlinks: bool,
+    },
+    ListDir {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        parents: bool,
+        perm: u32,
+    },
     /// Removes a file or an empty directory.
-    Unlink { path: String },
-    Rename { from: String, to: String },
+    Unlink {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
 }
 
 impl Request {
@@ -180,10 +200,8 @@ pub enum OpErrorKind {
 
 impl std::fmt::Display for OpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.errno {
-            Some(e) => write!(f, "{} (errno {e})", self.message),
-            None => f.write_str(&self.message),
-        }
+        // The message already carries the OS's words for errno.
+        f.write_str(&self.message)
     }
 }
 

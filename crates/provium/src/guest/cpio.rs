@@ -101,12 +101,14 @@ impl CpioWriter {
 
     fn header(&mut self, ino: u32, mode: u32, nlink: u32, size: u32, name: &str) {
         let namesize = u32::try_from(name.len() + 1).expect("cpio name too long");
-        self.out.reserve(HEADER_LEN + name.len() + 4 + size as usize + 4);
+        self.out
+            .reserve(HEADER_LEN + name.len() + 4 + size as usize + 4);
         self.out.extend_from_slice(MAGIC);
         // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize
         // check
         for field in [ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, namesize, 0] {
-            self.out.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.out
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
@@ -124,7 +126,7 @@ fn normalize(path: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -135,21 +137,32 @@ mod tests {
         w.file("/hello", 0o644, b"hi\n");
         let got = w.finish();
 
+        // Fields: ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor
+        // namesize check.
         let mut want = Vec::new();
         want.extend_from_slice(b"070701");
-        want.extend_from_slice(b"00000001000081a4000000000000000000000001");
-        want.extend_from_slice(b"00000000000000030000000000000000");
-        want.extend_from_slice(b"000000000000000000000006");
-        want.extend_from_slice(b"00000000");
-        want.extend_from_slice(b"hello\0"); // 110 + 6 = 116, aligned
-        want.extend_from_slice(b"hi\n\0"); // 3 bytes + 1 pad
+        want.extend_from_slice(
+            concat!("00000001", "000081a4", "00000000", "00000000", "00000001").as_bytes(),
+        );
+        want.extend_from_slice(
+            concat!("00000000", "00000003", "00000000", "00000000", "00000000").as_bytes(),
+        );
+        want.extend_from_slice(concat!("00000000", "00000006", "00000000").as_bytes());
+        want.extend_from_slice(b"hello\0"); // 110 + 6 = 116: aligned
+        want.extend_from_slice(b"hi\n\0"); // 3 data bytes + 1 pad
         want.extend_from_slice(b"070701");
-        want.extend_from_slice(b"00000000000000000000000000000000000000010000000000000000");
-        want.extend_from_slice(b"0000000000000000000000000000000000000000");
-        want.extend_from_slice(b"0000000b00000000");
-        want.extend_from_slice(b"TRAILER!!!\0"); // 110 + 11 = 121 -> pad 3
-        want.extend_from_slice(&[0, 0, 0]);
-        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        want.extend_from_slice(
+            concat!("00000000", "00000000", "00000000", "00000000", "00000001").as_bytes(),
+        );
+        want.extend_from_slice(
+            concat!("00000000", "00000000", "00000000", "00000000", "00000000").as_bytes(),
+        );
+        want.extend_from_slice(concat!("00000000", "0000000b", "00000000").as_bytes());
+        want.extend_from_slice(b"TRAILER!!!\0\0\0\0"); // 110 + 11 = 121 -> 3 pad
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&want)
+        );
         assert_eq!(got.len() % 4, 0);
     }
 
@@ -161,14 +174,18 @@ mod tests {
             .dir("a", 0o700)
             .symlink("a/c/link", "/a/b/one");
         let names = names(&w.finish());
-        assert_eq!(names, ["a", "a/b", "a/b/one", "a/b/two", "a/c", "a/c/link", TRAILER]);
+        assert_eq!(
+            names,
+            ["a", "a/b", "a/b/one", "a/b/two", "a/c", "a/c/link", TRAILER]
+        );
     }
 
     #[test]
     fn output_is_deterministic() {
         let build = || {
             let mut w = CpioWriter::new();
-            w.dir("/etc", 0o755).file("/etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n");
+            w.dir("/etc", 0o755)
+                .file("/etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n");
             w.finish()
         };
         assert_eq!(build(), build());
@@ -197,13 +214,21 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&archive).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let listed: Vec<_> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed: Vec<_> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         assert_eq!(listed, ["sbin", "sbin/provium-agent", "bin", "bin/sh"]);
     }
 
     /// Walks the archive and returns the entry names, checking alignment on the way.
-    fn names(mut buf: &[u8]) -> Vec<String> {
+    pub(in crate::guest) fn names(mut buf: &[u8]) -> Vec<String> {
         let field = |h: &[u8], i: usize| {
             let s = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap();
             usize::from_str_radix(s, 16).unwrap()

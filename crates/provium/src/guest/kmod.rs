@@ -86,8 +86,11 @@ pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>,
 /// The text of `modules.dep` for `modules` (in load order): one line per module, listing all
 /// its transitive dependencies with the one to load first last, as depmod does.
 pub fn modules_dep(modules: &[KernelModule]) -> String {
-    let pos: HashMap<&str, usize> =
-        modules.iter().enumerate().map(|(i, m)| (m.name.as_str(), i)).collect();
+    let pos: HashMap<&str, usize> = modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
     let mut text = String::new();
     for m in modules {
         let mut deps = HashSet::new();
@@ -127,13 +130,19 @@ impl Resolver<'_> {
             return Ok(());
         }
         if !self.visiting.insert(name.to_owned()) {
-            return Err(KmodError::DependencyCycle { name: name.to_owned() });
+            return Err(KmodError::DependencyCycle {
+                name: name.to_owned(),
+            });
         }
-        let rel_path = self.index.get(name).cloned().ok_or_else(|| KmodError::MissingModule {
-            name: name.to_owned(),
-            wanted_by: needed_by.map_or("requested".into(), |n| format!("needed by `{n}`")),
-            dir: self.dir.join("kernel"),
-        })?;
+        let rel_path = self
+            .index
+            .get(name)
+            .cloned()
+            .ok_or_else(|| KmodError::MissingModule {
+                name: name.to_owned(),
+                wanted_by: needed_by.map_or("requested".into(), |n| format!("needed by `{n}`")),
+                dir: self.dir.join("kernel"),
+            })?;
         let path = self.dir.join(&rel_path);
         if !rel_path.ends_with(".ko") {
             return Err(KmodError::CompressedModule { path });
@@ -165,7 +174,10 @@ fn index(dir: &Path) -> Result<BTreeMap<String, String>, KmodError> {
     let mut pending = vec![PathBuf::from("kernel")];
     while let Some(rel) = pending.pop() {
         let abs = dir.join(&rel);
-        let read_err = |source| KmodError::ReadDir { path: abs.clone(), source };
+        let read_err = |source| KmodError::ReadDir {
+            path: abs.clone(),
+            source,
+        };
         let mut entries: Vec<_> = std::fs::read_dir(&abs)
             .map_err(read_err)?
             .collect::<Result<_, _>>()
@@ -202,7 +214,11 @@ fn depends(elf: &[u8]) -> Result<Vec<String>, &'static str> {
         .find_map(|kv| kv.strip_prefix(b"depends="))
         .unwrap_or_default();
     let list = std::str::from_utf8(list).map_err(|_| "depends= is not UTF-8")?;
-    Ok(list.split(',').filter(|s| !s.is_empty()).map(module_name).collect())
+    Ok(list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(module_name)
+        .collect())
 }
 
 /// Finds the contents of the section named `want` in a little-endian ELF64 file.
@@ -214,9 +230,18 @@ fn section<'a>(elf: &'a [u8], want: &[u8]) -> Result<Option<&'a [u8]>, &'static 
     if elf[4] != 2 || elf[5] != 1 {
         return Err("not a little-endian ELF64 file");
     }
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
     let truncated = "truncated ELF header";
     let shoff = u64_at(0x28).ok_or(truncated)?;
     let shentsize = u16_at(0x3a).ok_or(truncated)?;
@@ -233,7 +258,11 @@ fn section<'a>(elf: &'a [u8], want: &[u8]) -> Result<Option<&'a [u8]>, &'static 
         let offset = u64_at(h + 24).ok_or(bad)?;
         let size = u64_at(h + 32).ok_or(bad)?;
         let end = offset.checked_add(size).ok_or(bad)?;
-        Ok((name, elf.get(offset..end).ok_or("section contents out of bounds")?))
+        Ok((
+            name,
+            elf.get(offset..end)
+                .ok_or("section contents out of bounds")?,
+        ))
     };
     let (_, names) = header(shstrndx)?;
     for i in 0..shnum {
@@ -290,15 +319,21 @@ mod tests {
             let info = format!("license=GPL\0depends={deps}\0name={}\0", module_name(rel));
             std::fs::write(path, fake_ko(info.as_bytes())).unwrap();
         }
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/virtio/virtio.ko\n",
+        )
+        .unwrap();
         dir
     }
 
     #[test]
     fn resolves_transitively_in_load_order() {
         let dir = tree(&[
-            ("kernel/drivers/net/virtio_net.ko", "net_failover,virtio_ring"),
+            (
+                "kernel/drivers/net/virtio_net.ko",
+                "net_failover,virtio_ring",
+            ),
             ("kernel/drivers/net/net_failover.ko", "failover"),
             ("kernel/net/core/failover.ko", ""),
             ("kernel/drivers/virtio/virtio_ring.ko", "virtio"),
@@ -306,7 +341,16 @@ mod tests {
         ]);
         let mods = resolve(dir.path(), &["virtio_rng", "virtio_net"]).unwrap();
         let names: Vec<_> = mods.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["virtio_ring", "virtio_rng", "failover", "net_failover", "virtio_net"]);
+        assert_eq!(
+            names,
+            [
+                "virtio_ring",
+                "virtio_rng",
+                "failover",
+                "net_failover",
+                "virtio_net"
+            ]
+        );
         assert_eq!(
             modules_dep(&mods),
             "kernel/drivers/virtio/virtio_ring.ko:\n\
@@ -322,7 +366,10 @@ mod tests {
     fn missing_module_is_named() {
         let dir = tree(&[("kernel/a.ko", "b")]);
         let err = resolve(dir.path(), &["a"]).unwrap_err();
-        assert!(matches!(&err, KmodError::MissingModule { name, .. } if name == "b"), "{err}");
+        assert!(
+            matches!(&err, KmodError::MissingModule { name, .. } if name == "b"),
+            "{err}"
+        );
         assert!(err.to_string().contains("`b` (needed by `a`)"), "{err}");
     }
 
@@ -338,7 +385,10 @@ mod tests {
     #[test]
     fn cycle_is_reported() {
         let dir = tree(&[("kernel/a.ko", "b"), ("kernel/b.ko", "a")]);
-        assert!(matches!(resolve(dir.path(), &["a"]), Err(KmodError::DependencyCycle { .. })));
+        assert!(matches!(
+            resolve(dir.path(), &["a"]),
+            Err(KmodError::DependencyCycle { .. })
+        ));
     }
 
     #[test]
@@ -348,8 +398,14 @@ mod tests {
             eprintln!("note: {REAL} not present; skipping");
             return;
         }
-        let wanted =
-            ["virtio_mmio", "virtio_console", "virtio_rng", "virtio_net", "evdev", "button"];
+        let wanted = [
+            "virtio_mmio",
+            "virtio_console",
+            "virtio_rng",
+            "virtio_net",
+            "evdev",
+            "button",
+        ];
         let mods = resolve(dir, &wanted).unwrap();
         let names: Vec<_> = mods.iter().map(|m| m.name.as_str()).collect();
         for w in wanted {

@@ -106,8 +106,16 @@ fn payload(image: &[u8]) -> Result<&[u8], Fault> {
     if image.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
         return Err(Fault::NotBzImage);
     }
-    let u32_at = |o: usize| image.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u16_at = |o: usize| image.get(o..o + 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
+    let u32_at = |o: usize| {
+        image
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u16_at = |o: usize| {
+        image
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+    };
     let version = u16_at(0x206).unwrap_or(0);
     let setup_sects = match image[0x1f1] {
         0 => 4,
@@ -224,9 +232,14 @@ mod tests {
     #[test]
     fn gzip_payload_is_named_in_the_error() {
         let img = fake_bzimage(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
-        let err = extract_from_bzimage(&img).unwrap_err().at(Path::new("/k/vmlinuz"));
+        let err = extract_from_bzimage(&img)
+            .unwrap_err()
+            .at(Path::new("/k/vmlinuz"));
         let msg = err.to_string();
-        assert!(msg.contains("`/k/vmlinuz`") && msg.contains("gzip"), "{msg}");
+        assert!(
+            msg.contains("`/k/vmlinuz`") && msg.contains("gzip"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -237,7 +250,10 @@ mod tests {
 
     #[test]
     fn not_a_bzimage() {
-        assert!(matches!(extract_from_bzimage(&[0; 2048]), Err(Fault::NotBzImage)));
+        assert!(matches!(
+            extract_from_bzimage(&[0; 2048]),
+            Err(Fault::NotBzImage)
+        ));
     }
 
     #[test]
@@ -254,6 +270,10 @@ mod tests {
             let p = payload(&img).unwrap();
             u32::from_le_bytes(p[p.len() - 4..].try_into().unwrap()) as usize
         };
-        assert_eq!(elf.len(), payload_len, "size trailer must match decoded length");
+        assert_eq!(
+            elf.len(),
+            payload_len,
+            "size trailer must match decoded length"
+        );
     }
 }

@@ -1,0 +1,146 @@
+//! Nothing left behind: scratch directories and child processes are owned by
+//! RAII guards, and this module makes sure they also go away on Ctrl-C,
+//! SIGTERM, or after a crash of an earlier run.
+//!
+//! * Every QEMU child is registered here while it lives; a signal handler
+//!   thread kills the registered children, removes the registered
+//!   directories and exits with 128+signal.
+//! * QEMU also gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with provium even
+//!   on `SIGKILL`; the scratch directories such a crash leaves are swept by
+//!   the next run ([`sweep_stale`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+#[derive(Default)]
+struct Live {
+    pids: HashMap<u64, i32>,
+    dirs: HashMap<u64, PathBuf>,
+}
+
+fn live() -> &'static Mutex<Live> {
+    static LIVE: OnceLock<Mutex<Live>> = OnceLock::new();
+    LIVE.get_or_init(Mutex::default)
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// The root under which every scratch directory of this user lives.
+pub fn scratch_root() -> PathBuf {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("provium-{uid}"))
+}
+
+/// A temporary directory removed on drop (and on Ctrl-C). Its name embeds
+/// our pid so a later run can tell whether its owner is still alive.
+#[derive(Debug)]
+pub struct ScratchDir {
+    id: u64,
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(label: &str) -> std::io::Result<ScratchDir> {
+        let root = scratch_root();
+        std::fs::create_dir_all(&root)?;
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let clean: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(16)
+            .collect();
+        let path = root.join(format!("{}-{id}-{clean}", std::process::id()));
+        std::fs::create_dir(&path)?;
+        live().lock().unwrap().dirs.insert(id, path.clone());
+        Ok(ScratchDir { id, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+        live().lock().unwrap().dirs.remove(&self.id);
+    }
+}
+
+/// Registration of a live child process; unregisters on drop.
+#[derive(Debug)]
+pub struct ChildGuard(u64);
+
+pub fn register_child(pid: i32) -> ChildGuard {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    live().lock().unwrap().pids.insert(id, pid);
+    ChildGuard(id)
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        live().lock().unwrap().pids.remove(&self.0);
+    }
+}
+
+/// Kills every registered child and removes every registered directory.
+pub fn kill_everything() {
+    let l = live().lock().unwrap();
+    for pid in l.pids.values() {
+        // SAFETY: sending SIGKILL to a child we spawned.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    for pid in l.pids.values() {
+        let mut status = 0;
+        // SAFETY: reaping our own child; harmless if already reaped.
+        unsafe { libc::waitpid(*pid, &mut status, 0) };
+    }
+    for dir in l.dirs.values() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Installs the SIGINT/SIGTERM/SIGHUP handler thread (once).
+pub fn install_signal_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    eprintln!(
+                        "\nprovium: interrupted (signal {sig}); stopping VMs and cleaning up"
+                    );
+                    kill_everything();
+                    std::process::exit(128 + sig);
+                }
+            })
+            .expect("spawn signal thread");
+    });
+}
+
+/// Removes scratch directories left by provium processes that no longer run.
+pub fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(scratch_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks for existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! From a profile name to the files QEMU boots: kernel, initramfs (with the
+//! agent injected) and command line.
+//!
+//! The `default` profile is provium's embedded guest ([`crate::guest`]),
+//! prepared once and cached by its inputs. A user profile's initrd gets the
+//! agent overlay appended (cached by the initrd's identity and the agent's
+//! hash). Paths are checked here, at boot, with errors that name the profile
+//! field.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Profile, DEFAULT_PROFILE};
+use crate::guest::{self, GuestError, GuestInputs, PreparedGuest};
+
+/// The embedded static guest agent.
+pub static AGENT: &[u8] = include_bytes!(env!("PROVIUM_AGENT_PATH"));
+
+/// Default time to wait for the agent's handshake after spawning QEMU.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one boot needs.
+#[derive(Debug, Clone)]
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The profile's command line (provium's additions come later).
+    pub cmdline: String,
+    pub inject_agent: bool,
+    pub agent_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("profile `{name}` is not defined ({where_}); available: {available}")]
+    UnknownProfile {
+        name: String,
+        where_: String,
+        available: String,
+    },
+    #[error("profile `{profile}`: `{field}` points to `{path}`, which does not exist")]
+    MissingPath {
+        profile: String,
+        field: &'static str,
+        path: PathBuf,
+    },
+    #[error("profile `{profile}`: cannot read `{path}`")]
+    Read {
+        profile: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the default guest")]
+    DefaultGuest(#[source] GuestError),
+    #[error("cannot write the merged initramfs to `{path}`")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// provium's cache directory: `$PROVIUM_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/provium`, else `~/.cache/provium`.
+pub fn cache_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("PROVIUM_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("provium");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("provium")
+}
+
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo`. Passing it as
+/// `tsc_early_khz` spares the guest a TSC calibration that sometimes hangs
+/// under emulation.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The default guest's kernel command line.
+pub fn default_cmdline() -> String {
+    let mut c = String::from(
+        "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
+    );
+    if let Some(khz) = host_tsc_khz() {
+        c.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    c
+}
+
+/// Resolves profiles to boot images; shared by all test files of a run.
+pub struct Images {
+    config: Arc<Config>,
+    cache: PathBuf,
+    default: Mutex<Option<PreparedGuest>>,
+}
+
+impl Images {
+    pub fn new(config: Arc<Config>) -> Images {
+        Images {
+            config,
+            cache: cache_root(),
+            default: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Prepares (or finds cached) the default guest. Held under a lock so
+    /// concurrent files build it once.
+    pub fn default_guest(&self) -> Result<PreparedGuest, ImageError> {
+        let mut slot = self.default.lock().unwrap();
+        if let Some(g) = slot.as_ref() {
+            return Ok(g.clone());
+        }
+        let inputs = GuestInputs::locate().map_err(ImageError::DefaultGuest)?;
+        let g = guest::prepare(&inputs, AGENT, &self.cache).map_err(ImageError::DefaultGuest)?;
+        *slot = Some(g.clone());
+        Ok(g)
+    }
+
+    pub fn resolve(&self, name: &str) -> Result<BootImage, ImageError> {
+        if let Some(p) = self.config.profiles.get(name) {
+            return self.resolve_profile(p);
+        }
+        if name == DEFAULT_PROFILE {
+            let g = self.default_guest()?;
+            return Ok(BootImage {
+                kernel: g.vmlinux,
+                initrd: g.initrd,
+                cmdline: default_cmdline(),
+                inject_agent: true,
+                agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            });
+        }
+        let where_ = match &self.config.path {
+            Some(p) => format!("no [profiles.{name}] in `{}`", p.display()),
+            None => "there is no provium.toml here".to_string(),
+        };
+        Err(ImageError::UnknownProfile {
+            name: name.to_string(),
+            where_,
+            available: self.config.profile_names().join(", "),
+        })
+    }
+
+    fn resolve_profile(&self, p: &Profile) -> Result<BootImage, ImageError> {
+        let exists = |field: &'static str, path: &Path| {
+            if path.exists() {
+                Ok(())
+            } else {
+                Err(ImageError::MissingPath {
+                    profile: p.name.clone(),
+                    field,
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        exists("kernel", &p.kernel)?;
+        if let Some(i) = &p.initrd {
+            exists("initrd", i)?;
+        }
+        let mut cmdline = String::new();
+        if let Some(f) = &p.cmdline_file {
+            exists("cmdline_file", f)?;
+            let text = std::fs::read_to_string(f).map_err(|source| ImageError::Read {
+                profile: p.name.clone(),
+                path: f.clone(),
+                source,
+            })?;
+            cmdline = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
+        if !p.cmdline.is_empty() {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str(&p.cmdline);
+        }
+        let initrd = match (&p.initrd, p.inject_agent) {
+            (Some(i), false) => i.clone(),
+            (initrd, true) => self.merged_initrd(&p.name, initrd.as_deref())?,
+            (None, false) => {
+                return Err(ImageError::MissingPath {
+                    profile: p.name.clone(),
+                    field: "initrd",
+                    path: PathBuf::new(),
+                })
+            }
+        };
+        Ok(BootImage {
+            kernel: p.kernel.clone(),
+            initrd,
+            cmdline,
+            inject_agent: p.inject_agent,
+            agent_timeout: p
+                .agent_boot_timeout
+                .map(Duration::from_secs_f64)
+                .unwrap_or(DEFAULT_AGENT_TIMEOUT),
+        })
+    }
+
+    /// The user's initrd (zero-padded to 4 bytes) followed by the agent
+    /// overlay, cached by the initrd's path, size, mtime and the agent.
+    fn merged_initrd(&self, profile: &str, initrd: Option<&Path>) -> Result<PathBuf, ImageError> {
+        let mut h = Sha256::new();
+        h.update(b"merged-initrd-v1\0");
+        h.update(Sha256::digest(AGENT));
+        if let Some(i) = initrd {
+            let md = std::fs::metadata(i).map_err(|source| ImageError::Read {
+                profile: profile.to_string(),
+                path: i.to_path_buf(),
+                source,
+            })?;
+            h.update(i.display().to_string().as_bytes());
+            h.update(md.len().to_le_bytes());
+            h.update(format!("{:?}", md.modified().ok()).as_bytes());
+        }
+        let key: String = h
+            .finalize()
+            .iter()
+            .take(10)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = self.cache.join("initrd");
+        let dest = dir.join(format!("{key}.cpio"));
+        if dest.exists() {
+            return Ok(dest);
+        }
+        let cache_err = |source| ImageError::Cache {
+            path: dest.clone(),
+            source,
+        };
+        let mut bytes = match initrd {
+            Some(i) => std::fs::read(i).map_err(|source| ImageError::Read {
+                profile: profile.to_string(),
+                path: i.to_path_buf(),
+                source,
+            })?,
+            None => Vec::new(),
+        };
+        while bytes.len() % 4 != 0 {
+            bytes.push(0);
+        }
+        bytes.extend(guest::overlay_cpio(AGENT));
+        std::fs::create_dir_all(&dir).map_err(cache_err)?;
+        let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(cache_err)?;
+        std::fs::rename(&tmp, &dest).map_err(cache_err)?;
+        Ok(dest)
+    }
+}

@@ -1,0 +1,26 @@
+//! provium: a test harness that boots real Linux guests under QEMU and
+//! drives them from Lua.
+//!
+//! ```text
+//!  cli ─► runner ──(one OS thread + Lua state per *.test.lua)──► lua
+//!           │ events                                             │
+//!           ▼                                                    ▼
+//!        report (human, JSON)                     vm ─► image (profiles, default guest)
+//!                                                  │
+//!                                                  ├─► vmm: QEMU argv, process, QMP, accel
+//!                                                  └─► agent: frames over virtio-serial
+//!                                                            to provium-agent in the guest
+//! ```
+//!
+//! Resources that must not leak (QEMU processes, scratch directories) are
+//! owned by RAII guards registered with [`cleanup`], which also handles
+//! Ctrl-C.
+
+pub mod agent;
+pub mod cleanup;
+pub mod config;
+pub mod guest;
+pub mod image;
+pub mod units;
+pub mod vm;
+pub mod vmm;

@@ -1,0 +1,390 @@
+//! A VM as test authors see it: a name, a profile, a state, and operations
+//! that check the state first.
+//!
+//! ```text
+//! created ──boot()──► booted ──shutdown()──► shutdown
+//!                        │
+//!                        └── QEMU or the agent connection dies ──► dead
+//! ```
+//!
+//! Every wrong-state call fails with the VM's name, its state and what to do.
+//! This type has no Lua in it: the Lua adapter (`lua::vm_ud`) only converts
+//! arguments and results.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, Request};
+
+use crate::agent::{AgentClient, AgentError};
+use crate::image::{ImageError, Images};
+use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    Created,
+    Booted,
+    Shutdown,
+    Dead,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Booted => "booted",
+            VmState::Shutdown => "shutdown",
+            VmState::Dead => "dead",
+        }
+    }
+
+    /// Why an operation cannot run in this state, and what to do instead.
+    fn refusal(self) -> &'static str {
+        match self {
+            VmState::Created => "VM not booted; call vm:boot() first",
+            VmState::Booted => "VM already booted",
+            VmState::Shutdown => "VM is shut down; create a new one",
+            VmState::Dead => "VM died; create a new one (its console tail is in the test report)",
+        }
+    }
+}
+
+/// Options for one boot; per-boot options merge over creation-time ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BootOpts {
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+    pub kernel_cmdline: Option<String>,
+    pub agent_timeout: Option<Duration>,
+}
+
+impl BootOpts {
+    /// `self` with every unset field taken from `base`.
+    pub fn over(&self, base: &BootOpts) -> BootOpts {
+        BootOpts {
+            memory: self.memory.or(base.memory),
+            cpus: self.cpus.or(base.cpus),
+            kernel_cmdline: self
+                .kernel_cmdline
+                .clone()
+                .or_else(|| base.kernel_cmdline.clone()),
+            agent_timeout: self.agent_timeout.or(base.agent_timeout),
+        }
+    }
+}
+
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("vm `{vm}`: {reason} (cannot {action})")]
+    WrongState {
+        vm: String,
+        action: &'static str,
+        reason: &'static str,
+    },
+    #[error("vm `{vm}`: cannot boot")]
+    Image {
+        vm: String,
+        #[source]
+        source: ImageError,
+    },
+    #[error("vm `{vm}`: boot failed")]
+    Launch {
+        vm: String,
+        #[source]
+        source: LaunchError,
+    },
+    #[error("vm `{vm}`: {op} failed")]
+    Agent {
+        vm: String,
+        op: &'static str,
+        #[source]
+        source: AgentError,
+    },
+    #[error("vm `{vm}`: {op}: {message}")]
+    Os {
+        vm: String,
+        op: &'static str,
+        message: String,
+        errno: Option<i32>,
+    },
+    #[error("vm `{vm}` died during {op}: {why}{console}")]
+    Died {
+        vm: String,
+        op: &'static str,
+        why: String,
+        console: String,
+    },
+}
+
+/// A handle the watchdog can use to kill a VM's QEMU without taking the
+/// VM's lock (which a blocked operation may hold).
+#[derive(Debug, Clone, Default)]
+pub struct KillSwitch(Arc<AtomicU32>);
+
+impl KillSwitch {
+    fn arm(&self, pid: u32) {
+        self.0.store(pid, Ordering::SeqCst);
+    }
+
+    fn disarm(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+
+    /// SIGKILLs the QEMU process, if one runs.
+    pub fn kill(&self) {
+        let pid = self.0.load(Ordering::SeqCst);
+        if pid != 0 {
+            // SAFETY: signalling a QEMU child of this process.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+pub struct Vm {
+    name: String,
+    profile: String,
+    state: VmState,
+    create_opts: BootOpts,
+    images: Arc<Images>,
+    accel: Accel,
+    instance: Option<Instance>,
+    /// Console tail kept after the VM stops, for failure reports.
+    last_console: String,
+    kill_switch: KillSwitch,
+    /// Kernel's own boot time (guest uptime when the agent started) and
+    /// spawn → handshake, for the last boot.
+    pub last_boot: Option<(Duration, Duration)>,
+}
+
+impl Vm {
+    pub fn new(name: &str, profile: &str, opts: BootOpts, images: Arc<Images>, accel: Accel) -> Vm {
+        Vm {
+            name: name.to_string(),
+            profile: profile.to_string(),
+            state: VmState::Created,
+            create_opts: opts,
+            images,
+            accel,
+            instance: None,
+            last_console: String::new(),
+            kill_switch: KillSwitch::default(),
+            last_boot: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn profile(&self) -> &str {
+        &self.profile
+    }
+
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    pub fn kill_switch(&self) -> KillSwitch {
+        self.kill_switch.clone()
+    }
+
+    fn wrong_state(&self, action: &'static str) -> VmError {
+        VmError::WrongState {
+            vm: self.name.clone(),
+            action,
+            reason: self.state.refusal(),
+        }
+    }
+
+    pub fn boot(&mut self, opts: &BootOpts) -> Result<(), VmError> {
+        if self.state != VmState::Created {
+            return Err(self.wrong_state("boot"));
+        }
+        let opts = opts.over(&self.create_opts);
+        let image = self
+            .images
+            .resolve(&self.profile)
+            .map_err(|source| VmError::Image {
+                vm: self.name.clone(),
+                source,
+            })?;
+        let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
+        let spec = LaunchSpec {
+            accel: self.accel,
+            memory_mib: opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20),
+            cpus: opts.cpus.unwrap_or(1),
+            kernel: image.kernel,
+            initrd: image.initrd,
+            cmdline: argv::kernel_cmdline(&base, image.inject_agent, &[]),
+            scratch: Default::default(),
+        };
+        let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
+        let inst =
+            Instance::launch(&self.name, spec, timeout).map_err(|source| VmError::Launch {
+                vm: self.name.clone(),
+                source,
+            })?;
+        self.kill_switch.arm(inst.qemu.pid());
+        self.last_boot = Some((
+            Duration::from_millis(inst.hello.agent_start_uptime_ms),
+            inst.boot_time,
+        ));
+        self.instance = Some(inst);
+        self.state = VmState::Booted;
+        Ok(())
+    }
+
+    /// Stops QEMU (from any state); idempotent.
+    pub fn shutdown(&mut self) {
+        if let Some(inst) = self.instance.take() {
+            self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
+            inst.stop();
+        }
+        self.kill_switch.disarm();
+        if self.state != VmState::Dead {
+            self.state = VmState::Shutdown;
+        }
+    }
+
+    /// The last lines of the console (live, or as it was at shutdown).
+    pub fn console_tail(&self, max_bytes: usize) -> String {
+        match &self.instance {
+            Some(i) => i.console_tail(max_bytes),
+            None => {
+                let s = &self.last_console;
+                s[s.len().saturating_sub(max_bytes)..].to_string()
+            }
+        }
+    }
+
+    /// The agent connection, if the VM is booted.
+    fn agent(&mut self, action: &'static str) -> Result<AgentClient, VmError> {
+        match (self.state, &self.instance) {
+            (VmState::Booted, Some(inst)) => Ok(inst.agent.clone()),
+            _ => Err(self.wrong_state(action)),
+        }
+    }
+
+    /// Maps an agent failure: OS errors stay per-operation; a lost
+    /// connection means the VM died, which changes its state.
+    fn failed(&mut self, op: &'static str, e: AgentError) -> VmError {
+        match e {
+            AgentError::Op(oe) => VmError::Os {
+                vm: self.name.clone(),
+                op,
+                message: oe.message,
+                errno: oe.errno,
+            },
+            AgentError::Disconnected(why) => {
+                let console = self
+                    .instance
+                    .as_ref()
+                    .map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES))
+                    .unwrap_or_default();
+                let qemu_exit = self.instance.as_mut().and_then(|inst| {
+                    if !inst.qemu.wait_exit(Duration::from_millis(300)) {
+                        return None;
+                    }
+                    let status = inst
+                        .qemu
+                        .exit_status()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    let stderr = inst.qemu.stderr();
+                    Some(if stderr.is_empty() {
+                        format!("QEMU exited ({status})")
+                    } else {
+                        format!("QEMU exited ({status}): {stderr}")
+                    })
+                });
+                let why = qemu_exit.unwrap_or(why);
+                self.state = VmState::Dead;
+                if let Some(inst) = self.instance.take() {
+                    inst.stop();
+                }
+                self.last_console = console.clone();
+                self.kill_switch.disarm();
+                VmError::Died {
+                    vm: self.name.clone(),
+                    op,
+                    why,
+                    console: vmm::format_console(&console),
+                }
+            }
+            other => VmError::Agent {
+                vm: self.name.clone(),
+                op,
+                source: other,
+            },
+        }
+    }
+
+    fn with_agent<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&AgentClient) -> Result<T, AgentError>,
+    ) -> Result<T, VmError> {
+        let agent = self.agent(op)?;
+        f(&agent).map_err(|e| self.failed(op, e))
+    }
+
+    pub fn exec(&mut self, req: ExecRequest) -> Result<ExecOutput, VmError> {
+        self.with_agent("run", |a| a.exec(req))
+    }
+
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, VmError> {
+        self.with_agent("read_file", |a| a.read_file(path))
+    }
+
+    pub fn write_file(&mut self, path: &str, data: &[u8], perm: u32) -> Result<(), VmError> {
+        self.with_agent("write_file", |a| a.write_file(path, data, perm, false))
+    }
+
+    pub fn stat(&mut self, path: &str) -> Result<Metadata, VmError> {
+        self.with_agent("stat", |a| a.stat(path, true))
+    }
+
+    pub fn listdir(&mut self, path: &str) -> Result<Vec<DirEntry>, VmError> {
+        self.with_agent("listdir", |a| a.listdir(path))
+    }
+
+    pub fn mkdir(&mut self, path: &str, parents: bool, perm: u32) -> Result<(), VmError> {
+        self.with_agent("mkdir", |a| {
+            a.call(&Request::Mkdir {
+                path: path.into(),
+                parents,
+                perm,
+            })
+            .map(drop)
+        })
+    }
+
+    pub fn unlink(&mut self, path: &str) -> Result<(), VmError> {
+        self.with_agent("unlink", |a| {
+            a.call(&Request::Unlink { path: path.into() }).map(drop)
+        })
+    }
+
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), VmError> {
+        self.with_agent("rename", |a| {
+            a.call(&Request::Rename {
+                from: from.into(),
+                to: to.into(),
+            })
+            .map(drop)
+        })
+    }
+
+    pub fn ping(&mut self) -> Result<(), VmError> {
+        self.with_agent("ping", |a| a.ping())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

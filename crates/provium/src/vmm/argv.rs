@@ -1,0 +1,224 @@
+//! QEMU's command line, built by small pure functions that each return the
+//! arguments for one concern. Nothing here touches the file system or spawns
+//! anything, so the whole command line is snapshot-tested.
+
+use std::path::{Path, PathBuf};
+
+/// Which accelerator runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Everything that decides one QEMU invocation.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub accel: Accel,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    /// Directory holding the sockets and the console log.
+    pub scratch: PathBuf,
+}
+
+/// The sockets and logs of one VM inside its scratch directory.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    pub qmp: PathBuf,
+    pub agent: PathBuf,
+    pub console_sock: PathBuf,
+    pub console_log: PathBuf,
+}
+
+impl VmPaths {
+    pub fn in_dir(dir: &Path) -> VmPaths {
+        VmPaths {
+            qmp: dir.join("qmp.sock"),
+            agent: dir.join("agent.sock"),
+            console_sock: dir.join("console.sock"),
+            console_log: dir.join("console.log"),
+        }
+    }
+}
+
+/// The name of the virtio-serial port the agent opens in the guest.
+pub const AGENT_PORT_NAME: &str = "provium.agent";
+
+fn s(v: &str) -> String {
+    v.to_string()
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `-machine`, `-accel`, `-cpu`: microvm is the fastest machine to boot.
+pub fn machine_args(accel: Accel) -> Vec<String> {
+    let mut v = vec![
+        s("-machine"),
+        s("microvm,acpi=on,pit=off,pic=off,rtc=on"),
+        s("-accel"),
+        s(accel.as_str()),
+    ];
+    if accel == Accel::Kvm {
+        v.extend([s("-cpu"), s("host")]);
+    }
+    v
+}
+
+pub fn resources_args(memory_mib: u64, cpus: u32) -> Vec<String> {
+    vec![
+        s("-m"),
+        format!("{memory_mib}M"),
+        s("-smp"),
+        cpus.to_string(),
+    ]
+}
+
+/// No default devices, no graphics, and a guest reboot ends QEMU.
+pub fn base_args() -> Vec<String> {
+    vec![
+        s("-nodefaults"),
+        s("-no-user-config"),
+        s("-display"),
+        s("none"),
+        s("-no-reboot"),
+    ]
+}
+
+pub fn kernel_args(kernel: &Path, initrd: &Path, cmdline: &str) -> Vec<String> {
+    vec![
+        s("-kernel"),
+        path(kernel),
+        s("-initrd"),
+        path(initrd),
+        s("-append"),
+        s(cmdline),
+    ]
+}
+
+/// The serial console: a socket for live access, everything logged to a file.
+pub fn console_args(p: &VmPaths) -> Vec<String> {
+    vec![
+        s("-chardev"),
+        format!(
+            "socket,id=console0,path={},server=on,wait=off,logfile={},logappend=on",
+            path(&p.console_sock),
+            path(&p.console_log)
+        ),
+        s("-serial"),
+        s("chardev:console0"),
+    ]
+}
+
+/// The agent's virtio-serial port, backed by a host Unix socket.
+pub fn agent_args(p: &VmPaths) -> Vec<String> {
+    vec![
+        s("-device"),
+        s("virtio-serial-device,max_ports=2"),
+        s("-chardev"),
+        format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            path(&p.agent)
+        ),
+        s("-device"),
+        format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
+    ]
+}
+
+pub fn qmp_args(p: &VmPaths) -> Vec<String> {
+    vec![
+        s("-qmp"),
+        format!("unix:{},server=on,wait=off", path(&p.qmp)),
+    ]
+}
+
+/// The whole command line (without the program name).
+pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
+    let paths = VmPaths::in_dir(&spec.scratch);
+    let mut v = Vec::new();
+    v.extend(machine_args(spec.accel));
+    v.extend(resources_args(spec.memory_mib, spec.cpus));
+    v.extend(base_args());
+    v.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.cmdline));
+    v.extend(console_args(&paths));
+    v.extend(agent_args(&paths));
+    v.extend(qmp_args(&paths));
+    v
+}
+
+/// The kernel command line: the profile's, then what provium needs.
+/// `console=ttyS0` is added unless present (the serial port is what we log);
+/// `rdinit=` when the agent is injected.
+pub fn kernel_cmdline(base: &str, inject_agent: bool, extra: &[String]) -> String {
+    let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
+    parts.extend(extra.iter().cloned());
+    if !parts
+        .iter()
+        .any(|p| p == "console=ttyS0" || p.starts_with("console=ttyS0,"))
+    {
+        parts.push(s("console=ttyS0"));
+    }
+    if inject_agent && !parts.iter().any(|p| p == "rdinit=/sbin/provium-agent") {
+        parts.push(s("rdinit=/sbin/provium-agent"));
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            accel: Accel::Tcg,
+            memory_mib: 256,
+            cpus: 1,
+            kernel: PathBuf::from("/cache/vmlinux"),
+            initrd: PathBuf::from("/cache/initrd.cpio"),
+            cmdline: s("console=ttyS0 quiet"),
+            scratch: PathBuf::from("/tmp/provium-0/1-1-a"),
+        }
+    }
+
+    #[test]
+    fn tcg_launch_argv() {
+        insta::assert_snapshot!(launch_argv(&spec()).join("\n"));
+    }
+
+    #[test]
+    fn kvm_adds_host_cpu() {
+        let v = machine_args(Accel::Kvm);
+        assert_eq!(v[3], "kvm");
+        assert_eq!(&v[4..], ["-cpu", "host"]);
+    }
+
+    #[test]
+    fn cmdline_adds_console_and_rdinit_once() {
+        assert_eq!(
+            kernel_cmdline("quiet", true, &[]),
+            "quiet console=ttyS0 rdinit=/sbin/provium-agent"
+        );
+        assert_eq!(
+            kernel_cmdline(
+                "console=ttyS0,115200 rdinit=/sbin/provium-agent",
+                true,
+                &[s("x=1")]
+            ),
+            "console=ttyS0,115200 rdinit=/sbin/provium-agent x=1"
+        );
+        assert_eq!(kernel_cmdline("", false, &[]), "console=ttyS0");
+    }
+}

@@ -1,0 +1,191 @@
+//! Running guests under QEMU: the command line ([`argv`]), the process
+//! ([`process`]), its control socket ([`qmp`]), the accelerator choice
+//! ([`accel`]), and [`Instance`], which ties one running QEMU to its agent
+//! connection and scratch directory.
+//!
+//! This module knows nothing of Lua or of VM states; `crate::vm` does.
+
+pub mod accel;
+pub mod argv;
+pub mod process;
+pub mod qmp;
+
+use std::time::{Duration, Instant};
+
+use provium_protocol::HelloOk;
+
+use crate::agent::{AgentClient, AgentError};
+use crate::cleanup::ScratchDir;
+pub use argv::{Accel, LaunchSpec, VmPaths};
+use process::{QemuProcess, SpawnError};
+use qmp::{Qmp, QmpError};
+
+/// How much of the console log error messages quote.
+pub const CONSOLE_TAIL_BYTES: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot create a scratch directory")]
+    Scratch(#[source] std::io::Error),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("QEMU exited during boot ({status}){stderr}{console}")]
+    QemuExited {
+        status: String,
+        stderr: String,
+        console: String,
+    },
+    #[error("QEMU's control socket did not come up")]
+    Qmp(#[source] QmpError),
+    #[error(
+        "the guest agent did not come up within {timeout:?} (is the kernel panicking, or is the image's init not \
+         starting the agent?){console}"
+    )]
+    AgentTimeout { timeout: Duration, console: String },
+    #[error("the guest agent failed its handshake")]
+    Agent(#[source] AgentError),
+}
+
+/// One running QEMU with its agent connection. Dropping it kills QEMU and
+/// removes its scratch directory (fields drop in declaration order).
+pub struct Instance {
+    pub agent: AgentClient,
+    pub qmp: Qmp,
+    pub qemu: QemuProcess,
+    pub hello: HelloOk,
+    pub paths: VmPaths,
+    /// Spawn → agent handshake.
+    pub boot_time: Duration,
+    scratch: ScratchDir,
+}
+
+/// Formats the console tail for an error message ("" when empty).
+pub fn format_console(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        "\n--- guest console: (empty) ---".to_string()
+    } else {
+        format!(
+            "\n--- guest console (last lines) ---\n{}\n--- end guest console ---",
+            tail.trim_end()
+        )
+    }
+}
+
+/// The last `max` bytes of a console log, as text with `\n` line ends.
+pub fn tail_of(path: &std::path::Path, max: usize) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(max);
+    let text = String::from_utf8_lossy(&bytes[start..])
+        .replace("\r\n", "\n")
+        .replace('\r', "");
+    // Drop a partial first line when we cut in the middle of one.
+    match (start > 0, text.find('\n')) {
+        (true, Some(i)) => text[i + 1..].to_string(),
+        _ => text,
+    }
+}
+
+impl Instance {
+    /// Launches QEMU and waits for the agent's handshake.
+    pub fn launch(
+        label: &str,
+        mut spec: LaunchSpec,
+        agent_timeout: Duration,
+    ) -> Result<Instance, LaunchError> {
+        let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
+        spec.scratch = scratch.path().to_path_buf();
+        let paths = VmPaths::in_dir(scratch.path());
+        let argv = argv::launch_argv(&spec);
+        tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
+        let start = Instant::now();
+        let mut qemu = QemuProcess::spawn(
+            &process::qemu_binary(),
+            &argv,
+            &scratch.path().join("qemu.stderr"),
+        )?;
+        let exited = |qemu: &mut QemuProcess, paths: &VmPaths| {
+            let status = qemu
+                .exit_status()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "killed".into());
+            let stderr = qemu.stderr();
+            let stderr = if stderr.is_empty() {
+                String::new()
+            } else {
+                format!(": {stderr}")
+            };
+            LaunchError::QemuExited {
+                status,
+                stderr,
+                console: format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES)),
+            }
+        };
+        let qmp = match Qmp::connect(&paths.qmp, start + Duration::from_secs(10)) {
+            Ok(q) => q,
+            Err(e) => {
+                if qemu.wait_exit(Duration::from_millis(200)) {
+                    return Err(exited(&mut qemu, &paths));
+                }
+                return Err(LaunchError::Qmp(e));
+            }
+        };
+        let agent = AgentClient::connect(&paths.agent, start + Duration::from_secs(10))
+            .map_err(LaunchError::Agent)?;
+        let alive = || {
+            if qemu.has_exited() {
+                Err("QEMU exited".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let hello = match agent.handshake(agent_timeout, &alive) {
+            Ok(h) => h,
+            Err(AgentError::HandshakeTimeout(timeout)) => {
+                let console = format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES));
+                return Err(LaunchError::AgentTimeout { timeout, console });
+            }
+            Err(e) => {
+                if qemu.wait_exit(Duration::from_millis(200)) {
+                    return Err(exited(&mut qemu, &paths));
+                }
+                return Err(LaunchError::Agent(e));
+            }
+        };
+        let boot_time = start.elapsed();
+        tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
+        Ok(Instance {
+            agent,
+            qmp,
+            qemu,
+            hello,
+            paths,
+            boot_time,
+            scratch,
+        })
+    }
+
+    /// The last bytes of the console log.
+    pub fn console_tail(&self, max: usize) -> String {
+        tail_of(&self.paths.console_log, max)
+    }
+
+    /// The whole console log so far.
+    pub fn console_log(&self) -> String {
+        tail_of(&self.paths.console_log, usize::MAX)
+    }
+
+    pub fn scratch(&self) -> &std::path::Path {
+        self.scratch.path()
+    }
+
+    /// Stops QEMU: QMP `quit`, then SIGTERM/SIGKILL if it lingers. The
+    /// scratch directory goes when `self` drops.
+    pub fn stop(mut self) {
+        if !self.qemu.has_exited() {
+            let _ = self.qmp.execute("quit", None, Duration::from_millis(500));
+            if !self.qemu.wait_exit(Duration::from_secs(1)) {
+                self.qemu.stop(Duration::from_secs(1));
+            }
+        }
+    }
+}

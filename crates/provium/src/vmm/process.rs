@@ -1,0 +1,172 @@
+//! The QEMU child process: spawned so it cannot outlive provium, stopped
+//! with escalation, and reaped on drop.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cleanup::{self, ChildGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("QEMU (`{binary}`) is not installed or not on PATH; install it with `scripts/setup`")]
+    NotFound { binary: String },
+    #[error("cannot start QEMU (`{binary}`)")]
+    Spawn {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The QEMU binary: `$PROVIUM_QEMU` or `qemu-system-x86_64` from PATH.
+pub fn qemu_binary() -> String {
+    std::env::var("PROVIUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
+}
+
+/// Finds an executable on PATH (or checks an explicit path).
+pub fn which(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        return Path::new(binary).is_file().then(|| PathBuf::from(binary));
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(binary))
+        .find(|p| p.is_file())
+}
+
+pub struct QemuProcess {
+    child: Child,
+    _registered: ChildGuard,
+    stderr_path: PathBuf,
+    exited: Option<std::process::ExitStatus>,
+}
+
+impl QemuProcess {
+    /// Starts QEMU with `argv`; its stderr goes to `stderr_path`.
+    pub fn spawn(
+        binary: &str,
+        argv: &[String],
+        stderr_path: &Path,
+    ) -> Result<QemuProcess, SpawnError> {
+        if which(binary).is_none() {
+            return Err(SpawnError::NotFound {
+                binary: binary.to_string(),
+            });
+        }
+        let stderr = std::fs::File::create(stderr_path).map_err(|source| SpawnError::Spawn {
+            binary: binary.to_string(),
+            source,
+        })?;
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        let mut cmd = Command::new(binary);
+        cmd.args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // Own process group: a terminal Ctrl-C reaches provium, which then
+        // stops QEMU itself after cleaning up.
+        cmd.process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1); // provium died before we got here
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| SpawnError::Spawn {
+            binary: binary.to_string(),
+            source,
+        })?;
+        let registered = cleanup::register_child(child.id() as i32);
+        Ok(QemuProcess {
+            child,
+            _registered: registered,
+            stderr_path: stderr_path.to_path_buf(),
+            exited: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status, if QEMU has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    /// Whether QEMU has exited, without reaping it (usable through `&self`
+    /// from liveness checks).
+    pub fn has_exited(&self) -> bool {
+        if self.exited.is_some() {
+            return true;
+        }
+        // SAFETY: zeroed siginfo is a valid out-parameter; WNOWAIT leaves
+        // the child waitable for `exit_status`.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid to read after a successful waitid.
+        rc == 0 && unsafe { info.si_pid() } != 0
+    }
+
+    /// What QEMU wrote to stderr (trimmed).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Waits up to `grace` for QEMU to exit by itself.
+    pub fn wait_exit(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.exit_status().is_some() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL; always reaps.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exit_status().is_some() {
+            return;
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if !self.wait_exit(grace) {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}

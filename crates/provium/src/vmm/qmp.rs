@@ -1,0 +1,212 @@
+//! A small QMP client: commands with ids, and events kept in order.
+//!
+//! A reader thread parses one JSON object per line. Replies go to the caller
+//! waiting on that id; events are appended to a log with a sequence number,
+//! so a caller can wait for an event emitted *after* a given command (no
+//! stale `STOP` or `RESET` matches).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("cannot connect to QMP socket `{path}`")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP connection closed")]
+    Closed,
+    #[error("QMP command `{command}` failed: {class}: {desc}")]
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("QMP command `{0}` got no answer within {1:?}")]
+    Timeout(String, Duration),
+}
+
+/// One QMP event as QEMU sent it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub seq: u64,
+    pub name: String,
+    pub data: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    waiting: HashMap<u64, Sender<Result<Value, (String, String)>>>,
+    events: Vec<Event>,
+    closed: bool,
+}
+
+pub struct Qmp {
+    writer: Mutex<UnixStream>,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    next_id: Mutex<u64>,
+}
+
+impl Qmp {
+    /// Connects (retrying until `deadline` while QEMU creates the socket) and
+    /// negotiates capabilities.
+    pub fn connect(path: &Path, deadline: Instant) -> Result<Qmp, QmpError> {
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(source) if Instant::now() >= deadline => {
+                    return Err(QmpError::Connect {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let reader = stream.try_clone().map_err(|source| QmpError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
+        let s2 = shared.clone();
+        std::thread::Builder::new()
+            .name("qmp-reader".into())
+            .spawn(move || read_loop(reader, s2))
+            .expect("spawn qmp reader");
+        let qmp = Qmp {
+            writer: Mutex::new(stream),
+            shared,
+            next_id: Mutex::new(1),
+        };
+        qmp.execute("qmp_capabilities", None, Duration::from_secs(10))?;
+        Ok(qmp)
+    }
+
+    /// Runs a command and returns its `return` value.
+    pub fn execute(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        let id = {
+            let mut n = self.next_id.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = channel();
+        {
+            let mut sh = self.shared.0.lock().unwrap();
+            if sh.closed {
+                return Err(QmpError::Closed);
+            }
+            sh.waiting.insert(id, tx);
+        }
+        let mut msg = json!({"execute": command, "id": id});
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        let line = format!("{msg}\n");
+        self.writer
+            .lock()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .map_err(|_| QmpError::Closed)?;
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err((class, desc))) => Err(QmpError::Command {
+                command: command.to_string(),
+                class,
+                desc,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(QmpError::Timeout(command.to_string(), timeout))
+            }
+            Err(_) => Err(QmpError::Closed),
+        }
+    }
+
+    /// The sequence number the next event will get: pass it to
+    /// [`Qmp::wait_event`] to see only events that come after now.
+    pub fn mark(&self) -> u64 {
+        self.shared.0.lock().unwrap().events.len() as u64
+    }
+
+    /// Waits for an event named `name` with a sequence number ≥ `after`.
+    pub fn wait_event(&self, name: &str, after: u64, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.shared;
+        let mut sh = lock.lock().unwrap();
+        loop {
+            if let Some(e) = sh
+                .events
+                .iter()
+                .skip(after as usize)
+                .find(|e| e.name == name)
+            {
+                return Some(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || sh.closed {
+                return None;
+            }
+            sh = cv.wait_timeout(sh, deadline - now).unwrap().0;
+        }
+    }
+}
+
+fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let (lock, cv) = &*shared;
+        let mut sh = lock.lock().unwrap();
+        if let Some(name) = v.get("event").and_then(Value::as_str) {
+            let seq = sh.events.len() as u64;
+            sh.events.push(Event {
+                seq,
+                name: name.to_string(),
+                data: v.get("data").cloned().unwrap_or(Value::Null),
+            });
+            cv.notify_all();
+            continue;
+        }
+        let Some(id) = v.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        let Some(tx) = sh.waiting.remove(&id) else {
+            continue;
+        };
+        let answer = match v.get("error") {
+            Some(err) => Err((
+                err.get("class")
+                    .and_then(Value::as_str)
+                    .unwrap_or("GenericError")
+                    .to_string(),
+                err.get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )),
+            None => Ok(v.get("return").cloned().unwrap_or(Value::Null)),
+        };
+        let _ = tx.send(answer);
+    }
+    let (lock, cv) = &*shared;
+    let mut sh = lock.lock().unwrap();
+    sh.closed = true;
+    sh.waiting.clear();
+    cv.notify_all();
+}
