@@ -187,6 +187,11 @@ impl Vm {
         self.state
     }
 
+    /// The QEMU process id while the VM runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.instance.as_ref().map(|i| i.qemu.pid())
+    }
+
     pub fn kill_switch(&self) -> KillSwitch {
         self.kill_switch.clone()
     }
