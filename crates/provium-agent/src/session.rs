@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender as MpscSender};
 use std::sync::{Arc, Mutex};
@@ -44,13 +45,45 @@ struct Writer {
 }
 
 impl Writer {
+    /// Writes one whole frame. The port is non-blocking: a write to a port
+    /// whose host end is closed would otherwise block until the host comes
+    /// back (holding the lock the next Hello's answer needs). On `POLLHUP`
+    /// the frame is dropped, as is everything else of that session.
     fn send(&self, generation: u64, channel: u32, kind: FrameKind, body: &[u8]) {
-        let mut port = self.port.lock().unwrap();
-        if self.generation.load(Ordering::SeqCst) != generation {
-            return; // the session this frame belongs to is gone
+        let port = self.port.lock().unwrap();
+        let bytes = frame::encode(channel, kind, body);
+        let mut done = 0;
+        while done < bytes.len() {
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return; // the session this frame belongs to is gone
+            }
+            match (&*port).write(&bytes[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if wait_ready(port.as_raw_fd(), libc::POLLOUT, 100) & libc::POLLHUP != 0 {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
         }
-        // A write error means the host went away; the reader notices.
-        let _ = port.write_all(&frame::encode(channel, kind, body));
+    }
+}
+
+/// Polls one fd; returns its `revents` (0 on timeout).
+fn wait_ready(fd: i32, events: libc::c_short, timeout_ms: i32) -> libc::c_short {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if n > 0 {
+        p.revents
+    } else {
+        0
     }
 }
 
@@ -87,6 +120,15 @@ struct Channel {
 type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
 
 pub fn serve(mut port: File, info: &AgentInfo) {
+    // SAFETY: fcntl on our own fd; the flag is shared with the writer's dup.
+    unsafe {
+        let fd = port.as_raw_fd();
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        );
+    }
     let writer = Arc::new(Writer {
         port: Mutex::new(port.try_clone().expect("dup port fd")),
         generation: AtomicU64::new(0),
@@ -95,6 +137,7 @@ pub fn serve(mut port: File, info: &AgentInfo) {
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        wait_ready(port.as_raw_fd(), libc::POLLIN, 1000);
         let n = match port.read(&mut buf) {
             Ok(0) => {
                 // Host side closed: forget the partial frame and the channels.
@@ -104,7 +147,12 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                 continue;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Interrupted
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                continue
+            }
             Err(_) => {
                 std::thread::sleep(Duration::from_millis(5));
                 continue;

@@ -98,7 +98,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 /// The default guest's kernel command line.
 pub fn default_cmdline() -> String {
     let mut c = String::from(
-        "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
+        "console=ttyS0 quiet panic=-1 pci=off cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
     );
     if let Some(khz) = host_tsc_khz() {
         c.push_str(&format!(" tsc_early_khz={khz}"));
@@ -223,7 +223,7 @@ impl Images {
     /// overlay, cached by the initrd's path, size, mtime and the agent.
     fn merged_initrd(&self, profile: &str, initrd: Option<&Path>) -> Result<PathBuf, ImageError> {
         let mut h = Sha256::new();
-        h.update(b"merged-initrd-v1\0");
+        h.update(b"merged-initrd-v2\0");
         h.update(Sha256::digest(AGENT));
         if let Some(i) = initrd {
             let md = std::fs::metadata(i).map_err(|source| ImageError::Read {
@@ -262,6 +262,7 @@ impl Images {
             bytes.push(0);
         }
         bytes.extend(guest::overlay_cpio(AGENT));
+        guest::pad_to_page(&mut bytes);
         std::fs::create_dir_all(&dir).map_err(cache_err)?;
         let tmp = dir.join(format!(".{key}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes).map_err(cache_err)?;

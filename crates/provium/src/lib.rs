@@ -18,9 +18,14 @@
 
 pub mod agent;
 pub mod cleanup;
+pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod guest;
 pub mod image;
+pub mod lua;
+pub mod report;
+pub mod runner;
 pub mod units;
 pub mod vm;
 pub mod vmm;

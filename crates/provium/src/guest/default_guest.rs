@@ -34,7 +34,7 @@ pub const AGENT_PATH: &str = "/sbin/provium-agent";
 pub const MODULE_LIST_PATH: &str = "/etc/provium/modules";
 
 /// Bump when the initramfs layout changes so old cache entries are not reused.
-const FORMAT_VERSION: &str = "provium-default-guest-1";
+const FORMAT_VERSION: &str = "provium-default-guest-2";
 const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 /// Cache entries of other keys unused for this long are removed on the next build.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
@@ -203,7 +203,8 @@ pub fn prepare(
     let vmlinux_tmp = tmp.0.join("vmlinux");
     std::fs::write(&vmlinux_tmp, elf).map_err(write_err(&vmlinux_tmp))?;
     let initrd_tmp = tmp.0.join("initrd");
-    let initrd = build_initramfs(inputs, agent_bytes)?;
+    let mut initrd = build_initramfs(inputs, agent_bytes)?;
+    super::pad_to_page(&mut initrd);
     std::fs::write(&initrd_tmp, initrd).map_err(write_err(&initrd_tmp))?;
 
     if std::fs::rename(&tmp.0, &dir).is_err() && !complete(&prepared) {

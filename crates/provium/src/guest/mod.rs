@@ -35,4 +35,14 @@ pub use default_guest::{
     MODULE_LIST_PATH,
 };
 pub use kmod::KmodError;
+
+/// Pads an initramfs with zeros to a multiple of 4 KiB. On `microvm` QEMU
+/// loads the initrd at the very top of RAM while the firmware keeps the ACPI
+/// tables in the last page; an initrd whose size is not page-aligned can
+/// overlap them (no ACPI, so no virtio devices, and a corrupt initramfs).
+/// The kernel skips trailing zeros between and after archives.
+pub fn pad_to_page(bytes: &mut Vec<u8>) {
+    let len = bytes.len().next_multiple_of(4096);
+    bytes.resize(len, 0);
+}
 pub use vmlinux::VmlinuxError;

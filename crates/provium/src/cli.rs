@@ -1,0 +1,208 @@
+//! The command line: arguments, sub-commands, and the mapping of outcomes to
+//! exit codes (0 all passed, 1 something failed, 2 provium could not run).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::image::Images;
+use crate::report::{human, json, RunSummary};
+use crate::runner::{self, Progress, RunConfig};
+use crate::{cleanup, doctor, units, vmm};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provium",
+    version,
+    about = "Run *.test.lua suites against real Linux guests under QEMU"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Files or directories to scan for *.test.lua (default: the config's
+    /// roots, else the current directory).
+    pub paths: Vec<PathBuf>,
+    /// Config file (default: ./provium.toml if present).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Keep files whose path contains this text.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Per-file wall-clock timeout ("300", "90s", "5m"; 0 disables).
+    #[arg(long, default_value = "300")]
+    pub timeout: String,
+    /// Files to run at once (default: CPUs, bounded by memory).
+    #[arg(short = 'j', long)]
+    pub jobs: Option<usize>,
+    /// One JSON object per file on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every test, and VM diagnostics on stderr.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Show only failing files and the summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the test files that would run.
+    List { paths: Vec<PathBuf> },
+    /// Check QEMU, the accelerator and the default guest.
+    Doctor,
+}
+
+/// Errors that stop provium before or outside running tests (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Discover(#[from] runner::DiscoverError),
+    #[error("--timeout: {0}")]
+    Timeout(units::UnitError),
+}
+
+fn scan_paths(cli_paths: &[PathBuf], config: &Config) -> Vec<PathBuf> {
+    if !cli_paths.is_empty() {
+        cli_paths.to_vec()
+    } else if !config.roots.is_empty() {
+        config.roots.clone()
+    } else {
+        vec![PathBuf::from(".")]
+    }
+}
+
+/// Parses arguments, runs, and returns the process exit code.
+pub fn main_with(cli: Cli) -> i32 {
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("provium: {}", crate::lua::errors::chain(&e));
+            2
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32, CliError> {
+    let config = Config::load(cli.config.as_deref())?;
+    match &cli.command {
+        Some(Command::Doctor) => return Ok(doctor::run(&config)),
+        Some(Command::List { paths }) => {
+            let files = runner::discover(&scan_paths(paths, &config))?;
+            for f in &files {
+                println!("  {}", f.shown);
+            }
+            println!("\n{} test file(s) found", files.len());
+            return Ok(0);
+        }
+        None => {}
+    }
+    let timeout = units::parse_duration(&cli.timeout).map_err(CliError::Timeout)?;
+    let timeout = (timeout > Duration::ZERO).then_some(timeout);
+    let mut files = runner::discover(&scan_paths(&cli.paths, &config))?;
+    if let Some(f) = &cli.filter {
+        files.retain(|t| t.shown.contains(f.as_str()));
+    }
+    if files.is_empty() {
+        println!("provium: no *.test.lua files found");
+        return Ok(0);
+    }
+
+    cleanup::install_signal_handler();
+    cleanup::sweep_stale();
+    let started = Instant::now();
+    let images = Arc::new(Images::new(Arc::new(config.clone())));
+    let accel = choose_accel(&images, cli.verbose);
+    let jobs = cli
+        .jobs
+        .unwrap_or_else(runner::default_jobs)
+        .min(files.len())
+        .max(1);
+    if !cli.json && !cli.quiet {
+        eprintln!(
+            "provium: {} file(s), {} at a time, accelerator {} ({})",
+            files.len(),
+            jobs,
+            accel.accel.as_str(),
+            accel.reason
+        );
+    }
+    let run_cfg = Arc::new(RunConfig {
+        images,
+        accel: accel.accel,
+        roots: config.roots.clone(),
+        timeout,
+        jobs,
+    });
+    let (tx, rx) = channel();
+    let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg, tx));
+
+    let verbosity = if cli.verbose {
+        human::Verbosity::Verbose
+    } else if cli.quiet {
+        human::Verbosity::Quiet
+    } else {
+        human::Verbosity::Normal
+    };
+    let mut summary = RunSummary::default();
+    let stdout = std::io::stdout();
+    let live = std::io::stderr().is_terminal() && !cli.json && !cli.quiet;
+    for event in rx {
+        match event {
+            Progress::Test { file, test } => {
+                if live {
+                    eprint!("\r\x1b[2K  {file}: {} done", test.name);
+                }
+            }
+            Progress::File(report) => {
+                if live {
+                    eprint!("\r\x1b[2K");
+                }
+                summary.add(&report);
+                let mut out = stdout.lock();
+                let text = if cli.json {
+                    format!("{}\n", json::file_json(&report))
+                } else {
+                    human::render_file(&report, verbosity)
+                };
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        }
+    }
+    let _ = runner_thread.join();
+    summary.duration = started.elapsed();
+    if !cli.json {
+        print!("\n{}", human::render_summary(&summary));
+    }
+    Ok(if summary.failed_files > 0 { 1 } else { 0 })
+}
+
+/// KVM only if the probe says so; the probe needs the default guest, and if
+/// that is missing the run uses TCG (a boot will then explain what is missing).
+fn choose_accel(images: &Images, verbose: bool) -> vmm::accel::AccelChoice {
+    let qemu = vmm::process::qemu_binary();
+    match images.default_guest() {
+        Ok(g) => vmm::accel::choose(&qemu, &g.vmlinux, &g.initrd),
+        Err(e) => {
+            if verbose {
+                eprintln!(
+                    "provium: default guest unavailable: {}",
+                    crate::lua::errors::chain(&e)
+                );
+            }
+            vmm::accel::AccelChoice {
+                accel: vmm::Accel::Tcg,
+                reason: "default guest unavailable for the KVM probe".into(),
+            }
+        }
+    }
+}

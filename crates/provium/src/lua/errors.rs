@@ -1,0 +1,71 @@
+//! Turning Rust errors into Lua errors that read well.
+//!
+//! Every error raised from a Rust callback becomes a plain Lua string of the
+//! form `file.test.lua:12: vm `v`: boot failed: <cause>: <cause>` — the Lua
+//! line that made the call, then the whole cause chain — so `pcall` gets a
+//! string and reports need no unwrapping.
+
+use mlua::Lua;
+
+/// `short_src:line: ` of the innermost Lua frame calling into Rust.
+pub fn location(lua: &Lua) -> String {
+    for level in 1..8 {
+        let Some(dbg) = lua.inspect_stack(level) else {
+            break;
+        };
+        let line = dbg.curr_line();
+        if line > 0 {
+            let src = dbg.source();
+            let short = src.short_src.as_deref().unwrap_or("?").to_string();
+            return format!("{short}:{line}: ");
+        }
+    }
+    String::new()
+}
+
+/// The error and its `source()` chain, joined with `: `.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// A Lua runtime error carrying the caller's location and `msg`.
+pub fn raise(lua: &Lua, msg: impl AsRef<str>) -> mlua::Error {
+    mlua::Error::RuntimeError(format!("{}{}", location(lua), msg.as_ref()))
+}
+
+/// A Lua runtime error for a Rust error, with its cause chain.
+pub fn raise_err(lua: &Lua, e: &dyn std::error::Error) -> mlua::Error {
+    raise(lua, chain(e))
+}
+
+/// The text of an error as a report shows it: runtime errors as they are,
+/// callback errors reduced to their innermost cause.
+pub fn message(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::RuntimeError(s) | mlua::Error::SyntaxError { message: s, .. } => s.clone(),
+        mlua::Error::CallbackError { cause, .. } => message(cause),
+        mlua::Error::WithContext { cause, .. } => message(cause),
+        other => other.to_string(),
+    }
+}
+
+/// Shorthand for converting `Result<T, E: Error>` in callbacks.
+pub trait LuaResultExt<T> {
+    fn lua(self, lua: &Lua) -> mlua::Result<T>;
+}
+
+impl<T, E: std::error::Error> LuaResultExt<T> for Result<T, E> {
+    fn lua(self, lua: &Lua) -> mlua::Result<T> {
+        self.map_err(|e| raise_err(lua, &e))
+    }
+}

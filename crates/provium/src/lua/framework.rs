@@ -1,0 +1,251 @@
+//! The test framework inside each Lua state: `test(name, [meta,] fn)`, the
+//! `t` context with its assertions, and the classification of a test's end.
+//!
+//! A failed assertion marks `t` failed *and* raises, so a test that catches
+//! the error with `pcall` still fails (the flag is sticky). `t:skip()`
+//! raises a sentinel that the classifier recognises.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use mlua::{
+    Function, Lua, MultiValue, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value,
+};
+
+use super::errors::{location, message, raise};
+
+/// Raised by `t:skip()`; never shown to users.
+pub const SKIP_SENTINEL: &str = "__PROVIUM_SKIP__";
+
+/// One `test(...)` registration.
+pub struct TestDef {
+    pub name: String,
+    pub meta: Option<RegistryKey>,
+    pub func: RegistryKey,
+}
+
+/// Tests registered by the file's chunk, in declaration order.
+#[derive(Default)]
+pub struct Registry {
+    pub tests: Vec<TestDef>,
+}
+
+/// How one test ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed(String),
+    Skipped(String),
+}
+
+/// State behind `t`, shared with the runner.
+#[derive(Debug, Default)]
+pub struct TestState {
+    pub name: String,
+    pub failed: Option<String>,
+    pub skipped: Option<String>,
+    pub log: Vec<String>,
+}
+
+/// The `t` userdata.
+#[derive(Clone)]
+pub struct TestCtx(pub Rc<RefCell<TestState>>);
+
+/// Installs `test` into the globals.
+pub fn install(lua: &Lua) -> mlua::Result<()> {
+    lua.set_app_data(Registry::default());
+    let test = lua.create_function(|lua, args: MultiValue| {
+        let args: Vec<Value> = args.into_iter().collect();
+        let (name, meta, func) = match args.as_slice() {
+            [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
+            [Value::String(n), Value::Table(m), Value::Function(f)] => (n.to_str()?.to_string(), Some(m.clone()), f.clone()),
+            _ => return Err(raise(lua, "test(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)")),
+        };
+        let meta = meta.map(|m| lua.create_registry_value(m)).transpose()?;
+        let func = lua.create_registry_value(func)?;
+        let mut reg = lua.app_data_mut::<Registry>().expect("registry installed");
+        if reg.tests.iter().any(|t| t.name == name) {
+            drop(reg);
+            return Err(raise(lua, format!("test: duplicate name `{name}` in this file")));
+        }
+        reg.tests.push(TestDef { name, meta, func });
+        Ok(())
+    })?;
+    lua.globals().set("test", test)?;
+    Ok(())
+}
+
+/// Takes the registered tests out of the state.
+pub fn take_tests(lua: &Lua) -> Vec<TestDef> {
+    std::mem::take(
+        &mut lua
+            .app_data_mut::<Registry>()
+            .expect("registry installed")
+            .tests,
+    )
+}
+
+/// `meta.skip`: `true`/non-zero → default reason; a string → that reason.
+pub fn meta_skip(meta: Option<&Table>) -> Option<String> {
+    match meta?.get::<Value>("skip").ok()? {
+        Value::Boolean(true) => Some("skipped (meta.skip)".into()),
+        Value::Integer(n) if n != 0 => Some("skipped (meta.skip)".into()),
+        Value::String(s) => Some(format!("skipped: {}", s.to_string_lossy())),
+        _ => None,
+    }
+}
+
+/// Runs one test body and classifies how it ended.
+pub fn run_test(lua: &Lua, func: &Function, ctx: &TestCtx) -> Outcome {
+    let result = func.call::<()>(ctx.clone());
+    let st = ctx.0.borrow();
+    if let Some(reason) = &st.skipped {
+        return Outcome::Skipped(reason.clone());
+    }
+    match result {
+        Err(e) => {
+            let msg = message(&e);
+            if msg.contains(SKIP_SENTINEL) {
+                Outcome::Skipped(st.skipped.clone().unwrap_or_else(|| "skipped".into()))
+            } else {
+                Outcome::Failed(msg)
+            }
+        }
+        Ok(()) => match &st.failed {
+            Some(m) => Outcome::Failed(format!(
+                "{m} (the error was caught, but the assertion still fails the test)"
+            )),
+            None => {
+                let _ = lua;
+                Outcome::Passed
+            }
+        },
+    }
+}
+
+/// Renders a value for an assertion message: strings quoted with escapes,
+/// everything else through Lua's `tostring`.
+fn show(lua: &Lua, v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{:?}", s.to_string_lossy()),
+        other => lua
+            .globals()
+            .get::<Function>("tostring")
+            .and_then(|f| f.call::<String>(other.clone()))
+            .unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+impl TestCtx {
+    fn fail(&self, lua: &Lua, msg: String) -> mlua::Error {
+        let full = format!("{}{}", location(lua), msg);
+        self.0.borrow_mut().failed.get_or_insert(full.clone());
+        mlua::Error::RuntimeError(full)
+    }
+}
+
+impl UserData for TestCtx {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("name", |_, this| Ok(this.0.borrow().name.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method(
+            "assert",
+            |lua, this, (cond, msg): (Value, Option<String>)| {
+                let truthy = !matches!(cond, Value::Nil | Value::Boolean(false));
+                if truthy {
+                    Ok(())
+                } else {
+                    Err(this.fail(lua, msg.unwrap_or_else(|| "assertion failed".into())))
+                }
+            },
+        );
+        methods.add_method(
+            "assert_eq",
+            |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
+                if a.equals(&b)? {
+                    return Ok(());
+                }
+                let m = msg.unwrap_or_else(|| "assert_eq failed".into());
+                Err(this.fail(lua, format!("{m}: {} ~= {}", show(lua, &a), show(lua, &b))))
+            },
+        );
+        methods.add_method(
+            "assert_neq",
+            |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
+                if !a.equals(&b)? {
+                    return Ok(());
+                }
+                let m = msg.unwrap_or_else(|| "assert_neq failed".into());
+                Err(this.fail(lua, format!("{m}: {} == {}", show(lua, &a), show(lua, &b))))
+            },
+        );
+        methods.add_method(
+            "assert_contains",
+            |lua, this, (hay, needle, msg): (Value, Value, Option<String>)| {
+                let (Value::String(h), Value::String(n)) = (&hay, &needle) else {
+                    return Err(this.fail(
+                        lua,
+                        "assert_contains: both arguments must be strings".into(),
+                    ));
+                };
+                let (h, n) = (h.as_bytes(), n.as_bytes());
+                if n.is_empty() || h.windows(n.len()).any(|w| w == &n[..]) {
+                    return Ok(());
+                }
+                let m = msg.unwrap_or_else(|| "assert_contains failed".into());
+                Err(this.fail(
+                    lua,
+                    format!(
+                        "{m}: {} not found in: {}",
+                        show(lua, &needle),
+                        show(lua, &hay)
+                    ),
+                ))
+            },
+        );
+        methods.add_method(
+            "assert_raises",
+            |lua, this, (f, msg): (Function, Option<String>)| {
+                let before = this.0.borrow().failed.clone();
+                match f.call::<MultiValue>(()) {
+                    Ok(_) => {
+                        let m = msg.unwrap_or_else(|| "assert_raises".into());
+                        Err(this.fail(lua, format!("{m}: expected to raise")))
+                    }
+                    Err(e) => {
+                        // An assertion failing inside fn is the expected raise.
+                        this.0.borrow_mut().failed = before;
+                        Ok(message(&e))
+                    }
+                }
+            },
+        );
+        methods.add_method(
+            "fail",
+            |lua, this, msg: Option<String>| -> mlua::Result<()> {
+                Err(this.fail(
+                    lua,
+                    msg.unwrap_or_else(|| "explicit failure (t:fail)".into()),
+                ))
+            },
+        );
+        methods.add_method(
+            "skip",
+            |_, this, reason: Option<String>| -> mlua::Result<()> {
+                this.0.borrow_mut().skipped = Some(reason.unwrap_or_else(|| "skipped".into()));
+                Err(mlua::Error::RuntimeError(SKIP_SENTINEL.into()))
+            },
+        );
+        methods.add_method("log", |lua, this, v: Value| {
+            let text = show(lua, &v);
+            let text = match &v {
+                Value::String(s) => s.to_string_lossy(),
+                _ => text,
+            };
+            this.0.borrow_mut().log.push(text);
+            Ok(())
+        });
+    }
+}

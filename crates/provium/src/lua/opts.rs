@@ -1,0 +1,227 @@
+//! Option tables from Lua, parsed into typed structs. Unknown keys are
+//! rejected with a message naming the key and the accepted ones, so a typo
+//! never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mlua::{Lua, Table, Value};
+use provium_protocol::ExecRequest;
+
+use super::errors::raise;
+use crate::units;
+use crate::vm::BootOpts;
+
+/// Fails on any key of `t` not in `known`.
+pub fn check_keys(lua: &Lua, what: &str, t: &Table, known: &[&str]) -> mlua::Result<()> {
+    for pair in t.clone().pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        let name = match &k {
+            Value::String(s) => s.to_string_lossy(),
+            other => format!("{other:?}"),
+        };
+        if !known.contains(&name.as_str()) {
+            return Err(raise(
+                lua,
+                format!(
+                    "{what}: unknown option `{name}` (known: {})",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A duration: number of seconds, or a string like `"250ms"`, `"5s"`.
+pub fn duration(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Duration> {
+    let bad = |shown: String| {
+        raise(lua, format!("{what}: must be a finite, non-negative number of seconds or a string like \"5s\" (got {shown})"))
+    };
+    match v {
+        Value::Integer(n) => units::seconds(*n as f64).ok_or_else(|| bad(n.to_string())),
+        Value::Number(n) => units::seconds(*n).ok_or_else(|| bad(n.to_string())),
+        Value::String(s) => {
+            let text = s.to_string_lossy();
+            units::parse_duration(&text).map_err(|_| bad(format!("`{text}`")))
+        }
+        other => Err(bad(other.type_name().to_string())),
+    }
+}
+
+/// A size: bytes, or a string like `"512M"`.
+pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
+    match v {
+        Value::Integer(n) if *n > 0 => Ok(*n as u64),
+        Value::String(s) => {
+            units::parse_size(&s.to_string_lossy()).map_err(|e| raise(lua, format!("{what}: {e}")))
+        }
+        other => Err(raise(
+            lua,
+            format!(
+                "{what}: expected bytes or a string like \"512M\", got {}",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout"];
+
+/// Parses boot options (`provium:vm(n, p, opts)` and `vm:boot(opts)`).
+pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOpts> {
+    let Some(t) = t else {
+        return Ok(BootOpts::default());
+    };
+    check_keys(lua, what, &t, BOOT_KEYS)?;
+    let mut o = BootOpts::default();
+    if let Some(v) = t.get::<Option<Value>>("memory")? {
+        o.memory = Some(size(lua, &format!("{what}: memory"), &v)?);
+    }
+    if let Some(v) = t.get::<Option<Value>>("cpus")? {
+        match v {
+            Value::Integer(n) if (1..=256).contains(&n) => o.cpus = Some(n as u32),
+            other => {
+                return Err(raise(
+                    lua,
+                    format!("{what}: cpus must be an integer from 1 to 256, got {other:?}"),
+                ))
+            }
+        }
+    }
+    o.kernel_cmdline = t.get::<Option<String>>("kernel_cmdline")?;
+    if let Some(v) = t.get::<Option<Value>>("agent_timeout")? {
+        o.agent_timeout = Some(duration(lua, &format!("{what}: agent_timeout"), &v)?);
+    }
+    Ok(o)
+}
+
+const RUN_KEYS: &[&str] = &[
+    "env",
+    "env_clear",
+    "cwd",
+    "stdin",
+    "timeout",
+    "timeout_ms",
+    "args",
+];
+
+/// Is this second argument of `vm:run` an options table (rather than an
+/// argument list)?
+fn is_opts_table(t: &Table) -> mlua::Result<bool> {
+    for k in RUN_KEYS {
+        if !t.get::<Value>(*k)?.is_nil() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn strings(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for v in t.clone().sequence_values::<Value>() {
+        match v? {
+            Value::String(s) => out.push(s.to_string_lossy()),
+            Value::Integer(n) => out.push(n.to_string()),
+            Value::Number(n) => out.push(n.to_string()),
+            other => {
+                return Err(raise(
+                    lua,
+                    format!(
+                        "{what}: arguments must be strings, got {}",
+                        other.type_name()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the exec request for `vm:run(cmd)`, `vm:run(cmd, {args…})` and
+/// `vm:run(cmd, opts)`.
+pub fn run_request(
+    lua: &Lua,
+    what: &str,
+    cmd: &str,
+    second: Option<Value>,
+) -> mlua::Result<ExecRequest> {
+    let shell = |cmd: &str| vec!["sh".to_string(), "-c".to_string(), cmd.to_string()];
+    let t = match second {
+        None | Some(Value::Nil) => {
+            return Ok(ExecRequest {
+                argv: shell(cmd),
+                ..Default::default()
+            })
+        }
+        Some(Value::Table(t)) => t,
+        Some(other) => {
+            return Err(raise(
+                lua,
+                format!(
+                    "{what}: second argument must be a table, got {}",
+                    other.type_name()
+                ),
+            ))
+        }
+    };
+    if !is_opts_table(&t)? {
+        let mut argv = vec![cmd.to_string()];
+        argv.extend(strings(lua, what, &t)?);
+        return Ok(ExecRequest {
+            argv,
+            ..Default::default()
+        });
+    }
+    check_keys(lua, what, &t, RUN_KEYS)?;
+    let mut req = ExecRequest::default();
+    req.argv = match t.get::<Option<Table>>("args")? {
+        Some(args) => {
+            let mut argv = vec![cmd.to_string()];
+            argv.extend(strings(lua, &format!("{what}: args"), &args)?);
+            argv
+        }
+        None => shell(cmd),
+    };
+    if let Some(env) = t.get::<Option<Table>>("env")? {
+        let mut map = BTreeMap::new();
+        for pair in env.pairs::<String, Value>() {
+            let (k, v) = pair?;
+            let v = match v {
+                Value::String(s) => s.to_string_lossy(),
+                Value::Integer(n) => n.to_string(),
+                Value::Number(n) => n.to_string(),
+                Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(raise(
+                        lua,
+                        format!(
+                            "{what}: env.{k} must be a string, got {}",
+                            other.type_name()
+                        ),
+                    ))
+                }
+            };
+            map.insert(k, v);
+        }
+        req.env = map;
+    }
+    req.env_clear = t.get::<Option<bool>>("env_clear")?.unwrap_or(false);
+    req.cwd = t.get::<Option<String>>("cwd")?;
+    if let Some(s) = t.get::<Option<mlua::String>>("stdin")? {
+        req.stdin = s.as_bytes().to_vec();
+    }
+    if let Some(v) = t.get::<Option<Value>>("timeout")? {
+        req.timeout_ms = Some(duration(lua, &format!("{what}: timeout"), &v)?.as_millis() as u64);
+    }
+    if let Some(ms) = t.get::<Option<i64>>("timeout_ms")? {
+        if ms < 0 {
+            return Err(raise(
+                lua,
+                format!("{what}: timeout_ms must be non-negative, got {ms}"),
+            ));
+        }
+        req.timeout_ms = Some(ms as u64);
+    }
+    Ok(req)
+}

@@ -1,0 +1,124 @@
+//! The Lua `VM` object: a cheap handle onto a shared [`Vm`]. It converts
+//! arguments and results only; states and errors live in `crate::vm`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mlua::{AnyUserData, Lua, Table, UserData, UserDataMethods, Value};
+
+use super::errors::{raise, LuaResultExt};
+use super::opts;
+use super::result_ud::RunResult;
+use crate::vm::Vm;
+
+/// Shared ownership of one VM (scopes, handles and the watchdog hold it).
+pub type VmRef = Arc<Mutex<Vm>>;
+
+#[derive(Clone)]
+pub struct VmUd(pub VmRef);
+
+impl VmUd {
+    fn lock(&self) -> MutexGuard<'_, Vm> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn entry_type_table(lua: &Lua, md: &provium_protocol::Metadata) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.set("size", md.size)?;
+    t.set("mtime", md.mtime_ns as f64 / 1e9)?;
+    t.set("mtime_ns", md.mtime_ns)?;
+    t.set("perm", md.perm)?;
+    t.set("entry_type", md.entry_type.as_str())?;
+    Ok(t)
+}
+
+impl UserData for VmUd {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_function("boot", |lua, (ud, t): (AnyUserData, Option<Table>)| {
+            let o = opts::boot_opts(lua, "vm:boot", t)?;
+            ud.borrow::<VmUd>()?.lock().boot(&o).lua(lua)?;
+            Ok(ud)
+        });
+        methods.add_method("shutdown", |_, this, ()| {
+            this.lock().shutdown();
+            Ok(())
+        });
+        methods.add_method("close", |_, this, ()| {
+            this.lock().shutdown();
+            Ok(())
+        });
+        methods.add_method("name", |_, this, ()| Ok(this.lock().name().to_string()));
+        methods.add_method("profile", |_, this, ()| {
+            Ok(this.lock().profile().to_string())
+        });
+        methods.add_method("state", |_, this, ()| Ok(this.lock().state().as_str()));
+        methods.add_method(
+            "run",
+            |lua, this, (cmd, second): (String, Option<Value>)| {
+                let req = opts::run_request(lua, "vm:run", &cmd, second)?;
+                let out = this.lock().exec(req).lua(lua)?;
+                Ok(RunResult { command: cmd, out })
+            },
+        );
+        methods.add_method("read_file", |lua, this, path: String| {
+            let data = this.lock().read_file(&path).lua(lua)?;
+            lua.create_string(&data)
+        });
+        methods.add_method(
+            "write_file",
+            |lua, this, (path, data): (String, mlua::String)| {
+                this.lock()
+                    .write_file(&path, &data.as_bytes(), 0o644)
+                    .lua(lua)
+            },
+        );
+        methods.add_method("stat", |lua, this, path: String| {
+            let md = this.lock().stat(&path).lua(lua)?;
+            entry_type_table(lua, &md)
+        });
+        methods.add_method("listdir", |lua, this, path: String| {
+            let entries = this.lock().listdir(&path).lua(lua)?;
+            let out = lua.create_table()?;
+            for (i, e) in entries.iter().enumerate() {
+                let t = lua.create_table()?;
+                t.set("name", e.name.as_str())?;
+                t.set("entry_type", e.entry_type.as_str())?;
+                out.set(i + 1, t)?;
+            }
+            Ok(out)
+        });
+        methods.add_method("mkdir", |lua, this, (path, o): (String, Option<Value>)| {
+            let (parents, perm) = match o {
+                None | Some(Value::Nil) => (false, 0o755),
+                Some(Value::Boolean(b)) => (b, 0o755),
+                Some(Value::Table(t)) => {
+                    opts::check_keys(lua, "vm:mkdir", &t, &["parents", "perm"])?;
+                    (
+                        t.get::<Option<bool>>("parents")?.unwrap_or(false),
+                        t.get::<Option<u32>>("perm")?.unwrap_or(0o755),
+                    )
+                }
+                Some(other) => {
+                    return Err(raise(
+                        lua,
+                        format!(
+                            "vm:mkdir: options must be a table {{parents, perm}}, got {}",
+                            other.type_name()
+                        ),
+                    ))
+                }
+            };
+            this.lock().mkdir(&path, parents, perm).lua(lua)
+        });
+        methods.add_method("unlink", |lua, this, path: String| {
+            this.lock().unlink(&path).lua(lua)
+        });
+        methods.add_method("rename", |lua, this, (from, to): (String, String)| {
+            this.lock().rename(&from, &to).lua(lua)
+        });
+        methods.add_meta_method("__tostring", |_, this, ()| {
+            let vm = this.lock();
+            Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))
+        });
+    }
+}
