@@ -53,6 +53,7 @@ pub fn become_init() -> Mode {
                 exec_image_init();
             }
             mount_basics(false);
+            set_default_env();
         }
         Mode::Standalone => {
             mount_basics(true);
@@ -78,8 +79,11 @@ fn exec_image_init() -> ! {
     }
 }
 
+/// The kernel starts init with only `HOME=/` and `TERM=linux`.
 fn set_default_env() {
-    std::env::set_var("PATH", "/sbin:/bin:/usr/sbin:/usr/bin");
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/sbin:/bin:/usr/sbin:/usr/bin");
+    }
     std::env::set_var("HOME", "/root");
     if std::env::var_os("TERM").is_none() {
         std::env::set_var("TERM", "linux");
@@ -88,7 +92,16 @@ fn set_default_env() {
 
 const PROC_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Whether something is mounted exactly at `target` (needs /proc).
+fn mounted_at(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target))
+        })
+        .unwrap_or(false)
+}
 
 fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
@@ -114,9 +127,7 @@ fn mount(source: &str, target: &str, fstype: &str, data: &str) {
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            log::warn(&format!("mount {fstype} on {target}: {e}"));
-        }
+        log::warn(&format!("mount {fstype} on {target}: {e}"));
     }
 }
 
@@ -129,11 +140,13 @@ fn mount_basics(standalone: bool) {
     if fs_magic("/sys") != Some(SYSFS_MAGIC) {
         mount("sysfs", "/sys", "sysfs", "");
     }
-    if !Path::new("/dev/null").exists() {
+    // Not "does /dev/null exist": an image's init may have created it as
+    // a plain file with a `2>/dev/null` redirection before devtmpfs is up.
+    if !mounted_at("/dev") {
         mount("devtmpfs", "/dev", "devtmpfs", "");
     }
     if standalone {
-        if fs_magic("/tmp") != Some(TMPFS_MAGIC) {
+        if !mounted_at("/tmp") {
             mount("tmpfs", "/tmp", "tmpfs", "mode=1777");
         }
         mount("devpts", "/dev/pts", "devpts", "");

@@ -98,7 +98,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 /// The default guest's kernel command line.
 pub fn default_cmdline() -> String {
     let mut c = String::from(
-        "console=ttyS0 quiet panic=-1 pci=off cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
+        "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
     );
     if let Some(khz) = host_tsc_khz() {
         c.push_str(&format!(" tsc_early_khz={khz}"));

@@ -52,7 +52,14 @@ pub fn raise_err(lua: &Lua, e: &dyn std::error::Error) -> mlua::Error {
 /// callback errors reduced to their innermost cause.
 pub fn message(e: &mlua::Error) -> String {
     match e {
-        mlua::Error::RuntimeError(s) | mlua::Error::SyntaxError { message: s, .. } => s.clone(),
+        // Lua errors come with a traceback appended; the first part is what
+        // the user raised.
+        mlua::Error::RuntimeError(s) => s
+            .split("\nstack traceback:")
+            .next()
+            .unwrap_or(s)
+            .to_string(),
+        mlua::Error::SyntaxError { message: s, .. } => s.clone(),
         mlua::Error::CallbackError { cause, .. } => message(cause),
         mlua::Error::WithContext { cause, .. } => message(cause),
         other => other.to_string(),

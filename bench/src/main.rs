@@ -1,0 +1,136 @@
+//! `provium-bench`: what provium costs on this host, with the default guest.
+//!
+//! Boots real VMs through the `provium` library (the same path tests take)
+//! and measures cold boot, exec and ping round trips, file transfer
+//! throughput and idle host memory per VM. Progress goes to stderr; the
+//! table (or `--json`) goes to stdout.
+//!
+//! Exit codes: 0 success, 1 a measurement failed (the error chain is
+//! printed), 2 the bench left a QEMU process running, 64 bad arguments.
+
+mod measure;
+mod report;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use provium::config::Config;
+use provium::image::Images;
+use provium::vmm::{accel, process::qemu_binary};
+
+use measure::{Bench, BenchError};
+use report::{Host, Report};
+
+/// Measures provium's boot, round-trip, file-transfer and memory costs.
+#[derive(Debug, Parser)]
+#[command(name = "provium-bench", version)]
+struct Args {
+    /// Cold boots to time.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    boots: u64,
+    /// Exec and ping round trips to time (each).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    runs: u64,
+    /// Size of the file written and read back, in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    file_mib: u64,
+    /// VMs booted for the idle-memory figure.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    idle_vms: u64,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = run(&args);
+    // Whatever happened, every VM has been dropped (and so shut down) by
+    // now: check that none of ours survived.
+    let leftovers = measure::leftover_qemu();
+    match result {
+        Ok(mut report) => {
+            report.leftover_qemu = leftovers;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if !report.leftover_qemu.ours.is_empty() {
+                print_chain(&BenchError::Leaked(report.leftover_qemu.ours.clone()));
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_chain(&e);
+            if !leftovers.ours.is_empty() {
+                print_chain(&BenchError::Leaked(leftovers.ours));
+                return ExitCode::from(2);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_chain(e: &dyn std::error::Error) {
+    eprintln!("error: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        eprintln!("  caused by: {c}");
+        cause = c.source();
+    }
+}
+
+fn run(args: &Args) -> Result<Report, BenchError> {
+    let images = Arc::new(Images::new(Arc::new(Config::default())));
+    eprintln!("preparing the default guest");
+    let guest = images.default_guest().map_err(BenchError::Prepare)?;
+    let choice = accel::choose(&qemu_binary(), &guest.vmlinux, &guest.initrd);
+    eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.reason);
+    let bench = Bench {
+        images,
+        accel: choice.accel,
+    };
+    let cold_boot = bench.cold_boot(args.boots as usize)?;
+    let (round_trip, file_io) = bench.warm(args.runs as usize, (args.file_mib << 20) as usize)?;
+    let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;
+    Ok(Report {
+        host: Host {
+            cpu: cpu_model(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            accel: choice.accel.as_str(),
+            accel_reason: choice.reason,
+            kernel_release: guest.kernel_release,
+        },
+        cold_boot,
+        round_trip,
+        file_io,
+        idle_memory,
+        leftover_qemu: measure::leftover_qemu(),
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

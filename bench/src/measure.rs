@@ -1,0 +1,349 @@
+//! The measurements: each boots what it needs, times it, and shuts every VM
+//! down before returning (a [`Vm`] also shuts down on drop, so an early
+//! error leaks nothing).
+//!
+//! Progress goes to stderr; results are returned as [`crate::report`] types
+//! and never printed here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use provium::image::Images;
+use provium::vm::{BootOpts, Vm, VmError, DEFAULT_MEMORY};
+use provium::vmm::Accel;
+use provium_protocol::ExecRequest;
+
+use crate::report::{ColdBoot, FileIo, IdleMemory, Leftovers, RoundTrip, Summary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot prepare the default guest")]
+    Prepare(#[source] provium::image::ImageError),
+    #[error("{step} failed")]
+    Vm {
+        step: String,
+        /// Boxed: `VmError` is large and this error travels through every
+        /// measurement's `Result`.
+        #[source]
+        source: Box<VmError>,
+    },
+    #[error("`true` exited with {status:?} during {step}")]
+    CommandFailed {
+        step: String,
+        status: provium_protocol::ExitStatus,
+    },
+    #[error(
+        "read_file returned {got} bytes that differ from the {want} written (first difference at byte {at:?})"
+    )]
+    Mismatch {
+        got: usize,
+        want: usize,
+        at: Option<usize>,
+    },
+    #[error("cannot read the RSS of QEMU pid {pid} from /proc")]
+    Rss {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("qemu pid unknown for a booted VM `{0}`")]
+    NoPid(String),
+    #[error("this bench left QEMU running: pids {0:?}")]
+    Leaked(Vec<u32>),
+}
+
+/// What every measurement needs to boot a VM.
+pub struct Bench {
+    pub images: Arc<Images>,
+    pub accel: Accel,
+}
+
+fn step<T>(step: impl Into<String>, r: Result<T, VmError>) -> Result<T, BenchError> {
+    r.map_err(|source| BenchError::Vm {
+        step: step.into(),
+        source: Box::new(source),
+    })
+}
+
+fn exec_true() -> ExecRequest {
+    ExecRequest {
+        argv: vec!["true".into()],
+        ..Default::default()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+impl Bench {
+    fn vm(&self, name: &str) -> Vm {
+        Vm::new(
+            name,
+            "default",
+            BootOpts::default(),
+            self.images.clone(),
+            self.accel,
+        )
+    }
+
+    fn boot(&self, name: &str) -> Result<Vm, BenchError> {
+        let mut vm = self.vm(name);
+        step(format!("boot of `{name}`"), vm.boot(&BootOpts::default()))?;
+        Ok(vm)
+    }
+
+    fn run_true(vm: &mut Vm, what: &str) -> Result<(), BenchError> {
+        let out = step(what, vm.exec(exec_true()))?;
+        match out.status {
+            provium_protocol::ExitStatus::Exited(0) => Ok(()),
+            status => Err(BenchError::CommandFailed {
+                step: what.to_string(),
+                status,
+            }),
+        }
+    }
+
+    /// Spawn → first command result, `boots` times.
+    pub fn cold_boot(&self, boots: usize) -> Result<ColdBoot, BenchError> {
+        let (mut cold, mut kernel, mut handshake) = (vec![], vec![], vec![]);
+        for i in 1..=boots {
+            let name = format!("cold-{i}");
+            let start = Instant::now();
+            let mut vm = self.vm(&name);
+            step(format!("boot of `{name}`"), vm.boot(&BootOpts::default()))?;
+            Self::run_true(&mut vm, "first exec")?;
+            let took = start.elapsed();
+            let (k, h) = vm.last_boot.expect("a booted VM records its boot times");
+            vm.shutdown();
+            eprintln!(
+                "cold boot {i}/{boots}: {} (kernel {}, handshake {})",
+                ms(took),
+                ms(k),
+                ms(h)
+            );
+            cold.push(took);
+            kernel.push(k);
+            handshake.push(h);
+        }
+        let cold = Summary::of(&cold).expect("at least one boot");
+        let kernel = Summary::of(&kernel).expect("at least one boot");
+        Ok(ColdBoot {
+            what: "QEMU spawn → result of the first exec of `true` (Vm::boot + exec), \
+                   beside the guest kernel's own boot time (uptime when the agent started)",
+            cold_over_kernel: cold.median_ms / kernel.median_ms,
+            cold,
+            kernel,
+            handshake: Summary::of(&handshake).expect("at least one boot"),
+        })
+    }
+
+    /// Exec and ping round trips on one booted VM, then 64 MiB file I/O on
+    /// the same VM.
+    pub fn warm(&self, runs: usize, file_bytes: usize) -> Result<(RoundTrip, FileIo), BenchError> {
+        eprintln!("round trips: booting `warm`");
+        let mut vm = self.boot("warm")?;
+        for _ in 0..5 {
+            Self::run_true(&mut vm, "warm-up exec")?;
+            step("warm-up ping", vm.ping())?;
+        }
+        let mut exec = Vec::with_capacity(runs);
+        let mut ping = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            Self::run_true(&mut vm, "exec round trip")?;
+            exec.push(t.elapsed());
+        }
+        for _ in 0..runs {
+            let t = Instant::now();
+            step("ping round trip", vm.ping())?;
+            ping.push(t.elapsed());
+        }
+        let exec = Summary::of(&exec).expect("runs >= 1");
+        let ping = Summary::of(&ping).expect("runs >= 1");
+        eprintln!(
+            "round trips: exec median {:.2} ms, ping median {:.2} ms over {runs} runs",
+            exec.median_ms, ping.median_ms
+        );
+        let rt = RoundTrip {
+            what: "host-side wall time of one exec of `true` on a booted VM, and of one \
+                   agent ping (request → reply, no guest process)",
+            exec_over_ping: exec.median_ms / ping.median_ms,
+            exec_true: exec,
+            ping,
+        };
+        let io = file_io(&mut vm, file_bytes)?;
+        vm.shutdown();
+        Ok((rt, io))
+    }
+
+    /// Boots `n` VMs one after another, lets them idle, reads each QEMU's
+    /// VmRSS.
+    pub fn idle_memory(&self, n: usize, idle: Duration) -> Result<IdleMemory, BenchError> {
+        let mut vms = Vec::with_capacity(n);
+        for i in 1..=n {
+            eprintln!("idle memory: booting `idle-{i}` ({i}/{n})");
+            let mut vm = self.boot(&format!("idle-{i}"))?;
+            Self::run_true(&mut vm, "idle VM exec")?;
+            vms.push(vm);
+        }
+        eprintln!("idle memory: {n} VMs up; idling {idle:?}");
+        // A deliberate idle period, not a wait for a condition.
+        std::thread::sleep(idle);
+        let (mut rss, mut anon) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for vm in &vms {
+            let pid = vm
+                .qemu_pid()
+                .ok_or_else(|| BenchError::NoPid(vm.name().to_string()))?;
+            rss.push(status_kib(pid, "VmRSS")? as f64 / 1024.0);
+            anon.push(status_kib(pid, "RssAnon")? as f64 / 1024.0);
+        }
+        for mut vm in vms {
+            vm.shutdown();
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        eprintln!("idle memory: VmRSS {rss:.1?} MiB, RssAnon {anon:.1?} MiB");
+        Ok(IdleMemory {
+            what: "VmRSS of each QEMU process with an idle booted guest (host memory per VM), \
+                   and its anonymous part RssAnon (VmRSS also counts the mapped vmlinux, \
+                   page cache shared by all VMs), beside the guest memory configured",
+            vms: n,
+            idle_secs: idle.as_secs_f64(),
+            mean_rss_mib: mean(&rss),
+            mean_anon_mib: mean(&anon),
+            rss_mib: rss,
+            anon_mib: anon,
+            configured_mib: DEFAULT_MEMORY >> 20,
+        })
+    }
+}
+
+/// Writes then reads back `bytes` of pseudo-random data three times each;
+/// keeps the best time and checks every read against what was written.
+fn file_io(vm: &mut Vm, bytes: usize) -> Result<FileIo, BenchError> {
+    const PATH: &str = "/tmp/provium-bench.bin";
+    step("mkdir /tmp", vm.mkdir("/tmp", true, 0o1777))?;
+    let data = pseudo_random(bytes);
+    let mib = bytes as f64 / (1 << 20) as f64;
+    let (mut best_w, mut best_r) = (Duration::MAX, Duration::MAX);
+    for i in 1..=3 {
+        let t = Instant::now();
+        step("write_file", vm.write_file(PATH, &data, 0o644))?;
+        let w = t.elapsed();
+        let t = Instant::now();
+        let back = step("read_file", vm.read_file(PATH))?;
+        let r = t.elapsed();
+        if back != data {
+            return Err(BenchError::Mismatch {
+                got: back.len(),
+                want: data.len(),
+                at: back.iter().zip(&data).position(|(a, b)| a != b),
+            });
+        }
+        eprintln!(
+            "file i/o {i}/3: write {:.1} MiB/s, read {:.1} MiB/s (verified)",
+            mib / w.as_secs_f64(),
+            mib / r.as_secs_f64()
+        );
+        best_w = best_w.min(w);
+        best_r = best_r.min(r);
+    }
+    step("unlink", vm.unlink(PATH))?;
+    Ok(FileIo {
+        what: "write_file / read_file of one file of pseudo-random bytes in the guest's /tmp \
+               (initramfs, RAM-backed), host wall time, best of 3; every read compared to the data written",
+        bytes,
+        write_mib_s: mib / best_w.as_secs_f64(),
+        read_mib_s: mib / best_r.as_secs_f64(),
+        write_best_ms: best_w.as_secs_f64() * 1e3,
+        read_best_ms: best_r.as_secs_f64() * 1e3,
+        verified: true,
+    })
+}
+
+/// Incompressible, reproducible bytes (xorshift64*).
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A `kB` field (`VmRSS`, `RssAnon`) of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Rss { pid, source })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| BenchError::Rss {
+            pid,
+            source: std::io::Error::other(format!("no {field} line in {path}")),
+        })
+}
+
+/// `qemu-system` processes still running, split into ours (children of
+/// this process) and anyone else's. Uses `pgrep -f qemu-system`.
+pub fn leftover_qemu() -> Leftovers {
+    let me = std::process::id();
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "qemu-system"])
+        .output();
+    let pids: Vec<u32> = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+        Err(e) => {
+            eprintln!("warning: cannot run pgrep: {e}");
+            vec![]
+        }
+    };
+    let (mut ours, mut others) = (vec![], vec![]);
+    for pid in pids {
+        match parent_of(pid) {
+            Some(ppid) if ppid == me => ours.push(pid),
+            // Gone since pgrep listed it.
+            None => {}
+            Some(_) => others.push(pid),
+        }
+    }
+    Leftovers {
+        what: "`pgrep -f qemu-system` after the run: pids this bench started (must be none) \
+               and pids of other users, left alone",
+        ours,
+        others,
+    }
+}
+
+/// The parent pid from `/proc/<pid>/stat` (field 4, after the `(comm)`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_random_is_exact_length_and_not_constant() {
+        let d = pseudo_random(1001);
+        assert_eq!(d.len(), 1001);
+        assert!(d.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn parent_of_self_is_our_parent() {
+        let ppid = std::os::unix::process::parent_id();
+        assert_eq!(parent_of(std::process::id()), Some(ppid));
+    }
+}

@@ -1,0 +1,358 @@
+//! End-to-end tests: the real `provium` binary boots real QEMU guests with the
+//! real agent. Each test works in its own temporary directory, which is also
+//! the process's `TMPDIR`, so the scratch directories a run creates (and
+//! must remove) are easy to check.
+//!
+//! They need `scripts/setup` to have run (QEMU, busybox-static, the guest
+//! kernel). They use TCG (`PROVIUM_ACCEL=tcg`), like CI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use provium::guest::CpioWriter;
+
+struct Suite {
+    dir: tempfile::TempDir,
+}
+
+impl Suite {
+    fn new() -> Suite {
+        Suite {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmpdir(&self) -> PathBuf {
+        let t = self.path().join("tmp");
+        std::fs::create_dir_all(&t).unwrap();
+        t
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_provium"));
+        c.args(args)
+            .current_dir(self.path())
+            .env("TMPDIR", self.tmpdir())
+            .env("PROVIUM_ACCEL", "tcg");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("run provium");
+        eprintln!(
+            "--- provium {args:?} exit={:?}\n{}\n--- stderr\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The scratch directories and QEMU processes left by provium `pid`.
+    fn leftovers(&self, pid: u32) -> Vec<String> {
+        let mut found = Vec::new();
+        let root = self
+            .tmpdir()
+            .join(format!("provium-{}", unsafe { libc::getuid() }));
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{pid}-")) {
+                    found.push(format!("scratch dir {name}"));
+                }
+            }
+        }
+        let marker = root.display().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains("qemu-system") && cmd.contains(&marker) {
+                    found.push(format!(
+                        "process {}: {cmd}",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        found
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_json::Value {
+    reports
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no report for {suffix}"))
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The default guest's initramfs with an `/init` script added: a guest
+/// image that has its own init.
+fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
+    let images = provium::image::Images::new(Default::default());
+    let guest = images
+        .default_guest()
+        .expect("default guest (run scripts/setup)");
+    let mut bytes = std::fs::read(&guest.initrd).unwrap();
+    let mut w = CpioWriter::new();
+    w.file("init", 0o755, script.as_bytes());
+    bytes.extend(w.finish());
+    let path = dir.join("custom-initrd.cpio");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn vmlinux() -> PathBuf {
+    provium::image::Images::new(Default::default())
+        .default_guest()
+        .unwrap()
+        .vmlinux
+}
+
+#[test]
+fn example_suite_passes_and_leaves_nothing() {
+    let s = Suite::new();
+    let out = s
+        .command(&["--json", examples_dir().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let reports = json_lines(&out);
+    assert_eq!(reports.len(), 3, "{reports:#?}");
+    for r in &reports {
+        assert_eq!(r["passed"], true, "{r:#}");
+    }
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn framework_semantics() {
+    let s = Suite::new();
+    s.write(
+        "framework.test.lua",
+        r#"
+test("t.name and log", function(t)
+  t:log("hello from " .. t.name)
+  t:assert_neq(1, 2)
+end)
+test("a caught assertion still fails the test", function(t)
+  pcall(function() t:assert(false, "sticky") end)
+end)
+test("explicit fail", function(t) t:fail("nope") end)
+test("skip from the body", function(t) t:skip("not today"); error("unreachable") end)
+test("skip from meta", {skip = "by meta"}, function(t) error("unreachable") end)
+test("assert_raises returns the message", function(t)
+  local e = t:assert_raises(function() error("boom") end)
+  t:assert_contains(e, "boom")
+  local e2 = t:assert_raises(function() t:assert_eq(1, 2, "inner") end)
+  t:assert_contains(e2, "inner: 1 ~= 2")
+end)
+test("lua errors carry file and line", function(t) local x = nil; return x.field end)
+"#,
+    );
+    let out = s.run(&["--json", "framework.test.lua"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = &json_lines(&out)[0];
+    let tests = r["tests"].as_array().unwrap();
+    let by_name = |n: &str| tests.iter().find(|t| t["name"] == n).unwrap();
+    assert_eq!(by_name("t.name and log")["status"], "passed");
+    assert_eq!(
+        by_name("t.name and log")["log"][0],
+        "hello from t.name and log"
+    );
+    let sticky = by_name("a caught assertion still fails the test");
+    assert_eq!(sticky["status"], "failed");
+    assert!(
+        sticky["message"]
+            .as_str()
+            .unwrap()
+            .contains("framework.test.lua:7: sticky"),
+        "{sticky}"
+    );
+    assert_eq!(by_name("explicit fail")["status"], "failed");
+    assert_eq!(by_name("skip from the body")["status"], "skipped");
+    assert_eq!(by_name("skip from the body")["message"], "not today");
+    assert_eq!(by_name("skip from meta")["message"], "skipped: by meta");
+    assert_eq!(
+        by_name("assert_raises returns the message")["status"],
+        "passed"
+    );
+    let lua_err = by_name("lua errors carry file and line");
+    assert!(
+        lua_err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("framework.test.lua:18:"),
+        "{lua_err}"
+    );
+}
+
+#[test]
+fn bad_input_is_reported_and_the_run_goes_on() {
+    let s = Suite::new();
+    let init = "#!/bin/sh\necho 'custom init is running, but no agent here'\nwhile true; do sleep 1; done\n";
+    let initrd = initrd_with_init(s.path(), init);
+    s.write(
+        "provium.toml",
+        &format!(
+            "[profiles.nokernel]\nkernel = \"/nonexistent/vmlinuz\"\n\n\
+             [profiles.noagent]\nkernel = \"{}\"\ninitrd = \"{}\"\ninject_agent = false\n\
+             cmdline = \"{}\"\nagent_boot_timeout = 15\n",
+            vmlinux().display(),
+            initrd.display(),
+            provium::image::default_cmdline()
+        ),
+    );
+    s.write(
+        "a_syntax.test.lua",
+        "test(\"x\", function(t)\n  local = 1\nend)\n",
+    );
+    s.write(
+        "b_profile.test.lua",
+        "test(\"unknown profile\", function(t) provium:vm(\"v\", \"nope\") end)\n",
+    );
+    s.write(
+        "c_kernel.test.lua",
+        "test(\"missing kernel\", function(t) provium:vm(\"v\", \"nokernel\"):boot() end)\n",
+    );
+    s.write("d_noagent.test.lua", "test(\"init never starts the agent\", function(t) provium:vm(\"v\", \"noagent\"):boot() end)\n");
+    s.write(
+        "e_good.test.lua",
+        "test(\"missing command is a result\", function(t)\n  local r = provium:vm(\"v\", \"default\"):boot():run(\"definitely-not-here\")\n  t:assert_eq(r.exit_code, 127)\nend)\n",
+    );
+    let child = s
+        .command(&["--json", "."])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let reports = json_lines(&out);
+    assert_eq!(reports.len(), 5);
+
+    let syntax = file(&reports, "a_syntax.test.lua");
+    let msg = syntax["chunk_error"].as_str().unwrap();
+    assert!(msg.contains("a_syntax.test.lua:2:"), "{msg}");
+
+    let profile = &file(&reports, "b_profile.test.lua")["tests"][0];
+    let msg = profile["message"].as_str().unwrap();
+    assert!(
+        msg.contains("b_profile.test.lua:1: profile `nope` is not defined"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("available: default, noagent, nokernel"),
+        "{msg}"
+    );
+
+    let kernel = &file(&reports, "c_kernel.test.lua")["tests"][0];
+    let msg = kernel["message"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "profile `nokernel`: `kernel` points to `/nonexistent/vmlinuz`, which does not exist"
+        ),
+        "{msg}"
+    );
+
+    let noagent = &file(&reports, "d_noagent.test.lua")["tests"][0];
+    let msg = noagent["message"].as_str().unwrap();
+    assert!(msg.contains("agent did not come up within 15s"), "{msg}");
+    assert!(
+        msg.contains("custom init is running, but no agent here"),
+        "console tail missing: {msg}"
+    );
+
+    assert_eq!(file(&reports, "e_good.test.lua")["passed"], true);
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
+}
+
+#[test]
+fn agent_as_pid1_shim_hands_pid1_to_the_image_init() {
+    let s = Suite::new();
+    let init = "#!/bin/sh\nmount -t proc proc /proc 2>/dev/null\necho ran > /init-ran\nwhile true; do sleep 1; done\n";
+    let initrd = initrd_with_init(s.path(), init);
+    s.write(
+        "provium.toml",
+        &format!(
+            "[profiles.withinit]\nkernel = \"{}\"\ninitrd = \"{}\"\ncmdline = \"{}\"\n",
+            vmlinux().display(),
+            initrd.display(),
+            provium::image::default_cmdline()
+        ),
+    );
+    s.write(
+        "shim.test.lua",
+        r#"
+test("image init is PID 1 and the agent serves beside it", function(t)
+  local vm = provium:vm("v", "withinit"):boot()
+  local r = vm:run("cat /proc/1/cmdline; echo; ls -l /proc/1/exe; ps")
+  t:log(r.stdout .. r.stderr)
+  t:assert_contains(r.stdout, "/init")
+  local ok = false
+  for _ = 1, 50 do
+    if vm:run("test -f /init-ran"):ok() then ok = true; break end
+  end
+  t:assert(ok, "the image's /init did not run")
+  t:assert_eq(vm:read_file("/init-ran"), "ran\n")
+end)
+"#,
+    );
+    let out = s.run(&["--json", "shim.test.lua"]);
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["passed"], true, "{r:#}");
+}
+
+#[test]
+fn ctrl_c_during_boot_leaves_nothing_behind() {
+    let s = Suite::new();
+    s.write("slow.test.lua", "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n");
+    let mut child = s
+        .command(&["slow.test.lua"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until QEMU runs (its scratch directory exists), then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.leftovers(pid).iter().all(|l| !l.starts_with("process")) {
+        assert!(Instant::now() < deadline, "QEMU never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
+}
