@@ -10,6 +10,6 @@ pub fn warn(msg: &str) {
         Ok(mut f) => {
             let _ = f.write_all(line.as_bytes());
         }
-        Err(_) => eprint!("provium-agent: {msg}\n"),
+        Err(_) => eprintln!("provium-agent: {msg}"),
     }
 }

@@ -51,7 +51,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 
 /// A finite, non-negative number of seconds as a `Duration`.
 pub fn seconds(secs: f64) -> Option<Duration> {
-    (secs.is_finite() && secs >= 0.0 && secs < 1e12).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && (0.0..1e12).contains(&secs)).then(|| Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ fn declare(lua: &Lua, name: String, profile: String, o: Option<mlua::Table>) -> 
         ));
     }
     // Unknown profiles fail here, at declaration, not at boot.
-    if images.config().profiles.get(&profile).is_none() && profile != crate::config::DEFAULT_PROFILE
+    if !images.config().profiles.contains_key(&profile) && profile != crate::config::DEFAULT_PROFILE
     {
         drop(scopes);
         let e = images.resolve(&profile).expect_err("unknown profile");

@@ -174,8 +174,7 @@ pub fn run_request(
         });
     }
     check_keys(lua, what, &t, RUN_KEYS)?;
-    let mut req = ExecRequest::default();
-    req.argv = match t.get::<Option<Table>>("args")? {
+    let argv = match t.get::<Option<Table>>("args")? {
         Some(args) => {
             let mut argv = vec![cmd.to_string()];
             argv.extend(strings(lua, &format!("{what}: args"), &args)?);
@@ -183,6 +182,7 @@ pub fn run_request(
         }
         None => shell(cmd),
     };
+    let mut req = ExecRequest { argv, ..Default::default() };
     if let Some(env) = t.get::<Option<Table>>("env")? {
         let mut map = BTreeMap::new();
         for pair in env.pairs::<String, Value>() {

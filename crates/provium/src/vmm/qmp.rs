@@ -43,9 +43,12 @@ pub struct Event {
     pub data: Value,
 }
 
+/// A command's `return` value, or its error `(class, desc)`.
+type Answer = Result<Value, (String, String)>;
+
 #[derive(Default)]
 struct Shared {
-    waiting: HashMap<u64, Sender<Result<Value, (String, String)>>>,
+    waiting: HashMap<u64, Sender<Answer>>,
     events: Vec<Event>,
     closed: bool,
 }
