@@ -49,11 +49,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
     let result = run(&args);
@@ -100,10 +96,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     let guest = images.default_guest().map_err(BenchError::Prepare)?;
     let choice = accel::choose(&qemu_binary(), &guest.vmlinux, &guest.initrd);
     eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.reason);
-    let bench = Bench {
-        images,
-        accel: choice.accel,
-    };
+    let bench = Bench { images, accel: choice.accel };
     let cold_boot = bench.cold_boot(args.boots as usize)?;
     let (round_trip, file_io) = bench.warm(args.runs as usize, (args.file_mib << 20) as usize)?;
     let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;

@@ -28,18 +28,9 @@ pub enum BenchError {
         source: Box<VmError>,
     },
     #[error("`true` exited with {status:?} during {step}")]
-    CommandFailed {
-        step: String,
-        status: provium_protocol::ExitStatus,
-    },
-    #[error(
-        "read_file returned {got} bytes that differ from the {want} written (first difference at byte {at:?})"
-    )]
-    Mismatch {
-        got: usize,
-        want: usize,
-        at: Option<usize>,
-    },
+    CommandFailed { step: String, status: provium_protocol::ExitStatus },
+    #[error("read_file returned {got} bytes that differ from the {want} written (first difference at byte {at:?})")]
+    Mismatch { got: usize, want: usize, at: Option<usize> },
     #[error("cannot read the RSS of QEMU pid {pid} from /proc")]
     Rss {
         pid: u32,
@@ -59,17 +50,11 @@ pub struct Bench {
 }
 
 fn step<T>(step: impl Into<String>, r: Result<T, VmError>) -> Result<T, BenchError> {
-    r.map_err(|source| BenchError::Vm {
-        step: step.into(),
-        source: Box::new(source),
-    })
+    r.map_err(|source| BenchError::Vm { step: step.into(), source: Box::new(source) })
 }
 
 fn exec_true() -> ExecRequest {
-    ExecRequest {
-        argv: vec!["true".into()],
-        ..Default::default()
-    }
+    ExecRequest { argv: vec!["true".into()], ..Default::default() }
 }
 
 fn ms(d: Duration) -> String {
@@ -78,13 +63,7 @@ fn ms(d: Duration) -> String {
 
 impl Bench {
     fn vm(&self, name: &str) -> Vm {
-        Vm::new(
-            name,
-            "default",
-            BootOpts::default(),
-            self.images.clone(),
-            self.accel,
-        )
+        Vm::new(name, "default", BootOpts::default(), self.images.clone(), self.accel)
     }
 
     fn boot(&self, name: &str) -> Result<Vm, BenchError> {
@@ -94,13 +73,10 @@ impl Bench {
     }
 
     fn run_true(vm: &mut Vm, what: &str) -> Result<(), BenchError> {
-        let out = step(what, vm.exec(exec_true()))?;
+        let out = step(what, vm.exec(exec_true(), b""))?;
         match out.status {
             provium_protocol::ExitStatus::Exited(0) => Ok(()),
-            status => Err(BenchError::CommandFailed {
-                step: what.to_string(),
-                status,
-            }),
+            status => Err(BenchError::CommandFailed { step: what.to_string(), status }),
         }
     }
 
@@ -116,12 +92,7 @@ impl Bench {
             let took = start.elapsed();
             let (k, h) = vm.last_boot.expect("a booted VM records its boot times");
             vm.shutdown();
-            eprintln!(
-                "cold boot {i}/{boots}: {} (kernel {}, handshake {})",
-                ms(took),
-                ms(k),
-                ms(h)
-            );
+            eprintln!("cold boot {i}/{boots}: {} (kernel {}, handshake {})", ms(took), ms(k), ms(h));
             cold.push(took);
             kernel.push(k);
             handshake.push(h);
@@ -192,9 +163,7 @@ impl Bench {
         std::thread::sleep(idle);
         let (mut rss, mut anon) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for vm in &vms {
-            let pid = vm
-                .qemu_pid()
-                .ok_or_else(|| BenchError::NoPid(vm.name().to_string()))?;
+            let pid = vm.qemu_pid().ok_or_else(|| BenchError::NoPid(vm.name().to_string()))?;
             rss.push(status_kib(pid, "VmRSS")? as f64 / 1024.0);
             anon.push(status_kib(pid, "RssAnon")? as f64 / 1024.0);
         }
@@ -283,24 +252,16 @@ fn status_kib(pid: u32, field: &str) -> Result<u64, BenchError> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| BenchError::Rss {
-            pid,
-            source: std::io::Error::other(format!("no {field} line in {path}")),
-        })
+        .ok_or_else(|| BenchError::Rss { pid, source: std::io::Error::other(format!("no {field} line in {path}")) })
 }
 
 /// `qemu-system` processes still running, split into ours (children of
 /// this process) and anyone else's. Uses `pgrep -f qemu-system`.
 pub fn leftover_qemu() -> Leftovers {
     let me = std::process::id();
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", "qemu-system"])
-        .output();
+    let out = std::process::Command::new("pgrep").args(["-f", "qemu-system"]).output();
     let pids: Vec<u32> = match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect(),
+        Ok(o) => String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect(),
         Err(e) => {
             eprintln!("warning: cannot run pgrep: {e}");
             vec![]

@@ -47,19 +47,10 @@ impl Summary {
         let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
         let n = ms.len();
-        let median = if n % 2 == 1 {
-            ms[n / 2]
-        } else {
-            (ms[n / 2 - 1] + ms[n / 2]) / 2.0
-        };
+        let median = if n % 2 == 1 { ms[n / 2] } else { (ms[n / 2 - 1] + ms[n / 2]) / 2.0 };
         // Nearest-rank percentile.
         let p90 = ms[(n * 9).div_ceil(10).max(1) - 1];
-        Some(Summary {
-            n,
-            median_ms: median,
-            min_ms: ms[0],
-            p90_ms: p90,
-        })
+        Some(Summary { n, median_ms: median, min_ms: ms[0], p90_ms: p90 })
     }
 }
 
@@ -154,11 +145,7 @@ impl Report {
             ),
             (
                 "  handshake".into(),
-                format!(
-                    "{} median, {} min",
-                    secs(c.handshake.median_ms),
-                    secs(c.handshake.min_ms)
-                ),
+                format!("{} median, {} min", secs(c.handshake.median_ms), secs(c.handshake.min_ms)),
                 "QEMU spawn → agent handshake done (host clock)".into(),
             ),
             (
@@ -168,11 +155,7 @@ impl Report {
             ),
             (
                 "exec `true`".into(),
-                format!(
-                    "{} median, {} p90",
-                    secs(r.exec_true.median_ms),
-                    secs(r.exec_true.p90_ms)
-                ),
+                format!("{} median, {} p90", secs(r.exec_true.median_ms), secs(r.exec_true.p90_ms)),
                 format!("round trip of one exec of `true` on a booted VM, {} runs", r.exec_true.n),
             ),
             (
@@ -201,10 +184,7 @@ impl Report {
             ),
             (
                 "idle QEMU RSS".into(),
-                format!(
-                    "{:.1} MiB mean ({:.1} anon)",
-                    m.mean_rss_mib, m.mean_anon_mib
-                ),
+                format!("{:.1} MiB mean ({:.1} anon)", m.mean_rss_mib, m.mean_anon_mib),
                 format!(
                     "VmRSS (RssAnon) of each of {} idle QEMUs after {:.0} s ({}); guest memory configured: {} MiB",
                     m.vms,

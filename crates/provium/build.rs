@@ -14,23 +14,12 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let workspace = manifest_dir.parent().unwrap().parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     println!("cargo:rerun-if-env-changed=PROVIUM_AGENT_BIN");
     for dir in ["crates/provium-agent", "crates/provium-protocol"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(dir).join("src").display()
-        );
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(dir).join("Cargo.toml").display()
-        );
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).join("src").display());
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).join("Cargo.toml").display());
     }
 
     let agent = match std::env::var("PROVIUM_AGENT_BIN") {
@@ -47,38 +36,16 @@ fn build_agent(workspace: &std::path::Path, out_dir: &std::path::Path) -> PathBu
     let target_dir = out_dir.join("agent-target");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "provium-agent",
-            "--target",
-            TARGET,
-        ])
+        .args(["build", "--release", "--locked", "-p", "provium-agent", "--target", TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
-        .args([
-            "--config",
-            "profile.release.strip=true",
-            "--config",
-            "profile.release.opt-level=\"s\"",
-        ])
+        .args(["--config", "profile.release.strip=true", "--config", "profile.release.opt-level=\"s\""])
         .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
     // Do not let an outer clippy/coverage wrapper or flags leak in.
-    for var in [
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-    ] {
+    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR"] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo to build provium-agent");
     assert!(status.success(), "building provium-agent failed ({status})");
-    target_dir
-        .join(TARGET)
-        .join("release")
-        .join("provium-agent")
+    target_dir.join(TARGET).join("release").join("provium-agent")
 }

@@ -1,7 +1,7 @@
 //! Running a command to completion.
 //!
-//! The child leads its own process group; stdin is fed from the request,
-//! stdout and stderr are captured. One `poll` loop watches the pipes and the
+//! The child leads its own process group; stdin is fed from the host's
+//! `Data` frames by a feeder thread; stdout and stderr are captured. One `poll` loop watches the pipes and the
 //! child's [`ExitSlot`], so the call returns **when the child exits**, not
 //! when its pipes close: a `server &` left behind keeps the pipes open but
 //! does not hang the command. A timeout, or a cancel from the host, kills
@@ -12,11 +12,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use provium_protocol::{ExecOutput, ExecRequest, ExitStatus, OpError, OpErrorKind, MAX_CAPTURE};
 
 use crate::reaper;
+use crate::session::Inbound;
 
 /// Set when the host cancels the channel; checked between polls.
 pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
@@ -25,10 +27,7 @@ pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
 /// exit status 127 (like `sh`) instead of an error.
 fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
+    let executable = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if prog.contains('/') {
         return match executable(Path::new(prog)) {
             Ok(true) => Ok(prog.to_string()),
@@ -36,10 +35,7 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
             Err(_) => Err((127, format!("{prog}: not found"))),
         };
     }
-    let path = env_path
-        .map(str::to_string)
-        .or_else(|| std::env::var("PATH").ok())
-        .unwrap_or_default();
+    let path = env_path.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(prog);
         if let Ok(true) = executable(&cand) {
@@ -50,20 +46,25 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
 }
 
 fn os_error(what: &str, e: std::io::Error) -> OpError {
-    OpError {
-        kind: OpErrorKind::Os,
-        errno: e.raw_os_error(),
-        message: format!("{what}: {e}"),
-    }
+    OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
 }
 
-pub fn run(req: ExecRequest, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
+/// Copies the host's stdin `Data` frames into the child's stdin pipe on a
+/// thread of its own (blocking writes; stops at `DataEnd`, cancel, or when
+/// the child closes its end).
+fn feed_stdin(mut pipe: ChildStdin, inbox: Receiver<Inbound>) {
+    std::thread::spawn(move || {
+        while let Ok(Inbound::Data(bytes)) = inbox.recv() {
+            if pipe.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
     let Some(prog) = req.argv.first() else {
-        return Err(OpError {
-            kind: OpErrorKind::BadRequest,
-            errno: None,
-            message: "exec: empty argv".into(),
-        });
+        return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
     };
     let env_path = if req.env_clear {
         Some(req.env.get("PATH").cloned().unwrap_or_default())
@@ -90,39 +91,25 @@ pub fn run(req: ExecRequest, cancel: &CancelFlag) -> Result<ExecOutput, OpError>
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.stdin(if req.stdin.is_empty() {
-        Stdio::null()
-    } else {
-        Stdio::piped()
-    });
+    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
 
     let mut reg = reaper::lock();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
+    let mut child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
     let pid = child.id() as i32;
     let slot = reg.insert(pid);
     drop(reg);
 
-    let deadline = req
-        .timeout_ms
-        .map(|ms| Instant::now() + Duration::from_millis(ms));
-    let mut io = ChildIo::new(
-        child.stdin.take(),
-        child.stdout.take().unwrap(),
-        child.stderr.take().unwrap(),
-        req.stdin,
-    );
+    let deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    if let Some(pipe) = child.stdin.take() {
+        feed_stdin(pipe, inbox);
+    }
+    let mut io = ChildIo::new(child.stdout.take().unwrap(), child.stderr.take().unwrap());
     let mut killed_for_timeout = false;
     loop {
         if let Some(status) = slot.status() {
             io.drain_after_exit();
-            let status = if killed_for_timeout {
-                ExitStatus::TimedOut
-            } else {
-                decode_status(status)
-            };
+            let status = if killed_for_timeout { ExitStatus::TimedOut } else { decode_status(status) };
             return Ok(io.into_output(status));
         }
         let now = Instant::now();
@@ -164,11 +151,8 @@ fn set_nonblocking(fd: i32) {
     }
 }
 
-/// The child's three pipes and what has moved through them.
+/// The child's output pipes and what has come through them.
 struct ChildIo {
-    stdin: Option<ChildStdin>,
-    stdin_data: Vec<u8>,
-    stdin_pos: usize,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     out: Vec<u8>,
@@ -177,55 +161,23 @@ struct ChildIo {
 }
 
 impl ChildIo {
-    fn new(
-        stdin: Option<ChildStdin>,
-        stdout: ChildStdout,
-        stderr: ChildStderr,
-        stdin_data: Vec<u8>,
-    ) -> ChildIo {
-        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()]
-            .into_iter()
-            .chain(stdin.as_ref().map(|s| s.as_raw_fd()))
-        {
+    fn new(stdout: ChildStdout, stderr: ChildStderr) -> ChildIo {
+        for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
             set_nonblocking(fd);
         }
-        ChildIo {
-            stdin,
-            stdin_data,
-            stdin_pos: 0,
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-            out: Vec::new(),
-            err: Vec::new(),
-            truncated: false,
-        }
+        ChildIo { stdout: Some(stdout), stderr: Some(stderr), out: Vec::new(), err: Vec::new(), truncated: false }
     }
 
     fn poll_once(&mut self, exit_fd: i32, timeout_ms: i32) {
-        let mut fds = vec![libc::pollfd {
-            fd: exit_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = vec![libc::pollfd { fd: exit_fd, events: libc::POLLIN, revents: 0 }];
         let ids: Vec<u8> = [
-            self.stdout
-                .as_ref()
-                .map(|s| (s.as_raw_fd(), libc::POLLIN, 1u8)),
-            self.stderr
-                .as_ref()
-                .map(|s| (s.as_raw_fd(), libc::POLLIN, 2u8)),
-            self.stdin
-                .as_ref()
-                .map(|s| (s.as_raw_fd(), libc::POLLOUT, 0u8)),
+            self.stdout.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 1u8)),
+            self.stderr.as_ref().map(|s| (s.as_raw_fd(), libc::POLLIN, 2u8)),
         ]
         .into_iter()
         .flatten()
         .map(|(fd, events, id)| {
-            fds.push(libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            });
+            fds.push(libc::pollfd { fd, events, revents: 0 });
             id
         })
         .collect();
@@ -238,27 +190,7 @@ impl ChildIo {
             if pfd.revents == 0 {
                 continue;
             }
-            match id {
-                0 => self.feed_stdin(),
-                1 => self.read_pipe(true),
-                _ => self.read_pipe(false),
-            }
-        }
-    }
-
-    fn feed_stdin(&mut self) {
-        let Some(stdin) = self.stdin.as_mut() else {
-            return;
-        };
-        match stdin.write(&self.stdin_data[self.stdin_pos..]) {
-            Ok(n) => self.stdin_pos += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
-                return
-            }
-            Err(_) => self.stdin_pos = self.stdin_data.len(),
-        }
-        if self.stdin_pos >= self.stdin_data.len() {
-            self.stdin = None; // closes the pipe: the child sees EOF
+            self.read_pipe(id == 1);
         }
     }
 
@@ -267,8 +199,7 @@ impl ChildIo {
         let mut buf = [0u8; 64 * 1024];
         // Bounded, so a grandchild writing without pause cannot keep us here.
         for _ in 0..256 {
-            let pipe: &mut dyn Read = match (is_stdout, self.stdout.as_mut(), self.stderr.as_mut())
-            {
+            let pipe: &mut dyn Read = match (is_stdout, self.stdout.as_mut(), self.stderr.as_mut()) {
                 (true, Some(p), _) => p,
                 (false, _, Some(p)) => p,
                 _ => return,
@@ -288,11 +219,7 @@ impl ChildIo {
                     if keep < n {
                         self.truncated = true;
                     }
-                    let dst = if is_stdout {
-                        &mut self.out
-                    } else {
-                        &mut self.err
-                    };
+                    let dst = if is_stdout { &mut self.out } else { &mut self.err };
                     dst.extend_from_slice(&buf[..keep]);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -309,11 +236,6 @@ impl ChildIo {
     }
 
     fn into_output(self, status: ExitStatus) -> ExecOutput {
-        ExecOutput {
-            status,
-            stdout: self.out,
-            stderr: self.err,
-            truncated: self.truncated,
-        }
+        ExecOutput { status, stdout: self.out, stderr: self.err, truncated: self.truncated }
     }
 }

@@ -14,11 +14,7 @@ use provium_protocol::{DirEntry, EntryType, Metadata, OpError, OpErrorKind, Resp
 use crate::session::{Inbound, Sender};
 
 fn os(op: &str, path: &str, e: io::Error) -> OpError {
-    OpError {
-        kind: OpErrorKind::Os,
-        errno: e.raw_os_error(),
-        message: format!("{op} `{path}`: {e}"),
-    }
+    OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{op} `{path}`: {e}") }
 }
 
 fn entry_type(ft: fs::FileType) -> EntryType {
@@ -59,12 +55,7 @@ pub fn read_file(path: &str, out: &Sender) -> Result<Response, OpError> {
 }
 
 /// Writes `Data` frames from the host into the file until `DataEnd`.
-pub fn write_file(
-    path: &str,
-    perm: u32,
-    append: bool,
-    inbound: &Receiver<Inbound>,
-) -> Result<Response, OpError> {
+pub fn write_file(path: &str, perm: u32, append: bool, inbound: &Receiver<Inbound>) -> Result<Response, OpError> {
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).mode(perm);
     if append {
@@ -75,9 +66,7 @@ pub fn write_file(
     let mut f = opts.open(path).map_err(|e| os("write_file", path, e))?;
     loop {
         match inbound.recv() {
-            Ok(Inbound::Data(bytes)) => {
-                f.write_all(&bytes).map_err(|e| os("write_file", path, e))?
-            }
+            Ok(Inbound::Data(bytes)) => f.write_all(&bytes).map_err(|e| os("write_file", path, e))?,
             Ok(Inbound::DataEnd) => return Ok(Response::Done),
             Ok(Inbound::Cancel) | Err(_) => {
                 return Err(OpError {
@@ -91,11 +80,7 @@ pub fn write_file(
 }
 
 pub fn stat(path: &str, follow: bool) -> Result<Response, OpError> {
-    let md = if follow {
-        fs::metadata(path)
-    } else {
-        fs::symlink_metadata(path)
-    };
+    let md = if follow { fs::metadata(path) } else { fs::symlink_metadata(path) };
     let md = md.map_err(|e| os("stat", path, e))?;
     Ok(Response::Stat(Metadata {
         size: md.size(),
@@ -110,31 +95,20 @@ pub fn listdir(path: &str) -> Result<Response, OpError> {
     for entry in fs::read_dir(path).map_err(|e| os("listdir", path, e))? {
         let entry = entry.map_err(|e| os("listdir", path, e))?;
         let ft = entry.file_type().map_err(|e| os("listdir", path, e))?;
-        entries.push(DirEntry {
-            name: entry.file_name().to_string_lossy().into_owned(),
-            entry_type: entry_type(ft),
-        });
+        entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), entry_type: entry_type(ft) });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Response::ListDir(entries))
 }
 
 pub fn mkdir(path: &str, parents: bool, perm: u32) -> Result<Response, OpError> {
-    fs::DirBuilder::new()
-        .recursive(parents)
-        .mode(perm)
-        .create(path)
-        .map_err(|e| os("mkdir", path, e))?;
+    fs::DirBuilder::new().recursive(parents).mode(perm).create(path).map_err(|e| os("mkdir", path, e))?;
     Ok(Response::Done)
 }
 
 pub fn unlink(path: &str) -> Result<Response, OpError> {
     let md = fs::symlink_metadata(path).map_err(|e| os("unlink", path, e))?;
-    let res = if md.is_dir() {
-        fs::remove_dir(path)
-    } else {
-        fs::remove_file(path)
-    };
+    let res = if md.is_dir() { fs::remove_dir(path) } else { fs::remove_file(path) };
     res.map_err(|e| os("unlink", path, e))?;
     Ok(Response::Done)
 }

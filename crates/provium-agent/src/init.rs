@@ -20,10 +20,7 @@ pub enum Mode {
 
 /// Guest uptime (CLOCK_BOOTTIME) in milliseconds.
 pub fn boottime_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
@@ -69,10 +66,7 @@ fn exec_image_init() -> ! {
     let argv = [path.as_ptr(), std::ptr::null()];
     // SAFETY: argv is a NULL-terminated array of valid C strings.
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
-    log::warn(&format!(
-        "exec /init failed: {}",
-        std::io::Error::last_os_error()
-    ));
+    log::warn(&format!("exec /init failed: {}", std::io::Error::last_os_error()));
     // PID 1 must not exit; sleep forever so the kernel does not panic.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -96,10 +90,7 @@ const SYSFS_MAGIC: i64 = 0x6265_6572;
 /// Whether something is mounted exactly at `target` (needs /proc).
 fn mounted_at(target: &str) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(target))
-        })
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(target)))
         .unwrap_or(false)
 }
 

@@ -14,9 +14,7 @@ use crate::log;
 const DEFAULT_WANTED: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_console", "virtio_rng"];
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Module name of a path in modules.dep: basename without `.ko*`, `-` → `_`.
@@ -47,12 +45,7 @@ pub fn load_wanted() {
     };
     let deps = parse_dep(&dep_text);
     let wanted: Vec<String> = match std::fs::read_to_string("/etc/provium/modules") {
-        Ok(t) => t
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(|l| l.replace('-', "_"))
-            .collect(),
+        Ok(t) => t.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.replace('-', "_")).collect(),
         Err(_) => DEFAULT_WANTED.iter().map(|s| s.to_string()).collect(),
     };
     let mut loaded = HashSet::new();
@@ -63,12 +56,7 @@ pub fn load_wanted() {
 
 /// Loads `name` after its dependencies (recursively, whatever order
 /// modules.dep lists them in); each module at most once.
-fn load_with_deps(
-    dir: &str,
-    deps: &HashMap<String, (String, Vec<String>)>,
-    name: &str,
-    loaded: &mut HashSet<String>,
-) {
+fn load_with_deps(dir: &str, deps: &HashMap<String, (String, Vec<String>)>, name: &str, loaded: &mut HashSet<String>) {
     let Some((rel, dep_paths)) = deps.get(name) else {
         return;
     };
@@ -111,10 +99,7 @@ mod tests {
             "kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko\n\
              kernel/drivers/virtio/virtio.ko:\n",
         );
-        assert_eq!(
-            m["virtio_rng"].1,
-            vec!["kernel/drivers/virtio/virtio.ko".to_string()]
-        );
+        assert_eq!(m["virtio_rng"].1, vec!["kernel/drivers/virtio/virtio.ko".to_string()]);
         assert!(m["virtio"].1.is_empty());
         assert_eq!(module_name("a/b/x.ko.xz"), "x");
     }

@@ -31,10 +31,7 @@ fn main() {
     kmod::load_wanted();
     init::bring_up_loopback();
     reaper::start();
-    let info = session::AgentInfo {
-        start_uptime_ms,
-        standalone: mode == init::Mode::Standalone,
-    };
+    let info = session::AgentInfo { start_uptime_ms, standalone: mode == init::Mode::Standalone };
     loop {
         match port::open(PORT_NAME) {
             Ok(port) => session::serve(port, &info),

@@ -29,10 +29,7 @@ pub fn open(name: &str) -> io::Result<File> {
                 Err(_) => {}
             }
         } else if Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no such virtio-serial port",
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such virtio-serial port"));
         }
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -24,10 +24,7 @@ impl ExitSlot {
         assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
         // SAFETY: fd is a fresh, owned descriptor.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
-        Arc::new(ExitSlot {
-            status: Mutex::new(None),
-            event,
-        })
+        Arc::new(ExitSlot { status: Mutex::new(None), event })
     }
 
     /// Readable (for `poll`) once the child has exited.
@@ -79,10 +76,7 @@ pub fn lock() -> MutexGuard<'static, Registry> {
 }
 
 pub fn start() {
-    std::thread::Builder::new()
-        .name("reaper".into())
-        .spawn(reap_forever)
-        .expect("spawn reaper thread");
+    std::thread::Builder::new().name("reaper".into()).spawn(reap_forever).expect("spawn reaper thread");
 }
 
 fn reap_forever() {
@@ -101,11 +95,8 @@ fn reap_forever() {
         if err.raw_os_error() == Some(libc::ECHILD) {
             // No children: sleep until a spawn happens after `seen`.
             let reg = lock();
-            let _unused = SPAWNED
-                .wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| {
-                    r.spawned == seen
-                })
-                .unwrap();
+            let _unused =
+                SPAWNED.wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| r.spawned == seen).unwrap();
         }
     }
 }

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use provium_protocol::frame::{self, Decoder, FrameKind};
 use provium_protocol::{
-    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request,
-    Response, PROTOCOL_VERSION,
+    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
 };
 
 use crate::{exec, fsops, log};
@@ -73,11 +72,7 @@ impl Writer {
 
 /// Polls one fd; returns its `revents` (0 on timeout).
 fn wait_ready(fd: i32, events: libc::c_short, timeout_ms: i32) -> libc::c_short {
-    let mut p = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let mut p = libc::pollfd { fd, events, revents: 0 };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
     if n > 0 {
@@ -97,18 +92,12 @@ pub struct Sender {
 impl Sender {
     pub fn data(&self, bytes: &[u8]) {
         for chunk in bytes.chunks(frame::CHUNK) {
-            self.writer
-                .send(self.generation, self.channel, FrameKind::Data, chunk);
+            self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
         }
     }
 
     fn reply(&self, reply: &Reply) {
-        self.writer.send(
-            self.generation,
-            self.channel,
-            FrameKind::Reply,
-            &encode_msg(reply),
-        );
+        self.writer.send(self.generation, self.channel, FrameKind::Reply, &encode_msg(reply));
     }
 }
 
@@ -123,16 +112,10 @@ pub fn serve(mut port: File, info: &AgentInfo) {
     // SAFETY: fcntl on our own fd; the flag is shared with the writer's dup.
     unsafe {
         let fd = port.as_raw_fd();
-        libc::fcntl(
-            fd,
-            libc::F_SETFL,
-            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-        );
+        libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK);
     }
-    let writer = Arc::new(Writer {
-        port: Mutex::new(port.try_clone().expect("dup port fd")),
-        generation: AtomicU64::new(0),
-    });
+    let writer =
+        Arc::new(Writer { port: Mutex::new(port.try_clone().expect("dup port fd")), generation: AtomicU64::new(0) });
     let channels: Channels = Arc::default();
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -147,10 +130,7 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                 continue;
             }
             Ok(n) => n,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::Interrupted
-                    || e.kind() == std::io::ErrorKind::WouldBlock =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => {
                 continue
             }
             Err(_) => {
@@ -164,9 +144,7 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                 Ok(Some(f)) => dispatch(f, &writer, &channels, info),
                 Ok(None) => break,
                 Err(e) => {
-                    log::warn(&format!(
-                        "bad frame from host ({e}); waiting for a new Hello"
-                    ));
+                    log::warn(&format!("bad frame from host ({e}); waiting for a new Hello"));
                     decoder.reset();
                     cancel_all(&channels);
                     break;
@@ -188,45 +166,29 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
         FrameKind::Hello => hello(&f.body, writer, channels, info),
         FrameKind::Request => {
             let generation = writer.generation.load(Ordering::SeqCst);
-            let out = Sender {
-                writer: writer.clone(),
-                generation,
-                channel: f.channel,
-            };
+            let out = Sender { writer: writer.clone(), generation, channel: f.channel };
             let req: Request = match decode_msg("request", &f.body) {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = OpError {
-                        kind: OpErrorKind::BadRequest,
-                        errno: None,
-                        message: e.to_string(),
-                    };
+                    let err = OpError { kind: OpErrorKind::BadRequest, errno: None, message: e.to_string() };
                     out.reply(&Err(err));
                     return;
                 }
             };
             let (tx, rx) = channel();
             let cancel: exec::CancelFlag = Arc::new(AtomicBool::new(false));
-            channels.lock().unwrap().insert(
-                f.channel,
-                Channel {
-                    inbox: tx,
-                    cancel: cancel.clone(),
-                },
-            );
+            channels.lock().unwrap().insert(f.channel, Channel { inbox: tx, cancel: cancel.clone() });
             let channels = channels.clone();
             std::thread::spawn(move || {
                 let name = req.name();
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(req, &out, &rx, &cancel)
-                }))
-                .unwrap_or_else(|_| {
-                    Err(OpError {
-                        kind: OpErrorKind::Internal,
-                        errno: None,
-                        message: format!("{name}: agent handler panicked"),
-                    })
-                });
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(req, &out, rx, &cancel)))
+                    .unwrap_or_else(|_| {
+                        Err(OpError {
+                            kind: OpErrorKind::Internal,
+                            errno: None,
+                            message: format!("{name}: agent handler panicked"),
+                        })
+                    });
                 channels.lock().unwrap().remove(&out.channel);
                 out.reply(&reply);
             });
@@ -253,51 +215,31 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
 fn hello(body: &[u8], writer: &Arc<Writer>, channels: &Channels, info: &AgentInfo) {
     cancel_all(channels);
     let generation = writer.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    let host_version = decode_msg::<Hello>("hello", body)
-        .map(|h| h.protocol_version)
-        .unwrap_or(0);
+    let host_version = decode_msg::<Hello>("hello", body).map(|h| h.protocol_version).unwrap_or(0);
     if host_version != PROTOCOL_VERSION {
-        let err = HelloErr {
-            host_version,
-            agent_version: PROTOCOL_VERSION,
-        };
+        let err = HelloErr { host_version, agent_version: PROTOCOL_VERSION };
         writer.send(generation, 0, FrameKind::HelloErr, &encode_msg(&err));
         return;
     }
     let ok = HelloOk {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         agent_start_uptime_ms: info.start_uptime_ms,
         standalone: info.standalone,
     };
     writer.send(generation, 0, FrameKind::HelloOk, &encode_msg(&ok));
 }
 
-fn handle(
-    req: Request,
-    out: &Sender,
-    inbox: &Receiver<Inbound>,
-    cancel: &exec::CancelFlag,
-) -> Reply {
+fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &exec::CancelFlag) -> Reply {
     match req {
         Request::Ping => Ok(Response::Done),
-        Request::Exec(e) => exec::run(e, cancel).map(Response::Exec),
+        Request::Exec(e) => exec::run(e, inbox, cancel).map(Response::Exec),
         Request::ReadFile { path } => fsops::read_file(&path, out),
-        Request::WriteFile { path, perm, append } => fsops::write_file(&path, perm, append, inbox),
-        Request::Stat {
-            path,
-            follow_symlinks,
-        } => fsops::stat(&path, follow_symlinks),
+        Request::WriteFile { path, perm, append } => fsops::write_file(&path, perm, append, &inbox),
+        Request::Stat { path, follow_symlinks } => fsops::stat(&path, follow_symlinks),
         Request::ListDir { path } => fsops::listdir(&path),
-        Request::Mkdir {
-            path,
-            parents,
-            perm,
-        } => fsops::mkdir(&path, parents, perm),
+        Request::Mkdir { path, parents, perm } => fsops::mkdir(&path, parents, perm),
         Request::Unlink { path } => fsops::unlink(&path),
         Request::Rename { from, to } => fsops::rename(&from, &to),
     }

@@ -107,12 +107,7 @@ pub fn encode(channel: u32, kind: FrameKind, body: &[u8]) -> Vec<u8> {
 }
 
 /// Writes one frame with a single `write_all`.
-pub fn write_frame<W: Write>(
-    w: &mut W,
-    channel: u32,
-    kind: FrameKind,
-    body: &[u8],
-) -> io::Result<()> {
+pub fn write_frame<W: Write>(w: &mut W, channel: u32, kind: FrameKind, body: &[u8]) -> io::Result<()> {
     w.write_all(&encode(channel, kind, body))
 }
 
@@ -179,11 +174,7 @@ impl Decoder {
         }
         let body = avail[HEADER_LEN..HEADER_LEN + len].to_vec();
         self.start += HEADER_LEN + len;
-        Ok(Some(Frame {
-            channel,
-            kind,
-            body,
-        }))
+        Ok(Some(Frame { channel, kind, body }))
     }
 
     fn compact(&mut self) {
@@ -219,13 +210,7 @@ mod tests {
         let mut hdr = ((MAX_BODY + 1) as u32).to_le_bytes().to_vec();
         hdr.extend_from_slice(&[0, 0, 0, 0, 0x20]);
         d.feed(&hdr);
-        assert_eq!(
-            d.next_frame(),
-            Err(FrameError::TooLarge {
-                len: MAX_BODY + 1,
-                max: MAX_BODY
-            })
-        );
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge { len: MAX_BODY + 1, max: MAX_BODY }));
     }
 
     #[test]

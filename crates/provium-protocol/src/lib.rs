@@ -29,8 +29,8 @@ mod ops;
 pub use frame::{Decoder, Frame, FrameError, FrameKind};
 pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
 pub use ops::{
-    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind,
-    Reply, Request, Response, MAX_CAPTURE,
+    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, Reply, Request, Response,
+    MAX_CAPTURE,
 };
 
 /// A message body that could not be decoded.
@@ -48,10 +48,7 @@ pub fn encode_msg<T: serde::Serialize>(msg: &T) -> Vec<u8> {
 }
 
 /// Decodes a message body; `what` names the message in the error.
-pub fn decode_msg<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    body: &[u8],
-) -> Result<T, DecodeError> {
+pub fn decode_msg<T: serde::de::DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, DecodeError> {
     rmp_serde::from_slice(body).map_err(|source| DecodeError { what, source })
 }
 
@@ -72,9 +69,7 @@ mod pin_tests {
 
     #[test]
     fn hello_bytes() {
-        let b = encode_msg(&Hello {
-            protocol_version: 1,
-        });
+        let b = encode_msg(&Hello { protocol_version: 1 });
         assert_eq!(hex(&b), "81b070726f746f636f6c5f76657273696f6e01");
     }
 
@@ -89,7 +84,7 @@ mod pin_tests {
         assert_eq!(
             hex(&b),
             "82a26f70a465786563a46172677386a461726776\
-             93a27368a22d63a474727565a3656e7680a9656e765f636c656172c2a3637764c0a5737464696ec400\
+             93a27368a22d63a474727565a3656e7680a9656e765f636c656172c2a3637764c0a5737464696ec2\
              aa74696d656f75745f6d7305"
         );
         assert_eq!(decode_msg::<Request>("request", &b).unwrap(), req);
@@ -108,11 +103,7 @@ mod pin_tests {
             "81a24f6b82a46b696e64a465786563a576616c756584a673746174757382a46b696e64a6657869746564\
              a576616c756500a67374646f7574c4064c696e75780aa6737464657272c400a97472756e6361746564c2"
         );
-        let err: Reply = Err(OpError {
-            kind: OpErrorKind::Os,
-            errno: Some(2),
-            message: "no such file".into(),
-        });
+        let err: Reply = Err(OpError { kind: OpErrorKind::Os, errno: Some(2), message: "no such file".into() });
         assert_eq!(
             hex(&encode_msg(&err)),
             "81a3457272\
@@ -126,26 +117,12 @@ mod pin_tests {
             Request::Ping,
             Request::Exec(ExecRequest::default()),
             Request::ReadFile { path: "/a".into() },
-            Request::WriteFile {
-                path: "/a".into(),
-                perm: 0o644,
-                append: true,
-            },
-            Request::Stat {
-                path: "/".into(),
-                follow_symlinks: false,
-            },
+            Request::WriteFile { path: "/a".into(), perm: 0o644, append: true },
+            Request::Stat { path: "/".into(), follow_symlinks: false },
             Request::ListDir { path: "/".into() },
-            Request::Mkdir {
-                path: "/x/y".into(),
-                parents: true,
-                perm: 0o755,
-            },
+            Request::Mkdir { path: "/x/y".into(), parents: true, perm: 0o755 },
             Request::Unlink { path: "/x".into() },
-            Request::Rename {
-                from: "/a".into(),
-                to: "/b".into(),
-            },
+            Request::Rename { from: "/a".into(), to: "/b".into() },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();

@@ -33,8 +33,9 @@ pub struct ExecRequest {
     pub env: BTreeMap<String, String>,
     pub env_clear: bool,
     pub cwd: Option<String>,
-    #[serde(with = "serde_bytes")]
-    pub stdin: Vec<u8>,
+    /// When set, stdin arrives as `Data` frames on the channel, ended by
+    /// `DataEnd` (any size); otherwise stdin is `/dev/null`.
+    pub stdin: bool,
     /// Kill the whole process group after this long.
     pub timeout_ms: Option<u64>,
 }
@@ -114,7 +115,8 @@ pub struct DirEntry {
 pub enum Request {
     /// Round-trip check; answered with [`Response::Done`].
     Ping,
-    /// Run a command to completion. Answered with [`Response::Exec`].
+    /// Run a command to completion (stdin as `Data` frames when
+    /// [`ExecRequest::stdin`]). Answered with [`Response::Exec`].
     Exec(ExecRequest),
     /// File contents follow as `Data` frames, then [`Response::Done`].
     ReadFile {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use provium_protocol::frame::{self, Decoder, FrameKind, CHUNK};
 use provium_protocol::{
-    decode_msg, encode_msg, ExecOutput, ExecRequest, Hello, HelloErr, HelloOk, Metadata, OpError,
-    Reply, Request, Response, PROTOCOL_VERSION,
+    decode_msg, encode_msg, ExecOutput, ExecRequest, Hello, HelloErr, HelloOk, Metadata, OpError, Reply, Request,
+    Response, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +84,7 @@ impl AgentClient {
 
     /// Says Hello and waits for the agent's answer. `alive` is asked every
     /// 50 ms and aborts the wait with its message when the VM has died.
-    pub fn handshake(
-        &self,
-        timeout: Duration,
-        alive: &dyn Fn() -> Result<(), String>,
-    ) -> Result<HelloOk, AgentError> {
+    pub fn handshake(&self, timeout: Duration, alive: &dyn Fn() -> Result<(), String>) -> Result<HelloOk, AgentError> {
         let (tx, rx) = channel();
         {
             let mut r = self.routes.lock().unwrap();
@@ -97,23 +93,12 @@ impl AgentClient {
             }
             r.hello = Some(tx);
         }
-        self.send(
-            0,
-            FrameKind::Hello,
-            &encode_msg(&Hello {
-                protocol_version: PROTOCOL_VERSION,
-            }),
-        )?;
+        self.send(0, FrameKind::Hello, &encode_msg(&Hello { protocol_version: PROTOCOL_VERSION }))?;
         let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Ok(ok)) => return Ok(ok),
-                Ok(Err(e)) => {
-                    return Err(AgentError::Version {
-                        host: e.host_version,
-                        agent: e.agent_version,
-                    })
-                }
+                Ok(Err(e)) => return Err(AgentError::Version { host: e.host_version, agent: e.agent_version }),
                 Err(RecvTimeoutError::Disconnected) => return Err(self.disconnected()),
                 Err(RecvTimeoutError::Timeout) => {
                     alive().map_err(AgentError::Disconnected)?;
@@ -125,6 +110,11 @@ impl AgentClient {
         }
     }
 
+    /// Closes the connection; every waiting caller gets `Disconnected`.
+    pub fn close(&self) {
+        let _ = self.writer.lock().unwrap().shutdown(std::net::Shutdown::Both);
+    }
+
     fn disconnected(&self) -> AgentError {
         let reason = self.routes.lock().unwrap().closed.clone();
         AgentError::Disconnected(reason.unwrap_or_else(|| "reader stopped".into()))
@@ -132,8 +122,7 @@ impl AgentClient {
 
     fn send(&self, channel: u32, kind: FrameKind, body: &[u8]) -> Result<(), AgentError> {
         let mut w = self.writer.lock().unwrap();
-        w.write_all(&frame::encode(channel, kind, body))
-            .map_err(|e| AgentError::Disconnected(e.to_string()))
+        w.write_all(&frame::encode(channel, kind, body)).map_err(|e| AgentError::Disconnected(e.to_string()))
     }
 
     fn open(&self, req: &Request) -> Result<(u32, Receiver<Incoming>), AgentError> {
@@ -151,11 +140,7 @@ impl AgentClient {
     }
 
     /// Waits for the reply on a channel, collecting any `Data` before it.
-    fn finish(
-        &self,
-        rx: Receiver<Incoming>,
-        mut data: Option<&mut Vec<u8>>,
-    ) -> Result<Response, AgentError> {
+    fn finish(&self, rx: Receiver<Incoming>, mut data: Option<&mut Vec<u8>>) -> Result<Response, AgentError> {
         loop {
             match rx.recv() {
                 Ok(Incoming::Data(bytes)) => {
@@ -179,55 +164,49 @@ impl AgentClient {
         self.call(&Request::Ping).map(|_| ())
     }
 
-    pub fn exec(&self, req: ExecRequest) -> Result<ExecOutput, AgentError> {
-        match self.call(&Request::Exec(req))? {
+    /// Runs a command; `stdin` (any size) is streamed after the request.
+    pub fn exec(&self, mut req: ExecRequest, stdin: &[u8]) -> Result<ExecOutput, AgentError> {
+        req.stdin = !stdin.is_empty();
+        let (id, rx) = self.open(&Request::Exec(req))?;
+        if !stdin.is_empty() {
+            self.send_data(id, stdin)?;
+        }
+        match self.finish(rx, None)? {
             Response::Exec(out) => Ok(out),
             other => Err(unexpected("exec", &other)),
         }
     }
 
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
-        let (_, rx) = self.open(&Request::ReadFile {
-            path: path.to_string(),
-        })?;
+        let (_, rx) = self.open(&Request::ReadFile { path: path.to_string() })?;
         let mut data = Vec::new();
         self.finish(rx, Some(&mut data))?;
         Ok(data)
     }
 
-    pub fn write_file(
-        &self,
-        path: &str,
-        data: &[u8],
-        perm: u32,
-        append: bool,
-    ) -> Result<(), AgentError> {
-        let (id, rx) = self.open(&Request::WriteFile {
-            path: path.to_string(),
-            perm,
-            append,
-        })?;
-        for chunk in data.chunks(CHUNK) {
-            self.send(id, FrameKind::Data, chunk)?;
-        }
-        self.send(id, FrameKind::DataEnd, &[])?;
+    pub fn write_file(&self, path: &str, data: &[u8], perm: u32, append: bool) -> Result<(), AgentError> {
+        let (id, rx) = self.open(&Request::WriteFile { path: path.to_string(), perm, append })?;
+        self.send_data(id, data)?;
         self.finish(rx, None).map(|_| ())
     }
 
+    /// Sends `data` on a channel as `Data` frames, then `DataEnd`.
+    fn send_data(&self, channel: u32, data: &[u8]) -> Result<(), AgentError> {
+        for chunk in data.chunks(CHUNK) {
+            self.send(channel, FrameKind::Data, chunk)?;
+        }
+        self.send(channel, FrameKind::DataEnd, &[])
+    }
+
     pub fn stat(&self, path: &str, follow_symlinks: bool) -> Result<Metadata, AgentError> {
-        match self.call(&Request::Stat {
-            path: path.to_string(),
-            follow_symlinks,
-        })? {
+        match self.call(&Request::Stat { path: path.to_string(), follow_symlinks })? {
             Response::Stat(md) => Ok(md),
             other => Err(unexpected("stat", &other)),
         }
     }
 
     pub fn listdir(&self, path: &str) -> Result<Vec<provium_protocol::DirEntry>, AgentError> {
-        match self.call(&Request::ListDir {
-            path: path.to_string(),
-        })? {
+        match self.call(&Request::ListDir { path: path.to_string() })? {
             Response::ListDir(entries) => Ok(entries),
             other => Err(unexpected("listdir", &other)),
         }
@@ -291,11 +270,7 @@ fn route(f: frame::Frame, routes: &Mutex<Routes>) {
         FrameKind::Reply => {
             if let Some(tx) = r.channels.remove(&f.channel) {
                 let reply = decode_msg::<Reply>("reply", &f.body).unwrap_or_else(|e| {
-                    Err(OpError {
-                        kind: provium_protocol::OpErrorKind::Internal,
-                        errno: None,
-                        message: e.to_string(),
-                    })
+                    Err(OpError { kind: provium_protocol::OpErrorKind::Internal, errno: None, message: e.to_string() })
                 });
                 let _ = tx.send(Incoming::Reply(reply));
             }

@@ -47,11 +47,8 @@ impl ScratchDir {
         let root = scratch_root();
         std::fs::create_dir_all(&root)?;
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let clean: String = label
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .take(16)
-            .collect();
+        let clean: String =
+            label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(16).collect();
         let path = root.join(format!("{}-{id}-{clean}", std::process::id()));
         std::fs::create_dir(&path)?;
         live().lock().unwrap().dirs.insert(id, path.clone());
@@ -115,9 +112,7 @@ pub fn install_signal_handler() {
             .name("signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    eprintln!(
-                        "\nprovium: interrupted (signal {sig}); stopping VMs and cleaning up"
-                    );
+                    eprintln!("\nprovium: interrupted (signal {sig}); stopping VMs and cleaning up");
                     kill_everything();
                     std::process::exit(128 + sig);
                 }
@@ -137,8 +132,8 @@ pub fn sweep_stale() {
             continue;
         };
         // SAFETY: kill with signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }

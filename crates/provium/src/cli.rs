@@ -16,11 +16,7 @@ use crate::runner::{self, Progress, RunConfig};
 use crate::{cleanup, doctor, units, vmm};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "provium",
-    version,
-    about = "Run *.test.lua suites against real Linux guests under QEMU"
-)]
+#[command(name = "provium", version, about = "Run *.test.lua suites against real Linux guests under QEMU")]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -121,11 +117,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let started = Instant::now();
     let images = Arc::new(Images::new(Arc::new(config.clone())));
     let accel = choose_accel(&images, cli.verbose);
-    let jobs = cli
-        .jobs
-        .unwrap_or_else(runner::default_jobs)
-        .min(files.len())
-        .max(1);
+    let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
     if !cli.json && !cli.quiet {
         eprintln!(
             "provium: {} file(s), {} at a time, accelerator {} ({})",
@@ -135,13 +127,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             accel.reason
         );
     }
-    let run_cfg = Arc::new(RunConfig {
-        images,
-        accel: accel.accel,
-        roots: config.roots.clone(),
-        timeout,
-        jobs,
-    });
+    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, roots: config.roots.clone(), timeout, jobs });
     let (tx, rx) = channel();
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg, tx));
 
@@ -194,10 +180,7 @@ fn choose_accel(images: &Images, verbose: bool) -> vmm::accel::AccelChoice {
         Ok(g) => vmm::accel::choose(&qemu, &g.vmlinux, &g.initrd),
         Err(e) => {
             if verbose {
-                eprintln!(
-                    "provium: default guest unavailable: {}",
-                    crate::lua::errors::chain(&e)
-                );
+                eprintln!("provium: default guest unavailable: {}", crate::lua::errors::chain(&e));
             }
             vmm::accel::AccelChoice {
                 accel: vmm::Accel::Tcg,

@@ -25,11 +25,7 @@ pub enum ConfigError {
     #[error("cannot parse `{path}`: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config in `{path}`: `{key}`: {message}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, key: String, message: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,20 +92,15 @@ impl Config {
                 p
             }
         };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         Config::parse(&path, &text)
     }
 
     /// Parses config text; `path` names the file in errors and anchors
     /// relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: one_line(&e),
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: one_line(&e) })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let anchor = |p: PathBuf| {
             if p.is_absolute() || base.as_os_str().is_empty() {
@@ -126,22 +117,15 @@ impl Config {
         let mut profiles = BTreeMap::new();
         for (name, p) in raw.profiles {
             let key = |field: &str| format!("profiles.{name}.{field}");
-            let kernel = p
-                .kernel
-                .ok_or_else(|| invalid(key("kernel"), "missing; every profile needs a kernel"))?;
+            let kernel = p.kernel.ok_or_else(|| invalid(key("kernel"), "missing; every profile needs a kernel"))?;
             if let Some(t) = p.agent_boot_timeout {
                 if !(t.is_finite() && t > 0.0) {
-                    return Err(invalid(
-                        key("agent_boot_timeout"),
-                        "must be a positive number of seconds",
-                    ));
+                    return Err(invalid(key("agent_boot_timeout"), "must be a positive number of seconds"));
                 }
             }
             let inject_agent = p.inject_agent.unwrap_or(true);
             if inject_agent
-                && p.cmdline
-                    .split_whitespace()
-                    .any(|t| t.starts_with("rdinit=") && t != "rdinit=/sbin/provium-agent")
+                && p.cmdline.split_whitespace().any(|t| t.starts_with("rdinit=") && t != "rdinit=/sbin/provium-agent")
             {
                 return Err(invalid(
                     key("cmdline"),
@@ -162,11 +146,7 @@ impl Config {
             );
         }
         let roots = raw.provium.roots.into_iter().map(anchor).collect();
-        Ok(Config {
-            path: Some(path.to_path_buf()),
-            roots,
-            profiles,
-        })
+        Ok(Config { path: Some(path.to_path_buf()), roots, profiles })
     }
 
     /// Names every profile a test can use, the built-in one included.
@@ -218,24 +198,15 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_key() {
-        let e = parse("[profiles.k]\ninitrd = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(e, "invalid config in `/suite/provium.toml`: `profiles.k.kernel`: missing; every profile needs a kernel");
-        let e = parse("[profiles.k]\nkernal = \"x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot parse `/suite/provium.toml`: unknown field `kernal`"),
-            "{e}"
+        let e = parse("[profiles.k]\ninitrd = \"x\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid config in `/suite/provium.toml`: `profiles.k.kernel`: missing; every profile needs a kernel"
         );
-        let e = parse("[profiles.k]\nkernel = \"x\"\ncmdline = \"rdinit=/init\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("`profiles.k.cmdline`: already pins rdinit="),
-            "{e}"
-        );
+        let e = parse("[profiles.k]\nkernal = \"x\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("cannot parse `/suite/provium.toml`: unknown field `kernal`"), "{e}");
+        let e = parse("[profiles.k]\nkernel = \"x\"\ncmdline = \"rdinit=/init\"\n").unwrap_err().to_string();
+        assert!(e.contains("`profiles.k.cmdline`: already pins rdinit="), "{e}");
         let e = parse("[profiles.k\n").unwrap_err().to_string();
         assert!(e.starts_with("cannot parse `/suite/provium.toml`"), "{e}");
     }

@@ -15,11 +15,7 @@ fn line(ok: bool, what: &str, detail: &str) {
 /// Prints the report; returns the exit code (0 when everything is ready).
 pub fn run(config: &Config) -> i32 {
     let mut healthy = true;
-    println!(
-        "provium {} (protocol v{})",
-        env!("CARGO_PKG_VERSION"),
-        provium_protocol::PROTOCOL_VERSION
-    );
+    println!("provium {} (protocol v{})", env!("CARGO_PKG_VERSION"), provium_protocol::PROTOCOL_VERSION);
     let qemu = process::qemu_binary();
     match process::which(&qemu) {
         Some(path) => {
@@ -34,11 +30,7 @@ pub fn run(config: &Config) -> i32 {
         }
         None => {
             healthy = false;
-            line(
-                false,
-                "qemu",
-                &format!("`{qemu}` not found on PATH; install it with `scripts/setup`"),
-            );
+            line(false, "qemu", &format!("`{qemu}` not found on PATH; install it with `scripts/setup`"));
         }
     }
     let images = Images::new(std::sync::Arc::new(config.clone()));
@@ -47,12 +39,7 @@ pub fn run(config: &Config) -> i32 {
         Ok(g) => line(
             true,
             "default guest",
-            &format!(
-                "kernel {} ({}, {})",
-                g.kernel_release,
-                g.vmlinux.display(),
-                g.initrd.display()
-            ),
+            &format!("kernel {} ({}, {})", g.kernel_release, g.vmlinux.display(), g.initrd.display()),
         ),
         Err(e) => {
             healthy = false;
@@ -61,34 +48,18 @@ pub fn run(config: &Config) -> i32 {
     }
     if let (Ok(g), Some(_)) = (&guest, process::which(&qemu)) {
         let c = vmm::accel::choose(&qemu, &g.vmlinux, &g.initrd);
-        line(
-            true,
-            "accelerator",
-            &format!("{} — {}", c.accel.as_str(), c.reason),
-        );
+        line(true, "accelerator", &format!("{} — {}", c.accel.as_str(), c.reason));
     }
     match &config.path {
         Some(p) => line(true, "config", &p.display().to_string()),
-        None => line(
-            true,
-            "config",
-            "no provium.toml here (profile `default` needs none)",
-        ),
+        None => line(true, "config", "no provium.toml here (profile `default` needs none)"),
     }
     for name in config.profiles.keys() {
         match images.resolve(name) {
-            Ok(img) => line(
-                true,
-                &format!("profile `{name}`"),
-                &img.kernel.display().to_string(),
-            ),
+            Ok(img) => line(true, &format!("profile `{name}`"), &img.kernel.display().to_string()),
             Err(e) => {
                 healthy = false;
-                line(
-                    false,
-                    &format!("profile `{name}`"),
-                    &crate::lua::errors::chain(&e),
-                );
+                line(false, &format!("profile `{name}`"), &crate::lua::errors::chain(&e));
             }
         }
     }

@@ -36,17 +36,9 @@ pub struct BootImage {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("profile `{name}` is not defined ({where_}); available: {available}")]
-    UnknownProfile {
-        name: String,
-        where_: String,
-        available: String,
-    },
+    UnknownProfile { name: String, where_: String, available: String },
     #[error("profile `{profile}`: `{field}` points to `{path}`, which does not exist")]
-    MissingPath {
-        profile: String,
-        field: &'static str,
-        path: PathBuf,
-    },
+    MissingPath { profile: String, field: &'static str, path: PathBuf },
     #[error("profile `{profile}`: cannot read `{path}`")]
     Read {
         profile: String,
@@ -73,9 +65,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("provium");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("provium")
 }
 
@@ -84,22 +74,13 @@ pub fn cache_root() -> PathBuf {
 /// under emulation.
 pub fn host_tsc_khz() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
     Some((mhz * 1000.0) as u64)
 }
 
 /// The default guest's kernel command line.
 pub fn default_cmdline() -> String {
-    let mut c = String::from(
-        "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on",
-    );
+    let mut c = String::from("console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on");
     if let Some(khz) = host_tsc_khz() {
         c.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -115,11 +96,7 @@ pub struct Images {
 
 impl Images {
     pub fn new(config: Arc<Config>) -> Images {
-        Images {
-            config,
-            cache: cache_root(),
-            default: Mutex::new(None),
-        }
+        Images { config, cache: cache_root(), default: Mutex::new(None) }
     }
 
     pub fn config(&self) -> &Config {
@@ -169,11 +146,7 @@ impl Images {
             if path.exists() {
                 Ok(())
             } else {
-                Err(ImageError::MissingPath {
-                    profile: p.name.clone(),
-                    field,
-                    path: path.to_path_buf(),
-                })
+                Err(ImageError::MissingPath { profile: p.name.clone(), field, path: path.to_path_buf() })
             }
         };
         exists("kernel", &p.kernel)?;
@@ -200,11 +173,7 @@ impl Images {
             (Some(i), false) => i.clone(),
             (initrd, true) => self.merged_initrd(&p.name, initrd.as_deref())?,
             (None, false) => {
-                return Err(ImageError::MissingPath {
-                    profile: p.name.clone(),
-                    field: "initrd",
-                    path: PathBuf::new(),
-                })
+                return Err(ImageError::MissingPath { profile: p.name.clone(), field: "initrd", path: PathBuf::new() })
             }
         };
         Ok(BootImage {
@@ -212,10 +181,7 @@ impl Images {
             initrd,
             cmdline,
             inject_agent: p.inject_agent,
-            agent_timeout: p
-                .agent_boot_timeout
-                .map(Duration::from_secs_f64)
-                .unwrap_or(DEFAULT_AGENT_TIMEOUT),
+            agent_timeout: p.agent_boot_timeout.map(Duration::from_secs_f64).unwrap_or(DEFAULT_AGENT_TIMEOUT),
         })
     }
 
@@ -235,21 +201,13 @@ impl Images {
             h.update(md.len().to_le_bytes());
             h.update(format!("{:?}", md.modified().ok()).as_bytes());
         }
-        let key: String = h
-            .finalize()
-            .iter()
-            .take(10)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key: String = h.finalize().iter().take(10).map(|b| format!("{b:02x}")).collect();
         let dir = self.cache.join("initrd");
         let dest = dir.join(format!("{key}.cpio"));
         if dest.exists() {
             return Ok(dest);
         }
-        let cache_err = |source| ImageError::Cache {
-            path: dest.clone(),
-            source,
-        };
+        let cache_err = |source| ImageError::Cache { path: dest.clone(), source };
         let mut bytes = match initrd {
             Some(i) => std::fs::read(i).map_err(|source| ImageError::Read {
                 profile: profile.to_string(),

@@ -6,13 +6,8 @@ use clap::Parser;
 
 fn main() {
     let cli = provium::cli::Cli::parse();
-    let default = if cli.verbose {
-        "provium=debug"
-    } else {
-        "provium=warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PROVIUM_LOG")
-        .unwrap_or_else(|_| default.into());
+    let default = if cli.verbose { "provium=debug" } else { "provium=warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROVIUM_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

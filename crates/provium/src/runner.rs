@@ -70,11 +70,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<TestFile>, DiscoverError> {
     Ok(found
         .into_iter()
         .map(|path| {
-            let shown = path
-                .strip_prefix("./")
-                .unwrap_or(&path)
-                .display()
-                .to_string();
+            let shown = path.strip_prefix("./").unwrap_or(&path).display().to_string();
             TestFile { path, shown }
         })
         .collect())
@@ -83,9 +79,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<TestFile>, DiscoverError> {
 /// How many files may run at once: one per CPU, and no more than the
 /// available memory allows at ~1 GiB per file.
 pub fn default_jobs() -> usize {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -140,10 +134,7 @@ pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>, progress: Sender<Progress>
 
 fn run_one(file: &TestFile, cfg: &RunConfig, progress: &Sender<Progress>) -> FileReport {
     let on_test = |t: &TestReport| {
-        let _ = progress.send(Progress::Test {
-            file: file.shown.clone(),
-            test: t.clone(),
-        });
+        let _ = progress.send(Progress::Test { file: file.shown.clone(), test: t.clone() });
     };
     let env = FileEnv {
         images: cfg.images.clone(),
@@ -153,9 +144,7 @@ fn run_one(file: &TestFile, cfg: &RunConfig, progress: &Sender<Progress>) -> Fil
         on_test: &on_test,
     };
     // A panic in provium itself fails this file only.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_file(&file.path, &file.shown, &env)
-    })) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_file(&file.path, &file.shown, &env))) {
         Ok(r) => r,
         Err(p) => {
             let what = p
@@ -177,30 +166,16 @@ mod tests {
     #[test]
     fn discovery_sorts_recurses_and_skips_hidden() {
         let d = tempfile::tempdir().unwrap();
-        for p in [
-            "b.test.lua",
-            "a/z.test.lua",
-            "a/helper.lua",
-            ".hidden/x.test.lua",
-            "c.fixture.lua",
-        ] {
+        for p in ["b.test.lua", "a/z.test.lua", "a/helper.lua", ".hidden/x.test.lua", "c.fixture.lua"] {
             let full = d.path().join(p);
             std::fs::create_dir_all(full.parent().unwrap()).unwrap();
             std::fs::write(full, "").unwrap();
         }
         let found = discover(&[d.path().to_path_buf()]).unwrap();
-        let names: Vec<String> = found
-            .iter()
-            .map(|f| f.path.strip_prefix(d.path()).unwrap().display().to_string())
-            .collect();
+        let names: Vec<String> =
+            found.iter().map(|f| f.path.strip_prefix(d.path()).unwrap().display().to_string()).collect();
         assert_eq!(names, vec!["a/z.test.lua", "b.test.lua"]);
-        assert!(matches!(
-            discover(&[d.path().join("nope")]),
-            Err(DiscoverError::Missing(_))
-        ));
-        assert!(matches!(
-            discover(&[d.path().join("a/helper.lua")]),
-            Err(DiscoverError::NotATest(_))
-        ));
+        assert!(matches!(discover(&[d.path().join("nope")]), Err(DiscoverError::Missing(_))));
+        assert!(matches!(discover(&[d.path().join("a/helper.lua")]), Err(DiscoverError::NotATest(_))));
     }
 }

@@ -34,9 +34,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let t = text.trim();
     let err = || UnitError::Duration(text.to_string());
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, suffix) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| err())?;
     let secs = match suffix.trim() {

@@ -65,10 +65,7 @@ impl BootOpts {
         BootOpts {
             memory: self.memory.or(base.memory),
             cpus: self.cpus.or(base.cpus),
-            kernel_cmdline: self
-                .kernel_cmdline
-                .clone()
-                .or_else(|| base.kernel_cmdline.clone()),
+            kernel_cmdline: self.kernel_cmdline.clone().or_else(|| base.kernel_cmdline.clone()),
             agent_timeout: self.agent_timeout.or(base.agent_timeout),
         }
     }
@@ -79,11 +76,7 @@ pub const DEFAULT_MEMORY: u64 = 512 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("vm `{vm}`: {reason} (cannot {action})")]
-    WrongState {
-        vm: String,
-        action: &'static str,
-        reason: &'static str,
-    },
+    WrongState { vm: String, action: &'static str, reason: &'static str },
     #[error("vm `{vm}`: cannot boot")]
     Image {
         vm: String,
@@ -104,19 +97,9 @@ pub enum VmError {
         source: AgentError,
     },
     #[error("vm `{vm}`: {op}: {message}")]
-    Os {
-        vm: String,
-        op: &'static str,
-        message: String,
-        errno: Option<i32>,
-    },
+    Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
     #[error("vm `{vm}` died during {op}: {why}{console}")]
-    Died {
-        vm: String,
-        op: &'static str,
-        why: String,
-        console: String,
-    },
+    Died { vm: String, op: &'static str, why: String, console: String },
 }
 
 /// A handle the watchdog can use to kill a VM's QEMU without taking the
@@ -197,11 +180,7 @@ impl Vm {
     }
 
     fn wrong_state(&self, action: &'static str) -> VmError {
-        VmError::WrongState {
-            vm: self.name.clone(),
-            action,
-            reason: self.state.refusal(),
-        }
+        VmError::WrongState { vm: self.name.clone(), action, reason: self.state.refusal() }
     }
 
     pub fn boot(&mut self, opts: &BootOpts) -> Result<(), VmError> {
@@ -209,13 +188,8 @@ impl Vm {
             return Err(self.wrong_state("boot"));
         }
         let opts = opts.over(&self.create_opts);
-        let image = self
-            .images
-            .resolve(&self.profile)
-            .map_err(|source| VmError::Image {
-                vm: self.name.clone(),
-                source,
-            })?;
+        let image =
+            self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
         let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
         let spec = LaunchSpec {
             accel: self.accel,
@@ -227,16 +201,10 @@ impl Vm {
             scratch: Default::default(),
         };
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
-        let inst =
-            Instance::launch(&self.name, spec, timeout).map_err(|source| VmError::Launch {
-                vm: self.name.clone(),
-                source,
-            })?;
+        let inst = Instance::launch(&self.name, spec, timeout)
+            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
         self.kill_switch.arm(inst.qemu.pid());
-        self.last_boot = Some((
-            Duration::from_millis(inst.hello.agent_start_uptime_ms),
-            inst.boot_time,
-        ));
+        self.last_boot = Some((Duration::from_millis(inst.hello.agent_start_uptime_ms), inst.boot_time));
         self.instance = Some(inst);
         self.state = VmState::Booted;
         Ok(())
@@ -277,27 +245,15 @@ impl Vm {
     /// connection means the VM died, which changes its state.
     fn failed(&mut self, op: &'static str, e: AgentError) -> VmError {
         match e {
-            AgentError::Op(oe) => VmError::Os {
-                vm: self.name.clone(),
-                op,
-                message: oe.message,
-                errno: oe.errno,
-            },
+            AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
             AgentError::Disconnected(why) => {
-                let console = self
-                    .instance
-                    .as_ref()
-                    .map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES))
-                    .unwrap_or_default();
+                let console =
+                    self.instance.as_ref().map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES)).unwrap_or_default();
                 let qemu_exit = self.instance.as_mut().and_then(|inst| {
                     if !inst.qemu.wait_exit(Duration::from_millis(300)) {
                         return None;
                     }
-                    let status = inst
-                        .qemu
-                        .exit_status()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
+                    let status = inst.qemu.exit_status().map(|s| s.to_string()).unwrap_or_default();
                     let stderr = inst.qemu.stderr();
                     Some(if stderr.is_empty() {
                         format!("QEMU exited ({status})")
@@ -312,18 +268,9 @@ impl Vm {
                 }
                 self.last_console = console.clone();
                 self.kill_switch.disarm();
-                VmError::Died {
-                    vm: self.name.clone(),
-                    op,
-                    why,
-                    console: vmm::format_console(&console),
-                }
+                VmError::Died { vm: self.name.clone(), op, why, console: vmm::format_console(&console) }
             }
-            other => VmError::Agent {
-                vm: self.name.clone(),
-                op,
-                source: other,
-            },
+            other => VmError::Agent { vm: self.name.clone(), op, source: other },
         }
     }
 
@@ -336,8 +283,24 @@ impl Vm {
         f(&agent).map_err(|e| self.failed(op, e))
     }
 
-    pub fn exec(&mut self, req: ExecRequest) -> Result<ExecOutput, VmError> {
-        self.with_agent("run", |a| a.exec(req))
+    /// Closes the agent connection and reconnects (what a restore or a
+    /// harness restart does to the port).
+    pub fn reconnect_agent(&mut self) -> Result<(), VmError> {
+        if self.state != VmState::Booted {
+            return Err(self.wrong_state("reconnect"));
+        }
+        let inst = self.instance.as_mut().expect("booted VM has an instance");
+        inst.reconnect_agent(Duration::from_secs(10))
+            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })
+    }
+
+    /// A clone of the live agent connection (for concurrent use).
+    pub fn agent_client(&self) -> Option<AgentClient> {
+        self.instance.as_ref().map(|i| i.agent.clone())
+    }
+
+    pub fn exec(&mut self, req: ExecRequest, stdin: &[u8]) -> Result<ExecOutput, VmError> {
+        self.with_agent("run", |a| a.exec(req, stdin))
     }
 
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, VmError> {
@@ -357,30 +320,15 @@ impl Vm {
     }
 
     pub fn mkdir(&mut self, path: &str, parents: bool, perm: u32) -> Result<(), VmError> {
-        self.with_agent("mkdir", |a| {
-            a.call(&Request::Mkdir {
-                path: path.into(),
-                parents,
-                perm,
-            })
-            .map(drop)
-        })
+        self.with_agent("mkdir", |a| a.call(&Request::Mkdir { path: path.into(), parents, perm }).map(drop))
     }
 
     pub fn unlink(&mut self, path: &str) -> Result<(), VmError> {
-        self.with_agent("unlink", |a| {
-            a.call(&Request::Unlink { path: path.into() }).map(drop)
-        })
+        self.with_agent("unlink", |a| a.call(&Request::Unlink { path: path.into() }).map(drop))
     }
 
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), VmError> {
-        self.with_agent("rename", |a| {
-            a.call(&Request::Rename {
-                from: from.into(),
-                to: to.into(),
-            })
-            .map(drop)
-        })
+        self.with_agent("rename", |a| a.call(&Request::Rename { from: from.into(), to: to.into() }).map(drop))
     }
 
     pub fn ping(&mut self) -> Result<(), VmError> {

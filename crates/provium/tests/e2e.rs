@@ -18,9 +18,7 @@ struct Suite {
 
 impl Suite {
     fn new() -> Suite {
-        Suite {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Suite { dir: tempfile::tempdir().expect("tempdir") }
     }
 
     fn path(&self) -> &Path {
@@ -42,10 +40,7 @@ impl Suite {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_provium"));
-        c.args(args)
-            .current_dir(self.path())
-            .env("TMPDIR", self.tmpdir())
-            .env("PROVIUM_ACCEL", "tcg");
+        c.args(args).current_dir(self.path()).env("TMPDIR", self.tmpdir()).env("PROVIUM_ACCEL", "tcg");
         c
     }
 
@@ -63,9 +58,7 @@ impl Suite {
     /// The scratch directories and QEMU processes left by provium `pid`.
     fn leftovers(&self, pid: u32) -> Vec<String> {
         let mut found = Vec::new();
-        let root = self
-            .tmpdir()
-            .join(format!("provium-{}", unsafe { libc::getuid() }));
+        let root = self.tmpdir().join(format!("provium-{}", unsafe { libc::getuid() }));
         if let Ok(rd) = std::fs::read_dir(&root) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -79,10 +72,7 @@ impl Suite {
             if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
                 if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                    found.push(format!(
-                        "process {}: {cmd}",
-                        e.file_name().to_string_lossy()
-                    ));
+                    found.push(format!("process {}: {cmd}", e.file_name().to_string_lossy()));
                 }
             }
         }
@@ -91,10 +81,7 @@ impl Suite {
 }
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
 }
 
 fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_json::Value {
@@ -105,19 +92,14 @@ fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_json::V
 }
 
 fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().unwrap()
 }
 
 /// The default guest's initramfs with an `/init` script added: a guest
 /// image that has its own init.
 fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
     let images = provium::image::Images::new(Default::default());
-    let guest = images
-        .default_guest()
-        .expect("default guest (run scripts/setup)");
+    let guest = images.default_guest().expect("default guest (run scripts/setup)");
     let mut bytes = std::fs::read(&guest.initrd).unwrap();
     let mut w = CpioWriter::new();
     w.file("init", 0o755, script.as_bytes());
@@ -128,19 +110,13 @@ fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
 }
 
 fn vmlinux() -> PathBuf {
-    provium::image::Images::new(Default::default())
-        .default_guest()
-        .unwrap()
-        .vmlinux
+    provium::image::Images::new(Default::default()).default_guest().unwrap().vmlinux
 }
 
 #[test]
 fn example_suite_passes_and_leaves_nothing() {
     let s = Suite::new();
-    let out = s
-        .command(&["--json", examples_dir().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = s.command(&["--json", examples_dir().to_str().unwrap()]).output().unwrap();
     let reports = json_lines(&out);
     assert_eq!(reports.len(), 3, "{reports:#?}");
     for r in &reports {
@@ -180,35 +156,17 @@ test("lua errors carry file and line", function(t) local x = nil; return x.field
     let tests = r["tests"].as_array().unwrap();
     let by_name = |n: &str| tests.iter().find(|t| t["name"] == n).unwrap();
     assert_eq!(by_name("t.name and log")["status"], "passed");
-    assert_eq!(
-        by_name("t.name and log")["log"][0],
-        "hello from t.name and log"
-    );
+    assert_eq!(by_name("t.name and log")["log"][0], "hello from t.name and log");
     let sticky = by_name("a caught assertion still fails the test");
     assert_eq!(sticky["status"], "failed");
-    assert!(
-        sticky["message"]
-            .as_str()
-            .unwrap()
-            .contains("framework.test.lua:7: sticky"),
-        "{sticky}"
-    );
+    assert!(sticky["message"].as_str().unwrap().contains("framework.test.lua:7: sticky"), "{sticky}");
     assert_eq!(by_name("explicit fail")["status"], "failed");
     assert_eq!(by_name("skip from the body")["status"], "skipped");
     assert_eq!(by_name("skip from the body")["message"], "not today");
     assert_eq!(by_name("skip from meta")["message"], "skipped: by meta");
-    assert_eq!(
-        by_name("assert_raises returns the message")["status"],
-        "passed"
-    );
+    assert_eq!(by_name("assert_raises returns the message")["status"], "passed");
     let lua_err = by_name("lua errors carry file and line");
-    assert!(
-        lua_err["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("framework.test.lua:18:"),
-        "{lua_err}"
-    );
+    assert!(lua_err["message"].as_str().unwrap().starts_with("framework.test.lua:18:"), "{lua_err}");
 }
 
 #[test]
@@ -227,36 +185,21 @@ fn bad_input_is_reported_and_the_run_goes_on() {
             provium::image::default_cmdline()
         ),
     );
+    s.write("a_syntax.test.lua", "test(\"x\", function(t)\n  local = 1\nend)\n");
+    s.write("b_profile.test.lua", "test(\"unknown profile\", function(t) provium:vm(\"v\", \"nope\") end)\n");
+    s.write("c_kernel.test.lua", "test(\"missing kernel\", function(t) provium:vm(\"v\", \"nokernel\"):boot() end)\n");
     s.write(
-        "a_syntax.test.lua",
-        "test(\"x\", function(t)\n  local = 1\nend)\n",
+        "d_noagent.test.lua",
+        "test(\"init never starts the agent\", function(t) provium:vm(\"v\", \"noagent\"):boot() end)\n",
     );
-    s.write(
-        "b_profile.test.lua",
-        "test(\"unknown profile\", function(t) provium:vm(\"v\", \"nope\") end)\n",
-    );
-    s.write(
-        "c_kernel.test.lua",
-        "test(\"missing kernel\", function(t) provium:vm(\"v\", \"nokernel\"):boot() end)\n",
-    );
-    s.write("d_noagent.test.lua", "test(\"init never starts the agent\", function(t) provium:vm(\"v\", \"noagent\"):boot() end)\n");
     s.write(
         "e_good.test.lua",
         "test(\"missing command is a result\", function(t)\n  local r = provium:vm(\"v\", \"default\"):boot():run(\"definitely-not-here\")\n  t:assert_eq(r.exit_code, 127)\nend)\n",
     );
-    let child = s
-        .command(&["--json", "."])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.command(&["--json", "."]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    eprintln!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    eprintln!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1));
     let reports = json_lines(&out);
     assert_eq!(reports.len(), 5);
@@ -267,31 +210,20 @@ fn bad_input_is_reported_and_the_run_goes_on() {
 
     let profile = &file(&reports, "b_profile.test.lua")["tests"][0];
     let msg = profile["message"].as_str().unwrap();
-    assert!(
-        msg.contains("b_profile.test.lua:1: profile `nope` is not defined"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("available: default, noagent, nokernel"),
-        "{msg}"
-    );
+    assert!(msg.contains("b_profile.test.lua:1: profile `nope` is not defined"), "{msg}");
+    assert!(msg.contains("available: default, noagent, nokernel"), "{msg}");
 
     let kernel = &file(&reports, "c_kernel.test.lua")["tests"][0];
     let msg = kernel["message"].as_str().unwrap();
     assert!(
-        msg.contains(
-            "profile `nokernel`: `kernel` points to `/nonexistent/vmlinuz`, which does not exist"
-        ),
+        msg.contains("profile `nokernel`: `kernel` points to `/nonexistent/vmlinuz`, which does not exist"),
         "{msg}"
     );
 
     let noagent = &file(&reports, "d_noagent.test.lua")["tests"][0];
     let msg = noagent["message"].as_str().unwrap();
     assert!(msg.contains("agent did not come up within 15s"), "{msg}");
-    assert!(
-        msg.contains("custom init is running, but no agent here"),
-        "console tail missing: {msg}"
-    );
+    assert!(msg.contains("custom init is running, but no agent here"), "console tail missing: {msg}");
 
     assert_eq!(file(&reports, "e_good.test.lua")["passed"], true);
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
@@ -336,13 +268,11 @@ end)
 #[test]
 fn ctrl_c_during_boot_leaves_nothing_behind() {
     let s = Suite::new();
-    s.write("slow.test.lua", "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n");
-    let mut child = s
-        .command(&["slow.test.lua"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    s.write(
+        "slow.test.lua",
+        "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n",
+    );
+    let mut child = s.command(&["slow.test.lua"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     // Wait until QEMU runs (its scratch directory exists), then interrupt.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -355,4 +285,91 @@ fn ctrl_c_during_boot_leaves_nothing_behind() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
+}
+
+fn sh(cmd: &str) -> provium_protocol::ExecRequest {
+    provium_protocol::ExecRequest { argv: vec!["sh".into(), "-c".into(), cmd.into()], ..Default::default() }
+}
+
+#[test]
+fn agent_survives_the_host_disconnecting_and_reconnecting() {
+    use provium::vm::{BootOpts, Vm};
+    let images = std::sync::Arc::new(provium::image::Images::new(Default::default()));
+    let mut vm = Vm::new("rc", "default", BootOpts::default(), images, provium::vmm::Accel::Tcg);
+    vm.boot(&BootOpts::default()).expect("boot");
+    vm.write_file("/tmp/state", b"kept", 0o644).unwrap();
+
+    // A command in flight when the host goes away fails cleanly...
+    let old = vm.agent_client().unwrap();
+    let inflight = std::thread::spawn(move || old.exec(sh("sleep 3; echo late"), b""));
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        vm.reconnect_agent().expect("reconnect");
+    }
+    let err = inflight.join().unwrap().expect_err("in-flight exec must fail on disconnect");
+    assert!(err.to_string().contains("connection closed"), "{err}");
+
+    // ...and the new session works, with the guest's state intact.
+    assert_eq!(vm.read_file("/tmp/state").unwrap(), b"kept");
+    let out = vm.exec(sh("echo again"), b"").unwrap();
+    assert_eq!(out.stdout, b"again\n");
+    vm.shutdown();
+}
+
+#[test]
+fn files_larger_than_one_frame_and_per_file_timeout() {
+    let s = Suite::new();
+    s.write(
+        "big.test.lua",
+        r#"
+test("a 20 MiB file goes in and out", function(t)
+  local vm = provium:vm("v", "default"):boot()
+  local data = string.rep("0123456789abcdef", 20 * 65536)
+  vm:write_file("/tmp/big", data)
+  t:assert_eq(vm:stat("/tmp/big").size, #data)
+  t:assert_eq(vm:run("md5sum < /tmp/big").stdout, vm:run("md5sum", {stdin = data}).stdout)
+  t:assert(vm:read_file("/tmp/big") == data, "read back differs")
+end)
+"#,
+    );
+    s.write(
+        "hang.test.lua",
+        "test(\"hangs\", function(t) provium:vm(\"v\", \"default\"):boot():run(\"sleep 600\") end)\n\
+         test(\"after\", function(t) end)\n",
+    );
+    let out = s.run(&["--json", "--timeout", "20s", "."]);
+    assert_eq!(out.status.code(), Some(1));
+    let reports = json_lines(&out);
+    assert_eq!(file(&reports, "big.test.lua")["passed"], true);
+    let hang = file(&reports, "hang.test.lua");
+    assert_eq!(hang["timeout"], "timed_out");
+    let msg = hang["tests"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("file timeout (20s) exceeded"), "{msg}");
+    assert!(hang["tests"][1]["message"].as_str().unwrap().contains("not run"), "{hang}");
+}
+
+#[test]
+fn list_and_doctor() {
+    let s = Suite::new();
+    s.write("a/one.test.lua", "");
+    s.write("b/two.test.lua", "");
+    s.write("b/helper.lua", "");
+    let out = s.run(&["list"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a/one.test.lua") && text.contains("b/two.test.lua") && !text.contains("helper"), "{text}");
+    assert!(text.contains("2 test file(s) found"), "{text}");
+
+    let out = s.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok   qemu:") && text.contains("QEMU emulator version"), "{text}");
+    assert!(text.contains("ok   default guest: kernel"), "{text}");
+    assert!(text.contains("ok   accelerator: tcg"), "{text}");
+    assert_eq!(out.status.code(), Some(0));
+
+    s.write("provium.toml", "[profiles.x]\nkernal = 1\n");
+    let out = s.run(&["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provium: cannot parse `provium.toml`: unknown field `kernal`"), "{err}");
 }

@@ -101,14 +101,12 @@ impl CpioWriter {
 
     fn header(&mut self, ino: u32, mode: u32, nlink: u32, size: u32, name: &str) {
         let namesize = u32::try_from(name.len() + 1).expect("cpio name too long");
-        self.out
-            .reserve(HEADER_LEN + name.len() + 4 + size as usize + 4);
+        self.out.reserve(HEADER_LEN + name.len() + 4 + size as usize + 4);
         self.out.extend_from_slice(MAGIC);
         // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize
         // check
         for field in [ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, namesize, 0] {
-            self.out
-                .extend_from_slice(format!("{field:08x}").as_bytes());
+            self.out.extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.out.extend_from_slice(name.as_bytes());
         self.out.push(0);
@@ -141,51 +139,33 @@ pub(super) mod tests {
         // namesize check.
         let mut want = Vec::new();
         want.extend_from_slice(b"070701");
-        want.extend_from_slice(
-            concat!("00000001", "000081a4", "00000000", "00000000", "00000001").as_bytes(),
-        );
-        want.extend_from_slice(
-            concat!("00000000", "00000003", "00000000", "00000000", "00000000").as_bytes(),
-        );
+        want.extend_from_slice(concat!("00000001", "000081a4", "00000000", "00000000", "00000001").as_bytes());
+        want.extend_from_slice(concat!("00000000", "00000003", "00000000", "00000000", "00000000").as_bytes());
         want.extend_from_slice(concat!("00000000", "00000006", "00000000").as_bytes());
         want.extend_from_slice(b"hello\0"); // 110 + 6 = 116: aligned
         want.extend_from_slice(b"hi\n\0"); // 3 data bytes + 1 pad
         want.extend_from_slice(b"070701");
-        want.extend_from_slice(
-            concat!("00000000", "00000000", "00000000", "00000000", "00000001").as_bytes(),
-        );
-        want.extend_from_slice(
-            concat!("00000000", "00000000", "00000000", "00000000", "00000000").as_bytes(),
-        );
+        want.extend_from_slice(concat!("00000000", "00000000", "00000000", "00000000", "00000001").as_bytes());
+        want.extend_from_slice(concat!("00000000", "00000000", "00000000", "00000000", "00000000").as_bytes());
         want.extend_from_slice(concat!("00000000", "0000000b", "00000000").as_bytes());
         want.extend_from_slice(b"TRAILER!!!\0\0\0\0"); // 110 + 11 = 121 -> 3 pad
-        assert_eq!(
-            String::from_utf8_lossy(&got),
-            String::from_utf8_lossy(&want)
-        );
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
         assert_eq!(got.len() % 4, 0);
     }
 
     #[test]
     fn parents_are_created_once_and_in_order() {
         let mut w = CpioWriter::new();
-        w.file("a/b/one", 0o600, b"1")
-            .file("a/b/two", 0o600, b"22")
-            .dir("a", 0o700)
-            .symlink("a/c/link", "/a/b/one");
+        w.file("a/b/one", 0o600, b"1").file("a/b/two", 0o600, b"22").dir("a", 0o700).symlink("a/c/link", "/a/b/one");
         let names = names(&w.finish());
-        assert_eq!(
-            names,
-            ["a", "a/b", "a/b/one", "a/b/two", "a/c", "a/c/link", TRAILER]
-        );
+        assert_eq!(names, ["a", "a/b", "a/b/one", "a/b/two", "a/c", "a/c/link", TRAILER]);
     }
 
     #[test]
     fn output_is_deterministic() {
         let build = || {
             let mut w = CpioWriter::new();
-            w.dir("/etc", 0o755)
-                .file("/etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n");
+            w.dir("/etc", 0o755).file("/etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n");
             w.finish()
         };
         assert_eq!(build(), build());
@@ -194,8 +174,7 @@ pub(super) mod tests {
     #[test]
     fn system_cpio_lists_the_archive() {
         let mut w = CpioWriter::new();
-        w.file("/sbin/provium-agent", 0o755, b"\x7fELF....")
-            .symlink("bin/sh", "/bin/busybox");
+        w.file("/sbin/provium-agent", 0o755, b"\x7fELF....").symlink("bin/sh", "/bin/busybox");
         let archive = w.finish();
         let tool: &[&str] = if Command::new("cpio").arg("--version").output().is_ok() {
             &["cpio", "-t"]
@@ -214,16 +193,8 @@ pub(super) mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&archive).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listed: Vec<_> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let listed: Vec<_> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
         assert_eq!(listed, ["sbin", "sbin/provium-agent", "bin", "bin/sh"]);
     }
 

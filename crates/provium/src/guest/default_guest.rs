@@ -19,15 +19,8 @@ use super::vmlinux::{self, VmlinuxError};
 
 /// Modules the agent loads (their dependencies are added). `virtio_mmio` serves microvm,
 /// `virtio_pci` q35; `evdev` + `button` deliver the ACPI power button.
-pub const DEFAULT_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_pci",
-    "virtio_console",
-    "virtio_rng",
-    "virtio_net",
-    "evdev",
-    "button",
-];
+pub const DEFAULT_MODULES: &[&str] =
+    &["virtio_mmio", "virtio_pci", "virtio_console", "virtio_rng", "virtio_net", "evdev", "button"];
 /// Where the agent lives in every initramfs provium builds.
 pub const AGENT_PATH: &str = "/sbin/provium-agent";
 /// Module names to load, in order, one per line.
@@ -68,9 +61,7 @@ pub enum GuestError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "busybox `{path}` is dynamically linked; install busybox-static (run `scripts/setup`)"
-    )]
+    #[error("busybox `{path}` is dynamically linked; install busybox-static (run `scripts/setup`)")]
     BusyboxNotStatic { path: PathBuf },
     #[error("listing busybox applets with `{path} --list-full`")]
     ListApplets {
@@ -116,21 +107,10 @@ impl GuestInputs {
     pub fn in_dir(dir: &Path, busybox: &Path) -> Result<Self, GuestError> {
         let kernel_dir = dir.join("kernel");
         let version_file = kernel_dir.join("VERSION");
-        let release =
-            std::fs::read_to_string(&version_file).map_err(|source| GuestError::NotSetUp {
-                path: version_file,
-                source,
-            })?;
-        let inputs = GuestInputs {
-            kernel_dir,
-            busybox: busybox.to_owned(),
-            kernel_release: release.trim().to_owned(),
-        };
-        for path in [
-            inputs.vmlinuz(),
-            inputs.modules_dir(),
-            inputs.busybox.clone(),
-        ] {
+        let release = std::fs::read_to_string(&version_file)
+            .map_err(|source| GuestError::NotSetUp { path: version_file, source })?;
+        let inputs = GuestInputs { kernel_dir, busybox: busybox.to_owned(), kernel_release: release.trim().to_owned() };
+        for path in [inputs.vmlinuz(), inputs.modules_dir(), inputs.busybox.clone()] {
             std::fs::metadata(&path).map_err(|source| GuestError::NotSetUp { path, source })?;
         }
         Ok(inputs)
@@ -138,15 +118,12 @@ impl GuestInputs {
 
     /// The compressed kernel, `boot/vmlinuz-<release>`.
     pub fn vmlinuz(&self) -> PathBuf {
-        self.kernel_dir
-            .join(format!("boot/vmlinuz-{}", self.kernel_release))
+        self.kernel_dir.join(format!("boot/vmlinuz-{}", self.kernel_release))
     }
 
     /// `lib/modules/<release>`.
     pub fn modules_dir(&self) -> PathBuf {
-        self.kernel_dir
-            .join("lib/modules")
-            .join(&self.kernel_release)
+        self.kernel_dir.join("lib/modules").join(&self.kernel_release)
     }
 }
 
@@ -166,11 +143,7 @@ pub struct PreparedGuest {
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Returns the cached default guest for these inputs and agent, building it if needed.
-pub fn prepare(
-    inputs: &GuestInputs,
-    agent_bytes: &[u8],
-    cache_root: &Path,
-) -> Result<PreparedGuest, GuestError> {
+pub fn prepare(inputs: &GuestInputs, agent_bytes: &[u8], cache_root: &Path) -> Result<PreparedGuest, GuestError> {
     let key = cache_key(inputs, agent_bytes)?;
     let dir = cache_root.join(format!("default-{key}"));
     let prepared = PreparedGuest {
@@ -196,10 +169,7 @@ pub fn prepare(
     let tmp = TempDir::new(cache_root, &key).map_err(write_err(cache_root))?;
 
     let vmlinuz = inputs.vmlinuz();
-    let elf = vmlinux::extract_vmlinux(&vmlinuz).map_err(|source| GuestError::ReadKernel {
-        path: vmlinuz,
-        source,
-    })?;
+    let elf = vmlinux::extract_vmlinux(&vmlinuz).map_err(|source| GuestError::ReadKernel { path: vmlinuz, source })?;
     let vmlinux_tmp = tmp.0.join("vmlinux");
     std::fs::write(&vmlinux_tmp, elf).map_err(write_err(&vmlinux_tmp))?;
     let initrd_tmp = tmp.0.join("initrd");
@@ -228,21 +198,11 @@ fn cache_key(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<String, GuestEr
     let mut h = Sha256::new();
     h.update(FORMAT_VERSION);
     for path in [inputs.vmlinuz(), inputs.busybox.clone()] {
-        let meta = std::fs::metadata(&path).map_err(|source| GuestError::NotSetUp {
-            path: path.clone(),
-            source,
-        })?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
+        let meta = std::fs::metadata(&path).map_err(|source| GuestError::NotSetUp { path: path.clone(), source })?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
         h.update([0]);
         h.update(path.as_os_str().as_encoded_bytes());
-        h.update(format!(
-            "\0{}\0{}",
-            meta.len(),
-            mtime.unwrap_or_default().as_nanos()
-        ));
+        h.update(format!("\0{}\0{}", meta.len(), mtime.unwrap_or_default().as_nanos()));
     }
     h.update([0]);
     h.update(Sha256::digest(agent_bytes));
@@ -253,15 +213,10 @@ fn cache_key(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<String, GuestEr
 
 fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, GuestError> {
     let modules_dir = inputs.modules_dir();
-    let modules =
-        kmod::resolve(&modules_dir, DEFAULT_MODULES).map_err(|source| GuestError::Modules {
-            path: modules_dir,
-            source,
-        })?;
-    let busybox = std::fs::read(&inputs.busybox).map_err(|source| GuestError::ReadBusybox {
-        path: inputs.busybox.clone(),
-        source,
-    })?;
+    let modules = kmod::resolve(&modules_dir, DEFAULT_MODULES)
+        .map_err(|source| GuestError::Modules { path: modules_dir, source })?;
+    let busybox = std::fs::read(&inputs.busybox)
+        .map_err(|source| GuestError::ReadBusybox { path: inputs.busybox.clone(), source })?;
     if has_interpreter(&busybox) {
         let path = inputs.busybox.clone();
         return Err(GuestError::BusyboxNotStatic { path });
@@ -291,11 +246,7 @@ fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, 
     w.file("etc/group", 0o644, b"root:x:0:\n");
 
     let lib = format!("lib/modules/{}", inputs.kernel_release);
-    w.file(
-        &format!("{lib}/modules.dep"),
-        0o644,
-        kmod::modules_dep(&modules).as_bytes(),
-    );
+    w.file(&format!("{lib}/modules.dep"), 0o644, kmod::modules_dep(&modules).as_bytes());
     let mut list = String::new();
     for m in &modules {
         w.file(&format!("{lib}/{}", m.rel_path), 0o644, &m.bytes);
@@ -315,8 +266,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
         let b = elf.get(o..o + n)?;
         Some(b.iter().rev().fold(0, |acc, &x| acc << 8 | u64::from(x)))
     };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (num(0x20, 8), num(0x36, 2), num(0x38, 2))
-    else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (num(0x20, 8), num(0x36, 2), num(0x38, 2)) else {
         return false;
     };
     (0..phnum).any(|i| num((phoff + i * phentsize) as usize, 4) == Some(u64::from(PT_INTERP)))
@@ -327,10 +277,7 @@ fn applets(busybox: &Path) -> Result<Vec<String>, GuestError> {
     let out = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|source| GuestError::ListApplets {
-            path: busybox.to_owned(),
-            source,
-        })?;
+        .map_err(|source| GuestError::ListApplets { path: busybox.to_owned(), source })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(GuestError::ListApplets {
@@ -353,10 +300,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(root: &Path, key: &str) -> std::io::Result<Self> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos();
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let name = format!(".tmp-default-{key}-{}-{nanos}-{seq}", std::process::id());
         let path = root.join(name);
@@ -393,11 +337,7 @@ fn prune(root: &Path, keep: &Path) {
         if path == keep || !(name.starts_with("default-") || name.starts_with(".tmp-default-")) {
             continue;
         }
-        let idle = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok());
+        let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
         if idle.is_some_and(|idle| idle > STALE_AFTER) {
             let _ = std::fs::remove_dir_all(&path);
         }
@@ -416,35 +356,23 @@ mod tests {
         let err = GuestInputs::in_dir(dir.path(), Path::new("/bin/busybox")).unwrap_err();
         assert!(matches!(err, GuestError::NotSetUp { .. }));
         let msg = err.to_string();
-        assert!(
-            msg.contains("kernel/VERSION`") && msg.contains("run `scripts/setup`"),
-            "{msg}"
-        );
+        assert!(msg.contains("kernel/VERSION`") && msg.contains("run `scripts/setup`"), "{msg}");
     }
 
     #[test]
     fn busybox_static_check() {
         let busybox = std::fs::read(DEFAULT_BUSYBOX).unwrap_or_default();
         if busybox.starts_with(b"\x7fELF") {
-            assert!(
-                !has_interpreter(&busybox),
-                "{DEFAULT_BUSYBOX} should be static"
-            );
+            assert!(!has_interpreter(&busybox), "{DEFAULT_BUSYBOX} should be static");
         }
         let this_test = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(
-            has_interpreter(&this_test),
-            "test binaries are dynamically linked"
-        );
+        assert!(has_interpreter(&this_test), "test binaries are dynamically linked");
     }
 
     #[test]
     fn overlay_holds_only_the_agent() {
         let overlay = overlay_cpio(b"agent");
-        assert_eq!(
-            names(&overlay),
-            ["sbin", "sbin/provium-agent", "TRAILER!!!"]
-        );
+        assert_eq!(names(&overlay), ["sbin", "sbin/provium-agent", "TRAILER!!!"]);
         assert_eq!(overlay.len() % 4, 0);
     }
 
@@ -493,31 +421,16 @@ mod tests {
             &format!("{lib}/modules.dep"),
             &format!("{lib}/kernel/drivers/char/virtio_console.ko"),
         ] {
-            assert!(
-                entries.iter().any(|e| e == want),
-                "{want} missing from initramfs"
-            );
+            assert!(entries.iter().any(|e| e == want), "{want} missing from initramfs");
         }
-        assert!(
-            !entries.iter().any(|e| e == "init"),
-            "no /init: the agent is rdinit"
-        );
+        assert!(!entries.iter().any(|e| e == "init"), "no /init: the agent is rdinit");
 
         let other = prepare(&inputs, b"agent-2", cache.path()).unwrap();
         assert_ne!(other.key, first.key);
-        assert!(
-            first.initrd.exists(),
-            "a fresh entry of another key is not pruned"
-        );
+        assert!(first.initrd.exists(), "a fresh entry of another key is not pruned");
         let leftovers = std::fs::read_dir(cache.path())
             .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".tmp")
-            })
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp"))
             .count();
         assert_eq!(leftovers, 0, "build dirs are renamed away");
     }

@@ -58,10 +58,7 @@ pub enum KmodError {
 /// Canonical module name for a file or dependency name.
 pub fn module_name(s: &str) -> String {
     let base = s.rsplit('/').next().unwrap_or(s);
-    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"]
-        .iter()
-        .find_map(|ext| base.strip_suffix(ext))
-        .unwrap_or(base);
+    let stem = [".ko.xz", ".ko.zst", ".ko.gz", ".ko"].iter().find_map(|ext| base.strip_suffix(ext)).unwrap_or(base);
     stem.replace('-', "_")
 }
 
@@ -86,11 +83,7 @@ pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>,
 /// The text of `modules.dep` for `modules` (in load order): one line per module, listing all
 /// its transitive dependencies with the one to load first last, as depmod does.
 pub fn modules_dep(modules: &[KernelModule]) -> String {
-    let pos: HashMap<&str, usize> = modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.as_str(), i))
-        .collect();
+    let pos: HashMap<&str, usize> = modules.iter().enumerate().map(|(i, m)| (m.name.as_str(), i)).collect();
     let mut text = String::new();
     for m in modules {
         let mut deps = HashSet::new();
@@ -130,39 +123,25 @@ impl Resolver<'_> {
             return Ok(());
         }
         if !self.visiting.insert(name.to_owned()) {
-            return Err(KmodError::DependencyCycle {
-                name: name.to_owned(),
-            });
+            return Err(KmodError::DependencyCycle { name: name.to_owned() });
         }
-        let rel_path = self
-            .index
-            .get(name)
-            .cloned()
-            .ok_or_else(|| KmodError::MissingModule {
-                name: name.to_owned(),
-                wanted_by: needed_by.map_or("requested".into(), |n| format!("needed by `{n}`")),
-                dir: self.dir.join("kernel"),
-            })?;
+        let rel_path = self.index.get(name).cloned().ok_or_else(|| KmodError::MissingModule {
+            name: name.to_owned(),
+            wanted_by: needed_by.map_or("requested".into(), |n| format!("needed by `{n}`")),
+            dir: self.dir.join("kernel"),
+        })?;
         let path = self.dir.join(&rel_path);
         if !rel_path.ends_with(".ko") {
             return Err(KmodError::CompressedModule { path });
         }
-        let bytes = std::fs::read(&path).map_err(|source| KmodError::ReadModule {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = std::fs::read(&path).map_err(|source| KmodError::ReadModule { path: path.clone(), source })?;
         let depends = depends(&bytes).map_err(|reason| KmodError::BadElf { path, reason })?;
         for dep in &depends {
             self.visit(dep, Some(name))?;
         }
         self.visiting.remove(name);
         self.done.insert(name.to_owned());
-        self.out.push(KernelModule {
-            name: name.to_owned(),
-            rel_path,
-            depends,
-            bytes,
-        });
+        self.out.push(KernelModule { name: name.to_owned(), rel_path, depends, bytes });
         Ok(())
     }
 }
@@ -174,14 +153,9 @@ fn index(dir: &Path) -> Result<BTreeMap<String, String>, KmodError> {
     let mut pending = vec![PathBuf::from("kernel")];
     while let Some(rel) = pending.pop() {
         let abs = dir.join(&rel);
-        let read_err = |source| KmodError::ReadDir {
-            path: abs.clone(),
-            source,
-        };
-        let mut entries: Vec<_> = std::fs::read_dir(&abs)
-            .map_err(read_err)?
-            .collect::<Result<_, _>>()
-            .map_err(read_err)?;
+        let read_err = |source| KmodError::ReadDir { path: abs.clone(), source };
+        let mut entries: Vec<_> =
+            std::fs::read_dir(&abs).map_err(read_err)?.collect::<Result<_, _>>().map_err(read_err)?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries.iter().rev() {
             let child = rel.join(entry.file_name());
@@ -209,16 +183,9 @@ fn builtin(dir: &Path) -> HashSet<String> {
 /// The `depends=` list of a module's `.modinfo` section, as module names.
 fn depends(elf: &[u8]) -> Result<Vec<String>, &'static str> {
     let modinfo = section(elf, b".modinfo")?.ok_or("no .modinfo section")?;
-    let list = modinfo
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"depends="))
-        .unwrap_or_default();
+    let list = modinfo.split(|&b| b == 0).find_map(|kv| kv.strip_prefix(b"depends=")).unwrap_or_default();
     let list = std::str::from_utf8(list).map_err(|_| "depends= is not UTF-8")?;
-    Ok(list
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(module_name)
-        .collect())
+    Ok(list.split(',').filter(|s| !s.is_empty()).map(module_name).collect())
 }
 
 /// Finds the contents of the section named `want` in a little-endian ELF64 file.
@@ -230,18 +197,9 @@ fn section<'a>(elf: &'a [u8], want: &[u8]) -> Result<Option<&'a [u8]>, &'static 
     if elf[4] != 2 || elf[5] != 1 {
         return Err("not a little-endian ELF64 file");
     }
-    let u16_at = |o: usize| {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     let truncated = "truncated ELF header";
     let shoff = u64_at(0x28).ok_or(truncated)?;
     let shentsize = u16_at(0x3a).ok_or(truncated)?;
@@ -258,11 +216,7 @@ fn section<'a>(elf: &'a [u8], want: &[u8]) -> Result<Option<&'a [u8]>, &'static 
         let offset = u64_at(h + 24).ok_or(bad)?;
         let size = u64_at(h + 32).ok_or(bad)?;
         let end = offset.checked_add(size).ok_or(bad)?;
-        Ok((
-            name,
-            elf.get(offset..end)
-                .ok_or("section contents out of bounds")?,
-        ))
+        Ok((name, elf.get(offset..end).ok_or("section contents out of bounds")?))
     };
     let (_, names) = header(shstrndx)?;
     for i in 0..shnum {
@@ -297,11 +251,9 @@ mod tests {
         elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
         elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
         elf[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        for (name, off, size) in [
-            (0u32, 0usize, 0usize),
-            (1, strtab_off, shstrtab.len()),
-            (11, modinfo_off, modinfo.len()),
-        ] {
+        for (name, off, size) in
+            [(0u32, 0usize, 0usize), (1, strtab_off, shstrtab.len()), (11, modinfo_off, modinfo.len())]
+        {
             let mut h = [0u8; 64];
             h[..4].copy_from_slice(&name.to_le_bytes());
             h[24..32].copy_from_slice(&(off as u64).to_le_bytes());
@@ -319,21 +271,14 @@ mod tests {
             let info = format!("license=GPL\0depends={deps}\0name={}\0", module_name(rel));
             std::fs::write(path, fake_ko(info.as_bytes())).unwrap();
         }
-        std::fs::write(
-            dir.path().join("modules.builtin"),
-            "kernel/drivers/virtio/virtio.ko\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("modules.builtin"), "kernel/drivers/virtio/virtio.ko\n").unwrap();
         dir
     }
 
     #[test]
     fn resolves_transitively_in_load_order() {
         let dir = tree(&[
-            (
-                "kernel/drivers/net/virtio_net.ko",
-                "net_failover,virtio_ring",
-            ),
+            ("kernel/drivers/net/virtio_net.ko", "net_failover,virtio_ring"),
             ("kernel/drivers/net/net_failover.ko", "failover"),
             ("kernel/net/core/failover.ko", ""),
             ("kernel/drivers/virtio/virtio_ring.ko", "virtio"),
@@ -341,16 +286,7 @@ mod tests {
         ]);
         let mods = resolve(dir.path(), &["virtio_rng", "virtio_net"]).unwrap();
         let names: Vec<_> = mods.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "virtio_ring",
-                "virtio_rng",
-                "failover",
-                "net_failover",
-                "virtio_net"
-            ]
-        );
+        assert_eq!(names, ["virtio_ring", "virtio_rng", "failover", "net_failover", "virtio_net"]);
         assert_eq!(
             modules_dep(&mods),
             "kernel/drivers/virtio/virtio_ring.ko:\n\
@@ -366,10 +302,7 @@ mod tests {
     fn missing_module_is_named() {
         let dir = tree(&[("kernel/a.ko", "b")]);
         let err = resolve(dir.path(), &["a"]).unwrap_err();
-        assert!(
-            matches!(&err, KmodError::MissingModule { name, .. } if name == "b"),
-            "{err}"
-        );
+        assert!(matches!(&err, KmodError::MissingModule { name, .. } if name == "b"), "{err}");
         assert!(err.to_string().contains("`b` (needed by `a`)"), "{err}");
     }
 
@@ -385,10 +318,7 @@ mod tests {
     #[test]
     fn cycle_is_reported() {
         let dir = tree(&[("kernel/a.ko", "b"), ("kernel/b.ko", "a")]);
-        assert!(matches!(
-            resolve(dir.path(), &["a"]),
-            Err(KmodError::DependencyCycle { .. })
-        ));
+        assert!(matches!(resolve(dir.path(), &["a"]), Err(KmodError::DependencyCycle { .. })));
     }
 
     #[test]
@@ -398,14 +328,7 @@ mod tests {
             eprintln!("note: {REAL} not present; skipping");
             return;
         }
-        let wanted = [
-            "virtio_mmio",
-            "virtio_console",
-            "virtio_rng",
-            "virtio_net",
-            "evdev",
-            "button",
-        ];
+        let wanted = ["virtio_mmio", "virtio_console", "virtio_rng", "virtio_net", "evdev", "button"];
         let mods = resolve(dir, &wanted).unwrap();
         let names: Vec<_> = mods.iter().map(|m| m.name.as_str()).collect();
         for w in wanted {

@@ -31,8 +31,7 @@ mod vmlinux;
 
 pub use cpio::CpioWriter;
 pub use default_guest::{
-    overlay_cpio, prepare, GuestError, GuestInputs, PreparedGuest, AGENT_PATH, DEFAULT_MODULES,
-    MODULE_LIST_PATH,
+    overlay_cpio, prepare, GuestError, GuestInputs, PreparedGuest, AGENT_PATH, DEFAULT_MODULES, MODULE_LIST_PATH,
 };
 pub use kmod::KmodError;
 

@@ -43,26 +43,17 @@ pub enum VmlinuxError {
     },
     #[error("`{path}` is not an x86 bzImage (no `HdrS` setup header)")]
     NotBzImage { path: PathBuf },
-    #[error(
-        "`{path}`: payload is not LZ4 (found {found}); only LZ4-compressed kernels are supported"
-    )]
+    #[error("`{path}`: payload is not LZ4 (found {found}); only LZ4-compressed kernels are supported")]
     UnsupportedCompression { path: PathBuf, found: String },
     #[error("`{path}`: corrupt LZ4 payload at offset {offset}: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        offset: usize,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: usize, reason: String },
     #[error("`{path}`: decompressed payload is not an ELF image (no \\x7fELF magic)")]
     NotElf { path: PathBuf },
 }
 
 /// Reads the bzImage at `path` and returns the uncompressed ELF `vmlinux`.
 pub fn extract_vmlinux(path: &Path) -> Result<Vec<u8>, VmlinuxError> {
-    let image = std::fs::read(path).map_err(|source| VmlinuxError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let image = std::fs::read(path).map_err(|source| VmlinuxError::Read { path: path.to_owned(), source })?;
     extract_from_bzimage(&image).map_err(|e| e.at(path))
 }
 
@@ -81,11 +72,7 @@ impl Fault {
         match self {
             Fault::NotBzImage => VmlinuxError::NotBzImage { path },
             Fault::Compression(found) => VmlinuxError::UnsupportedCompression { path, found },
-            Fault::Corrupt(offset, reason) => VmlinuxError::Corrupt {
-                path,
-                offset,
-                reason,
-            },
+            Fault::Corrupt(offset, reason) => VmlinuxError::Corrupt { path, offset, reason },
             Fault::NotElf => VmlinuxError::NotElf { path },
         }
     }
@@ -106,16 +93,8 @@ fn payload(image: &[u8]) -> Result<&[u8], Fault> {
     if image.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
         return Err(Fault::NotBzImage);
     }
-    let u32_at = |o: usize| {
-        image
-            .get(o..o + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-    };
-    let u16_at = |o: usize| {
-        image
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
-    };
+    let u32_at = |o: usize| image.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u16_at = |o: usize| image.get(o..o + 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()));
     let version = u16_at(0x206).unwrap_or(0);
     let setup_sects = match image[0x1f1] {
         0 => 4,
@@ -174,9 +153,9 @@ fn decode_lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, Fault> {
         if size > LZ4_LEGACY_MAX_COMPRESSED || size == 0 {
             break;
         }
-        let block = payload.get(pos + 4..pos + 4 + size).ok_or_else(|| {
-            Fault::Corrupt(pos, format!("block of {size} bytes runs past the end"))
-        })?;
+        let block = payload
+            .get(pos + 4..pos + 4 + size)
+            .ok_or_else(|| Fault::Corrupt(pos, format!("block of {size} bytes runs past the end")))?;
         let start = out.len();
         out.resize(start + LZ4_LEGACY_BLOCK, 0);
         let n = lz4_flex::block::decompress_into(block, &mut out[start..])
@@ -232,14 +211,9 @@ mod tests {
     #[test]
     fn gzip_payload_is_named_in_the_error() {
         let img = fake_bzimage(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
-        let err = extract_from_bzimage(&img)
-            .unwrap_err()
-            .at(Path::new("/k/vmlinuz"));
+        let err = extract_from_bzimage(&img).unwrap_err().at(Path::new("/k/vmlinuz"));
         let msg = err.to_string();
-        assert!(
-            msg.contains("`/k/vmlinuz`") && msg.contains("gzip"),
-            "{msg}"
-        );
+        assert!(msg.contains("`/k/vmlinuz`") && msg.contains("gzip"), "{msg}");
     }
 
     #[test]
@@ -250,10 +224,7 @@ mod tests {
 
     #[test]
     fn not_a_bzimage() {
-        assert!(matches!(
-            extract_from_bzimage(&[0; 2048]),
-            Err(Fault::NotBzImage)
-        ));
+        assert!(matches!(extract_from_bzimage(&[0; 2048]), Err(Fault::NotBzImage)));
     }
 
     #[test]
@@ -270,10 +241,6 @@ mod tests {
             let p = payload(&img).unwrap();
             u32::from_le_bytes(p[p.len() - 4..].try_into().unwrap()) as usize
         };
-        assert_eq!(
-            elf.len(),
-            payload_len,
-            "size trailer must match decoded length"
-        );
+        assert_eq!(elf.len(), payload_len, "size trailer must match decoded length");
     }
 }

@@ -54,11 +54,7 @@ pub fn message(e: &mlua::Error) -> String {
     match e {
         // Lua errors come with a traceback appended; the first part is what
         // the user raised.
-        mlua::Error::RuntimeError(s) => s
-            .split("\nstack traceback:")
-            .next()
-            .unwrap_or(s)
-            .to_string(),
+        mlua::Error::RuntimeError(s) => s.split("\nstack traceback:").next().unwrap_or(s).to_string(),
         mlua::Error::SyntaxError { message: s, .. } => s.clone(),
         mlua::Error::CallbackError { cause, .. } => message(cause),
         mlua::Error::WithContext { cause, .. } => message(cause),

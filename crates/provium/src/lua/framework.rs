@@ -8,9 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use mlua::{
-    Function, Lua, MultiValue, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value,
-};
+use mlua::{Function, Lua, MultiValue, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value};
 
 use super::errors::{location, message, raise};
 
@@ -56,11 +54,17 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_app_data(Registry::default());
     let test = lua.create_function(|lua, args: MultiValue| {
         let args: Vec<Value> = args.into_iter().collect();
-        let (name, meta, func) = match args.as_slice() {
-            [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
-            [Value::String(n), Value::Table(m), Value::Function(f)] => (n.to_str()?.to_string(), Some(m.clone()), f.clone()),
-            _ => return Err(raise(lua, "test(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)")),
-        };
+        let (name, meta, func) =
+            match args.as_slice() {
+                [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
+                [Value::String(n), Value::Table(m), Value::Function(f)] => {
+                    (n.to_str()?.to_string(), Some(m.clone()), f.clone())
+                }
+                _ => return Err(raise(
+                    lua,
+                    "test(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)",
+                )),
+            };
         let meta = meta.map(|m| lua.create_registry_value(m)).transpose()?;
         let func = lua.create_registry_value(func)?;
         let mut reg = lua.app_data_mut::<Registry>().expect("registry installed");
@@ -77,12 +81,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
 
 /// Takes the registered tests out of the state.
 pub fn take_tests(lua: &Lua) -> Vec<TestDef> {
-    std::mem::take(
-        &mut lua
-            .app_data_mut::<Registry>()
-            .expect("registry installed")
-            .tests,
-    )
+    std::mem::take(&mut lua.app_data_mut::<Registry>().expect("registry installed").tests)
 }
 
 /// `meta.skip`: `true`/non-zero → default reason; a string → that reason.
@@ -112,9 +111,7 @@ pub fn run_test(lua: &Lua, func: &Function, ctx: &TestCtx) -> Outcome {
             }
         }
         Ok(()) => match &st.failed {
-            Some(m) => Outcome::Failed(format!(
-                "{m} (the error was caught, but the assertion still fails the test)"
-            )),
+            Some(m) => Outcome::Failed(format!("{m} (the error was caught, but the assertion still fails the test)")),
             None => {
                 let _ = lua;
                 Outcome::Passed
@@ -150,94 +147,60 @@ impl UserData for TestCtx {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method(
-            "assert",
-            |lua, this, (cond, msg): (Value, Option<String>)| {
-                let truthy = !matches!(cond, Value::Nil | Value::Boolean(false));
-                if truthy {
-                    Ok(())
-                } else {
-                    Err(this.fail(lua, msg.unwrap_or_else(|| "assertion failed".into())))
+        methods.add_method("assert", |lua, this, (cond, msg): (Value, Option<String>)| {
+            let truthy = !matches!(cond, Value::Nil | Value::Boolean(false));
+            if truthy {
+                Ok(())
+            } else {
+                Err(this.fail(lua, msg.unwrap_or_else(|| "assertion failed".into())))
+            }
+        });
+        methods.add_method("assert_eq", |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
+            if a.equals(&b)? {
+                return Ok(());
+            }
+            let m = msg.unwrap_or_else(|| "assert_eq failed".into());
+            Err(this.fail(lua, format!("{m}: {} ~= {}", show(lua, &a), show(lua, &b))))
+        });
+        methods.add_method("assert_neq", |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
+            if !a.equals(&b)? {
+                return Ok(());
+            }
+            let m = msg.unwrap_or_else(|| "assert_neq failed".into());
+            Err(this.fail(lua, format!("{m}: {} == {}", show(lua, &a), show(lua, &b))))
+        });
+        methods.add_method("assert_contains", |lua, this, (hay, needle, msg): (Value, Value, Option<String>)| {
+            let (Value::String(h), Value::String(n)) = (&hay, &needle) else {
+                return Err(this.fail(lua, "assert_contains: both arguments must be strings".into()));
+            };
+            let (h, n) = (h.as_bytes(), n.as_bytes());
+            if n.is_empty() || h.windows(n.len()).any(|w| w == &n[..]) {
+                return Ok(());
+            }
+            let m = msg.unwrap_or_else(|| "assert_contains failed".into());
+            Err(this.fail(lua, format!("{m}: {} not found in: {}", show(lua, &needle), show(lua, &hay))))
+        });
+        methods.add_method("assert_raises", |lua, this, (f, msg): (Function, Option<String>)| {
+            let before = this.0.borrow().failed.clone();
+            match f.call::<MultiValue>(()) {
+                Ok(_) => {
+                    let m = msg.unwrap_or_else(|| "assert_raises".into());
+                    Err(this.fail(lua, format!("{m}: expected to raise")))
                 }
-            },
-        );
-        methods.add_method(
-            "assert_eq",
-            |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
-                if a.equals(&b)? {
-                    return Ok(());
+                Err(e) => {
+                    // An assertion failing inside fn is the expected raise.
+                    this.0.borrow_mut().failed = before;
+                    Ok(message(&e))
                 }
-                let m = msg.unwrap_or_else(|| "assert_eq failed".into());
-                Err(this.fail(lua, format!("{m}: {} ~= {}", show(lua, &a), show(lua, &b))))
-            },
-        );
-        methods.add_method(
-            "assert_neq",
-            |lua, this, (a, b, msg): (Value, Value, Option<String>)| {
-                if !a.equals(&b)? {
-                    return Ok(());
-                }
-                let m = msg.unwrap_or_else(|| "assert_neq failed".into());
-                Err(this.fail(lua, format!("{m}: {} == {}", show(lua, &a), show(lua, &b))))
-            },
-        );
-        methods.add_method(
-            "assert_contains",
-            |lua, this, (hay, needle, msg): (Value, Value, Option<String>)| {
-                let (Value::String(h), Value::String(n)) = (&hay, &needle) else {
-                    return Err(this.fail(
-                        lua,
-                        "assert_contains: both arguments must be strings".into(),
-                    ));
-                };
-                let (h, n) = (h.as_bytes(), n.as_bytes());
-                if n.is_empty() || h.windows(n.len()).any(|w| w == &n[..]) {
-                    return Ok(());
-                }
-                let m = msg.unwrap_or_else(|| "assert_contains failed".into());
-                Err(this.fail(
-                    lua,
-                    format!(
-                        "{m}: {} not found in: {}",
-                        show(lua, &needle),
-                        show(lua, &hay)
-                    ),
-                ))
-            },
-        );
-        methods.add_method(
-            "assert_raises",
-            |lua, this, (f, msg): (Function, Option<String>)| {
-                let before = this.0.borrow().failed.clone();
-                match f.call::<MultiValue>(()) {
-                    Ok(_) => {
-                        let m = msg.unwrap_or_else(|| "assert_raises".into());
-                        Err(this.fail(lua, format!("{m}: expected to raise")))
-                    }
-                    Err(e) => {
-                        // An assertion failing inside fn is the expected raise.
-                        this.0.borrow_mut().failed = before;
-                        Ok(message(&e))
-                    }
-                }
-            },
-        );
-        methods.add_method(
-            "fail",
-            |lua, this, msg: Option<String>| -> mlua::Result<()> {
-                Err(this.fail(
-                    lua,
-                    msg.unwrap_or_else(|| "explicit failure (t:fail)".into()),
-                ))
-            },
-        );
-        methods.add_method(
-            "skip",
-            |_, this, reason: Option<String>| -> mlua::Result<()> {
-                this.0.borrow_mut().skipped = Some(reason.unwrap_or_else(|| "skipped".into()));
-                Err(mlua::Error::RuntimeError(SKIP_SENTINEL.into()))
-            },
-        );
+            }
+        });
+        methods.add_method("fail", |lua, this, msg: Option<String>| -> mlua::Result<()> {
+            Err(this.fail(lua, msg.unwrap_or_else(|| "explicit failure (t:fail)".into())))
+        });
+        methods.add_method("skip", |_, this, reason: Option<String>| -> mlua::Result<()> {
+            this.0.borrow_mut().skipped = Some(reason.unwrap_or_else(|| "skipped".into()));
+            Err(mlua::Error::RuntimeError(SKIP_SENTINEL.into()))
+        });
         methods.add_method("log", |lua, this, v: Value| {
             let text = show(lua, &v);
             let text = match &v {

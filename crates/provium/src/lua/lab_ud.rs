@@ -34,12 +34,8 @@ pub struct Scopes {
 
 impl Scopes {
     fn find(&self, name: &str) -> Option<VmRef> {
-        let in_scope =
-            |s: &Vec<(String, VmRef)>| s.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        self.test
-            .as_ref()
-            .and_then(in_scope)
-            .or_else(|| in_scope(&self.file))
+        let in_scope = |s: &Vec<(String, VmRef)>| s.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        self.test.as_ref().and_then(in_scope).or_else(|| in_scope(&self.file))
     }
 
     /// Every VM of both scopes, file scope first.
@@ -64,9 +60,7 @@ pub struct Lab;
 fn declare(lua: &Lua, name: String, profile: String, o: Option<mlua::Table>) -> mlua::Result<VmUd> {
     let boot_opts = opts::boot_opts(lua, &format!("provium:vm(\"{name}\", …)"), o)?;
     let (images, accel, kills) = {
-        let ctx = lua
-            .app_data_ref::<FileCtx>()
-            .expect("file context installed");
+        let ctx = lua.app_data_ref::<FileCtx>().expect("file context installed");
         (ctx.images.clone(), ctx.accel, ctx.kill_switches.clone())
     };
     let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
@@ -87,14 +81,10 @@ fn declare(lua: &Lua, name: String, profile: String, o: Option<mlua::Table>) -> 
     };
     if scope.iter().any(|(n, _)| *n == name) {
         drop(scopes);
-        return Err(raise(
-            lua,
-            format!("provium:vm: vm name `{name}` already used in this scope"),
-        ));
+        return Err(raise(lua, format!("provium:vm: vm name `{name}` already used in this scope")));
     }
     // Unknown profiles fail here, at declaration, not at boot.
-    if !images.config().profiles.contains_key(&profile) && profile != crate::config::DEFAULT_PROFILE
-    {
+    if !images.config().profiles.contains_key(&profile) && profile != crate::config::DEFAULT_PROFILE {
         drop(scopes);
         let e = images.resolve(&profile).expect_err("unknown profile");
         return Err(super::errors::raise_err(lua, &e));
@@ -113,32 +103,21 @@ impl UserData for Lab {
             match args.as_slice() {
                 [Value::String(name)] => {
                     let name = name.to_string_lossy();
-                    let found = lua
-                        .app_data_ref::<Scopes>()
-                        .expect("scopes installed")
-                        .find(&name);
-                    found.map(VmUd).ok_or_else(|| {
-                        raise(lua, format!("provium:vm: no vm named `{name}` in this lab"))
-                    })
+                    let found = lua.app_data_ref::<Scopes>().expect("scopes installed").find(&name);
+                    found.map(VmUd).ok_or_else(|| raise(lua, format!("provium:vm: no vm named `{name}` in this lab")))
                 }
                 [Value::String(name), Value::String(profile)] => {
                     declare(lua, name.to_string_lossy(), profile.to_string_lossy(), None)
                 }
-                [Value::String(name), Value::String(profile), Value::Table(t)] => declare(
-                    lua,
-                    name.to_string_lossy(),
-                    profile.to_string_lossy(),
-                    Some(t.clone()),
-                ),
+                [Value::String(name), Value::String(profile), Value::Table(t)] => {
+                    declare(lua, name.to_string_lossy(), profile.to_string_lossy(), Some(t.clone()))
+                }
                 [Value::String(name), Value::String(profile), Value::Nil] => {
                     declare(lua, name.to_string_lossy(), profile.to_string_lossy(), None)
                 }
                 _ => Err(raise(
                     lua,
-                    format!(
-                        "provium:vm(name[, profile[, opts]]): bad arguments ({} given)",
-                        args.len()
-                    ),
+                    format!("provium:vm(name[, profile[, opts]]): bad arguments ({} given)", args.len()),
                 )),
             }
         });
@@ -160,18 +139,10 @@ impl UserData for Lab {
         });
         methods.add_method("name", |lua, _, ()| {
             let scopes = lua.app_data_ref::<Scopes>().expect("scopes installed");
-            Ok(if scopes.test.is_some() {
-                "test"
-            } else {
-                "provium"
-            })
+            Ok(if scopes.test.is_some() { "test" } else { "provium" })
         });
         methods.add_meta_method("__tostring", |lua, _, ()| {
-            let n = lua
-                .app_data_ref::<Scopes>()
-                .expect("scopes installed")
-                .all()
-                .len();
+            let n = lua.app_data_ref::<Scopes>().expect("scopes installed").all().len();
             Ok(format!("lab(provium; {n} vm(s))"))
         });
     }

@@ -47,11 +47,7 @@ fn set_package_path(lua: &Lua, file: &Path, roots: &[PathBuf]) -> mlua::Result<(
     let package: Table = lua.globals().get("package")?;
     let mut dirs: Vec<PathBuf> = roots.to_vec();
     if let Some(d) = file.parent() {
-        dirs.push(if d.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            d.to_path_buf()
-        });
+        dirs.push(if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() });
     }
     let mut path = String::new();
     for d in dirs {
@@ -73,11 +69,7 @@ impl Watchdog {
     fn start(timeout: Option<Duration>, kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>>) -> Watchdog {
         let fired = Arc::new(AtomicBool::new(false));
         let Some(timeout) = timeout else {
-            return Watchdog {
-                fired,
-                stop: None,
-                thread: None,
-            };
+            return Watchdog { fired, stop: None, thread: None };
         };
         let (tx, rx) = channel::<()>();
         let f = fired.clone();
@@ -89,11 +81,7 @@ impl Watchdog {
                 }
             }
         });
-        Watchdog {
-            fired,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
+        Watchdog { fired, stop: Some(tx), thread: Some(thread) }
     }
 }
 
@@ -109,10 +97,7 @@ impl Drop for Watchdog {
 fn excerpt(scopes: &Scopes) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (name, vm) in scopes.all() {
-        let tail = vm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .console_tail(crate::vmm::CONSOLE_TAIL_BYTES);
+        let tail = vm.lock().unwrap_or_else(|p| p.into_inner()).console_tail(crate::vmm::CONSOLE_TAIL_BYTES);
         let lines: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
         if !lines.is_empty() {
             let start = lines.len().saturating_sub(CONSOLE_EXCERPT_LINES);
@@ -132,49 +117,33 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     let setup = (|| -> mlua::Result<()> {
         set_package_path(&lua, path, &env.roots)?;
         framework::install(&lua)?;
-        lua.set_app_data(FileCtx {
-            images: env.images.clone(),
-            accel: env.accel,
-            kill_switches: kills.clone(),
-        });
+        lua.set_app_data(FileCtx { images: env.images.clone(), accel: env.accel, kill_switches: kills.clone() });
         lua.set_app_data(Scopes::default());
         lua.globals().set("provium", Lab)?;
         let fired = watchdog.fired.clone();
         let limit = env.timeout.unwrap_or_default();
-        lua.set_hook(
-            HookTriggers::new().every_nth_instruction(10_000),
-            move |_, _| {
-                if fired.load(Ordering::Relaxed) {
-                    Err(mlua::Error::RuntimeError(format!(
-                        "file timeout ({limit:?}) exceeded"
-                    )))
-                } else {
-                    Ok(LuaVmState::Continue)
-                }
-            },
-        );
+        lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), move |_, _| {
+            if fired.load(Ordering::Relaxed) {
+                Err(mlua::Error::RuntimeError(format!("file timeout ({limit:?}) exceeded")))
+            } else {
+                Ok(LuaVmState::Continue)
+            }
+        });
         Ok(())
     })();
     if let Err(e) = setup {
-        report.chunk_error = Some(format!(
-            "internal error setting up Lua: {}",
-            errors::message(&e)
-        ));
+        report.chunk_error = Some(format!("internal error setting up Lua: {}", errors::message(&e)));
         return report;
     }
 
     let chunk = match std::fs::read(path) {
         Ok(src) => lua.load(src).set_name(format!("@{shown}")).exec(),
-        Err(e) => Err(mlua::Error::RuntimeError(format!(
-            "cannot read `{shown}`: {e}"
-        ))),
+        Err(e) => Err(mlua::Error::RuntimeError(format!("cannot read `{shown}`: {e}"))),
     };
     if let Err(e) = chunk {
         report.chunk_error = Some(errors::message(&e));
         report.timed_out = watchdog.fired.load(Ordering::SeqCst);
-        close_all(std::mem::take(
-            &mut lua.app_data_mut::<Scopes>().unwrap().file,
-        ));
+        close_all(std::mem::take(&mut lua.app_data_mut::<Scopes>().unwrap().file));
         report.duration = started.elapsed();
         return report;
     }
@@ -182,22 +151,14 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     for def in framework::take_tests(&lua) {
         let t0 = Instant::now();
         let meta: Option<Table> = def.meta.as_ref().and_then(|k| lua.registry_value(k).ok());
-        let state = Rc::new(std::cell::RefCell::new(TestState {
-            name: def.name.clone(),
-            ..Default::default()
-        }));
+        let state = Rc::new(std::cell::RefCell::new(TestState { name: def.name.clone(), ..Default::default() }));
         let outcome = if watchdog.fired.load(Ordering::SeqCst) {
-            Outcome::Failed(format!(
-                "not run: the file timeout ({:?}) was exceeded",
-                env.timeout.unwrap_or_default()
-            ))
+            Outcome::Failed(format!("not run: the file timeout ({:?}) was exceeded", env.timeout.unwrap_or_default()))
         } else if let Some(reason) = framework::meta_skip(meta.as_ref()) {
             Outcome::Skipped(reason)
         } else {
             lua.app_data_mut::<Scopes>().unwrap().test = Some(Vec::new());
-            let func: mlua::Function = lua
-                .registry_value(&def.func)
-                .expect("registered test function");
+            let func: mlua::Function = lua.registry_value(&def.func).expect("registered test function");
             let mut outcome = framework::run_test(&lua, &func, &TestCtx(state.clone()));
             if watchdog.fired.load(Ordering::SeqCst) {
                 if let Outcome::Failed(m) = &outcome {
@@ -213,28 +174,15 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
             Outcome::Failed(_) => excerpt(&lua.app_data_ref::<Scopes>().unwrap()),
             _ => Vec::new(),
         };
-        let test_vms = lua
-            .app_data_mut::<Scopes>()
-            .unwrap()
-            .test
-            .take()
-            .unwrap_or_default();
+        let test_vms = lua.app_data_mut::<Scopes>().unwrap().test.take().unwrap_or_default();
         close_all(test_vms);
         let log = std::mem::take(&mut state.borrow_mut().log);
-        let t = TestReport {
-            name: def.name,
-            outcome,
-            log,
-            duration: t0.elapsed(),
-            console,
-        };
+        let t = TestReport { name: def.name, outcome, log, duration: t0.elapsed(), console };
         (env.on_test)(&t);
         report.tests.push(t);
         lua.gc_collect().ok();
     }
-    close_all(std::mem::take(
-        &mut lua.app_data_mut::<Scopes>().unwrap().file,
-    ));
+    close_all(std::mem::take(&mut lua.app_data_mut::<Scopes>().unwrap().file));
     report.timed_out = watchdog.fired.load(Ordering::SeqCst);
     report.duration = started.elapsed();
     report

@@ -21,13 +21,7 @@ pub fn check_keys(lua: &Lua, what: &str, t: &Table, known: &[&str]) -> mlua::Res
             other => format!("{other:?}"),
         };
         if !known.contains(&name.as_str()) {
-            return Err(raise(
-                lua,
-                format!(
-                    "{what}: unknown option `{name}` (known: {})",
-                    known.join(", ")
-                ),
-            ));
+            return Err(raise(lua, format!("{what}: unknown option `{name}` (known: {})", known.join(", "))));
         }
     }
     Ok(())
@@ -36,7 +30,10 @@ pub fn check_keys(lua: &Lua, what: &str, t: &Table, known: &[&str]) -> mlua::Res
 /// A duration: number of seconds, or a string like `"250ms"`, `"5s"`.
 pub fn duration(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Duration> {
     let bad = |shown: String| {
-        raise(lua, format!("{what}: must be a finite, non-negative number of seconds or a string like \"5s\" (got {shown})"))
+        raise(
+            lua,
+            format!("{what}: must be a finite, non-negative number of seconds or a string like \"5s\" (got {shown})"),
+        )
     };
     match v {
         Value::Integer(n) => units::seconds(*n as f64).ok_or_else(|| bad(n.to_string())),
@@ -53,16 +50,10 @@ pub fn duration(lua: &Lua, what: &str, v: &Value) -> mlua::Result<Duration> {
 pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
     match v {
         Value::Integer(n) if *n > 0 => Ok(*n as u64),
-        Value::String(s) => {
-            units::parse_size(&s.to_string_lossy()).map_err(|e| raise(lua, format!("{what}: {e}")))
+        Value::String(s) => units::parse_size(&s.to_string_lossy()).map_err(|e| raise(lua, format!("{what}: {e}"))),
+        other => {
+            Err(raise(lua, format!("{what}: expected bytes or a string like \"512M\", got {}", other.type_name())))
         }
-        other => Err(raise(
-            lua,
-            format!(
-                "{what}: expected bytes or a string like \"512M\", got {}",
-                other.type_name()
-            ),
-        )),
     }
 }
 
@@ -81,12 +72,7 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
     if let Some(v) = t.get::<Option<Value>>("cpus")? {
         match v {
             Value::Integer(n) if (1..=256).contains(&n) => o.cpus = Some(n as u32),
-            other => {
-                return Err(raise(
-                    lua,
-                    format!("{what}: cpus must be an integer from 1 to 256, got {other:?}"),
-                ))
-            }
+            other => return Err(raise(lua, format!("{what}: cpus must be an integer from 1 to 256, got {other:?}"))),
         }
     }
     o.kernel_cmdline = t.get::<Option<String>>("kernel_cmdline")?;
@@ -96,15 +82,7 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
     Ok(o)
 }
 
-const RUN_KEYS: &[&str] = &[
-    "env",
-    "env_clear",
-    "cwd",
-    "stdin",
-    "timeout",
-    "timeout_ms",
-    "args",
-];
+const RUN_KEYS: &[&str] = &["env", "env_clear", "cwd", "stdin", "timeout", "timeout_ms", "args"];
 
 /// Is this second argument of `vm:run` an options table (rather than an
 /// argument list)?
@@ -124,54 +102,35 @@ fn strings(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<String>> {
             Value::String(s) => out.push(s.to_string_lossy()),
             Value::Integer(n) => out.push(n.to_string()),
             Value::Number(n) => out.push(n.to_string()),
-            other => {
-                return Err(raise(
-                    lua,
-                    format!(
-                        "{what}: arguments must be strings, got {}",
-                        other.type_name()
-                    ),
-                ))
-            }
+            other => return Err(raise(lua, format!("{what}: arguments must be strings, got {}", other.type_name()))),
         }
     }
     Ok(out)
 }
 
+/// What `vm:run` asks for: the request and the bytes for stdin.
+pub struct RunSpec {
+    pub req: ExecRequest,
+    pub stdin: Vec<u8>,
+}
+
 /// Builds the exec request for `vm:run(cmd)`, `vm:run(cmd, {args…})` and
 /// `vm:run(cmd, opts)`.
-pub fn run_request(
-    lua: &Lua,
-    what: &str,
-    cmd: &str,
-    second: Option<Value>,
-) -> mlua::Result<ExecRequest> {
+pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> mlua::Result<RunSpec> {
     let shell = |cmd: &str| vec!["sh".to_string(), "-c".to_string(), cmd.to_string()];
     let t = match second {
         None | Some(Value::Nil) => {
-            return Ok(ExecRequest {
-                argv: shell(cmd),
-                ..Default::default()
-            })
+            return Ok(RunSpec { req: ExecRequest { argv: shell(cmd), ..Default::default() }, stdin: vec![] })
         }
         Some(Value::Table(t)) => t,
         Some(other) => {
-            return Err(raise(
-                lua,
-                format!(
-                    "{what}: second argument must be a table, got {}",
-                    other.type_name()
-                ),
-            ))
+            return Err(raise(lua, format!("{what}: second argument must be a table, got {}", other.type_name())))
         }
     };
     if !is_opts_table(&t)? {
         let mut argv = vec![cmd.to_string()];
         argv.extend(strings(lua, what, &t)?);
-        return Ok(ExecRequest {
-            argv,
-            ..Default::default()
-        });
+        return Ok(RunSpec { req: ExecRequest { argv, ..Default::default() }, stdin: vec![] });
     }
     check_keys(lua, what, &t, RUN_KEYS)?;
     let argv = match t.get::<Option<Table>>("args")? {
@@ -193,13 +152,7 @@ pub fn run_request(
                 Value::Number(n) => n.to_string(),
                 Value::Boolean(b) => b.to_string(),
                 other => {
-                    return Err(raise(
-                        lua,
-                        format!(
-                            "{what}: env.{k} must be a string, got {}",
-                            other.type_name()
-                        ),
-                    ))
+                    return Err(raise(lua, format!("{what}: env.{k} must be a string, got {}", other.type_name())))
                 }
             };
             map.insert(k, v);
@@ -208,20 +161,15 @@ pub fn run_request(
     }
     req.env_clear = t.get::<Option<bool>>("env_clear")?.unwrap_or(false);
     req.cwd = t.get::<Option<String>>("cwd")?;
-    if let Some(s) = t.get::<Option<mlua::String>>("stdin")? {
-        req.stdin = s.as_bytes().to_vec();
-    }
+    let stdin = t.get::<Option<mlua::String>>("stdin")?.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
     if let Some(v) = t.get::<Option<Value>>("timeout")? {
         req.timeout_ms = Some(duration(lua, &format!("{what}: timeout"), &v)?.as_millis() as u64);
     }
     if let Some(ms) = t.get::<Option<i64>>("timeout_ms")? {
         if ms < 0 {
-            return Err(raise(
-                lua,
-                format!("{what}: timeout_ms must be non-negative, got {ms}"),
-            ));
+            return Err(raise(lua, format!("{what}: timeout_ms must be non-negative, got {ms}")));
         }
         req.timeout_ms = Some(ms as u64);
     }
-    Ok(req)
+    Ok(RunSpec { req, stdin })
 }

@@ -45,11 +45,7 @@ impl RunResult {
     pub fn failure_message(&self) -> String {
         let shown = |b: &[u8]| {
             let s = String::from_utf8_lossy(b);
-            let s = if s.len() > 2000 {
-                format!("…{}", &s[s.len() - 2000..])
-            } else {
-                s.into_owned()
-            };
+            let s = if s.len() > 2000 { format!("…{}", &s[s.len() - 2000..]) } else { s.into_owned() };
             format!("{s:?}")
         };
         format!(
@@ -80,13 +76,16 @@ impl UserData for RunResult {
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("ok", |_, r, ()| Ok(r.ok()));
-        methods.add_method("assert_ok", |lua, r, ()| {
-            if r.ok() {
-                Ok(())
-            } else {
-                Err(raise(lua, r.failure_message()))
-            }
-        });
+        methods.add_method(
+            "assert_ok",
+            |lua, r, ()| {
+                if r.ok() {
+                    Ok(())
+                } else {
+                    Err(raise(lua, r.failure_message()))
+                }
+            },
+        );
         methods.add_meta_method("__tostring", |_, r, ()| {
             Ok(format!(
                 "RunResult{{ status={}, stdout=<{}B>, stderr=<{}B> }}",

@@ -48,30 +48,20 @@ impl UserData for VmUd {
             Ok(())
         });
         methods.add_method("name", |_, this, ()| Ok(this.lock().name().to_string()));
-        methods.add_method("profile", |_, this, ()| {
-            Ok(this.lock().profile().to_string())
-        });
+        methods.add_method("profile", |_, this, ()| Ok(this.lock().profile().to_string()));
         methods.add_method("state", |_, this, ()| Ok(this.lock().state().as_str()));
-        methods.add_method(
-            "run",
-            |lua, this, (cmd, second): (String, Option<Value>)| {
-                let req = opts::run_request(lua, "vm:run", &cmd, second)?;
-                let out = this.lock().exec(req).lua(lua)?;
-                Ok(RunResult { command: cmd, out })
-            },
-        );
+        methods.add_method("run", |lua, this, (cmd, second): (String, Option<Value>)| {
+            let spec = opts::run_request(lua, "vm:run", &cmd, second)?;
+            let out = this.lock().exec(spec.req, &spec.stdin).lua(lua)?;
+            Ok(RunResult { command: cmd, out })
+        });
         methods.add_method("read_file", |lua, this, path: String| {
             let data = this.lock().read_file(&path).lua(lua)?;
             lua.create_string(&data)
         });
-        methods.add_method(
-            "write_file",
-            |lua, this, (path, data): (String, mlua::String)| {
-                this.lock()
-                    .write_file(&path, &data.as_bytes(), 0o644)
-                    .lua(lua)
-            },
-        );
+        methods.add_method("write_file", |lua, this, (path, data): (String, mlua::String)| {
+            this.lock().write_file(&path, &data.as_bytes(), 0o644).lua(lua)
+        });
         methods.add_method("stat", |lua, this, path: String| {
             let md = this.lock().stat(&path).lua(lua)?;
             entry_type_table(lua, &md)
@@ -93,29 +83,19 @@ impl UserData for VmUd {
                 Some(Value::Boolean(b)) => (b, 0o755),
                 Some(Value::Table(t)) => {
                     opts::check_keys(lua, "vm:mkdir", &t, &["parents", "perm"])?;
-                    (
-                        t.get::<Option<bool>>("parents")?.unwrap_or(false),
-                        t.get::<Option<u32>>("perm")?.unwrap_or(0o755),
-                    )
+                    (t.get::<Option<bool>>("parents")?.unwrap_or(false), t.get::<Option<u32>>("perm")?.unwrap_or(0o755))
                 }
                 Some(other) => {
                     return Err(raise(
                         lua,
-                        format!(
-                            "vm:mkdir: options must be a table {{parents, perm}}, got {}",
-                            other.type_name()
-                        ),
+                        format!("vm:mkdir: options must be a table {{parents, perm}}, got {}", other.type_name()),
                     ))
                 }
             };
             this.lock().mkdir(&path, parents, perm).lua(lua)
         });
-        methods.add_method("unlink", |lua, this, path: String| {
-            this.lock().unlink(&path).lua(lua)
-        });
-        methods.add_method("rename", |lua, this, (from, to): (String, String)| {
-            this.lock().rename(&from, &to).lua(lua)
-        });
+        methods.add_method("unlink", |lua, this, path: String| this.lock().unlink(&path).lua(lua));
+        methods.add_method("rename", |lua, this, (from, to): (String, String)| this.lock().rename(&from, &to).lua(lua));
         methods.add_meta_method("__tostring", |_, this, ()| {
             let vm = this.lock();
             Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))

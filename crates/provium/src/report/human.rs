@@ -49,11 +49,7 @@ pub fn render_file(f: &FileReport, v: Verbosity) -> String {
         indent(&mut out, err, 4);
         return out;
     }
-    let _ = writeln!(
-        out,
-        "{tag} {} ({} passed, {} failed, {} skipped)",
-        f.path, c.passed, c.failed, c.skipped
-    );
+    let _ = writeln!(out, "{tag} {} ({} passed, {} failed, {} skipped)", f.path, c.passed, c.failed, c.skipped);
     for t in &f.tests {
         match &t.outcome {
             Outcome::Failed(msg) => {
@@ -68,12 +64,7 @@ pub fn render_file(f: &FileReport, v: Verbosity) -> String {
                 }
             }
             Outcome::Passed if v == Verbosity::Verbose => {
-                let _ = writeln!(
-                    out,
-                    "    PASS {} ({:.2}s)",
-                    t.name,
-                    t.duration.as_secs_f64()
-                );
+                let _ = writeln!(out, "    PASS {} ({:.2}s)", t.name, t.duration.as_secs_f64());
             }
             Outcome::Skipped(reason) if v == Verbosity::Verbose => {
                 let _ = writeln!(out, "    SKIP {} ({reason})", t.name);
@@ -86,11 +77,7 @@ pub fn render_file(f: &FileReport, v: Verbosity) -> String {
 
 /// The final line.
 pub fn render_summary(s: &RunSummary) -> String {
-    let errored = if s.errored_files > 0 {
-        format!(", {} file(s) errored", s.errored_files)
-    } else {
-        String::new()
-    };
+    let errored = if s.errored_files > 0 { format!(", {} file(s) errored", s.errored_files) } else { String::new() };
     format!(
         "{} file(s); {} passed, {} failed, {} skipped{errored}; {:.2}s\n",
         s.files,
@@ -118,18 +105,11 @@ mod tests {
         };
         let mut f = FileReport::new("suite/a.test.lua");
         f.tests.push(t("boots", Outcome::Passed));
-        let mut failed = t(
-            "reads",
-            Outcome::Failed("suite/a.test.lua:9: assert_eq failed: \"a\" ~= \"b\"".into()),
-        );
-        failed.console = vec![(
-            "v".into(),
-            "Run /sbin/provium-agent as init process\nok".into(),
-        )];
+        let mut failed = t("reads", Outcome::Failed("suite/a.test.lua:9: assert_eq failed: \"a\" ~= \"b\"".into()));
+        failed.console = vec![("v".into(), "Run /sbin/provium-agent as init process\nok".into())];
         failed.log = vec!["about to read".into()];
         f.tests.push(failed);
-        f.tests
-            .push(t("later", Outcome::Skipped("skipped (meta.skip)".into())));
+        f.tests.push(t("later", Outcome::Skipped("skipped (meta.skip)".into())));
         f
     }
 
@@ -147,16 +127,9 @@ mod tests {
     fn chunk_error_and_summary() {
         let mut f = FileReport::new("suite/bad.test.lua");
         f.chunk_error = Some("suite/bad.test.lua:3: unexpected symbol near 'end'".into());
-        let mut s = RunSummary {
-            duration: Duration::from_millis(12340),
-            ..Default::default()
-        };
+        let mut s = RunSummary { duration: Duration::from_millis(12340), ..Default::default() };
         s.add(&sample());
         s.add(&f);
-        insta::assert_snapshot!(format!(
-            "{}{}",
-            render_file(&f, Verbosity::Quiet),
-            render_summary(&s)
-        ));
+        insta::assert_snapshot!(format!("{}{}", render_file(&f, Verbosity::Quiet), render_summary(&s)));
     }
 }

@@ -42,10 +42,7 @@ pub struct Counts {
 
 impl FileReport {
     pub fn new(path: &str) -> FileReport {
-        FileReport {
-            path: path.to_string(),
-            ..Default::default()
-        }
+        FileReport { path: path.to_string(), ..Default::default() }
     }
 
     pub fn counts(&self) -> Counts {

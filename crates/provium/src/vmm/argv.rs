@@ -66,12 +66,7 @@ fn path(p: &Path) -> String {
 
 /// `-machine`, `-accel`, `-cpu`: microvm is the fastest machine to boot.
 pub fn machine_args(accel: Accel) -> Vec<String> {
-    let mut v = vec![
-        s("-machine"),
-        s("microvm,acpi=on,pit=off,pic=off,rtc=on"),
-        s("-accel"),
-        s(accel.as_str()),
-    ];
+    let mut v = vec![s("-machine"), s("microvm,acpi=on,pit=off,pic=off,rtc=on"), s("-accel"), s(accel.as_str())];
     if accel == Accel::Kvm {
         v.extend([s("-cpu"), s("host")]);
     }
@@ -79,34 +74,16 @@ pub fn machine_args(accel: Accel) -> Vec<String> {
 }
 
 pub fn resources_args(memory_mib: u64, cpus: u32) -> Vec<String> {
-    vec![
-        s("-m"),
-        format!("{memory_mib}M"),
-        s("-smp"),
-        cpus.to_string(),
-    ]
+    vec![s("-m"), format!("{memory_mib}M"), s("-smp"), cpus.to_string()]
 }
 
 /// No default devices, no graphics, and a guest reboot ends QEMU.
 pub fn base_args() -> Vec<String> {
-    vec![
-        s("-nodefaults"),
-        s("-no-user-config"),
-        s("-display"),
-        s("none"),
-        s("-no-reboot"),
-    ]
+    vec![s("-nodefaults"), s("-no-user-config"), s("-display"), s("none"), s("-no-reboot")]
 }
 
 pub fn kernel_args(kernel: &Path, initrd: &Path, cmdline: &str) -> Vec<String> {
-    vec![
-        s("-kernel"),
-        path(kernel),
-        s("-initrd"),
-        path(initrd),
-        s("-append"),
-        s(cmdline),
-    ]
+    vec![s("-kernel"), path(kernel), s("-initrd"), path(initrd), s("-append"), s(cmdline)]
 }
 
 /// The serial console: a socket for live access, everything logged to a file.
@@ -129,20 +106,14 @@ pub fn agent_args(p: &VmPaths) -> Vec<String> {
         s("-device"),
         s("virtio-serial-device,max_ports=2"),
         s("-chardev"),
-        format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            path(&p.agent)
-        ),
+        format!("socket,id=agent0,path={},server=on,wait=off", path(&p.agent)),
         s("-device"),
         format!("virtserialport,chardev=agent0,name={AGENT_PORT_NAME}"),
     ]
 }
 
 pub fn qmp_args(p: &VmPaths) -> Vec<String> {
-    vec![
-        s("-qmp"),
-        format!("unix:{},server=on,wait=off", path(&p.qmp)),
-    ]
+    vec![s("-qmp"), format!("unix:{},server=on,wait=off", path(&p.qmp))]
 }
 
 /// The whole command line (without the program name).
@@ -165,10 +136,7 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
 pub fn kernel_cmdline(base: &str, inject_agent: bool, extra: &[String]) -> String {
     let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
     parts.extend(extra.iter().cloned());
-    if !parts
-        .iter()
-        .any(|p| p == "console=ttyS0" || p.starts_with("console=ttyS0,"))
-    {
+    if !parts.iter().any(|p| p == "console=ttyS0" || p.starts_with("console=ttyS0,")) {
         parts.push(s("console=ttyS0"));
     }
     if inject_agent && !parts.iter().any(|p| p == "rdinit=/sbin/provium-agent") {
@@ -207,16 +175,9 @@ mod tests {
 
     #[test]
     fn cmdline_adds_console_and_rdinit_once() {
+        assert_eq!(kernel_cmdline("quiet", true, &[]), "quiet console=ttyS0 rdinit=/sbin/provium-agent");
         assert_eq!(
-            kernel_cmdline("quiet", true, &[]),
-            "quiet console=ttyS0 rdinit=/sbin/provium-agent"
-        );
-        assert_eq!(
-            kernel_cmdline(
-                "console=ttyS0,115200 rdinit=/sbin/provium-agent",
-                true,
-                &[s("x=1")]
-            ),
+            kernel_cmdline("console=ttyS0,115200 rdinit=/sbin/provium-agent", true, &[s("x=1")]),
             "console=ttyS0,115200 rdinit=/sbin/provium-agent x=1"
         );
         assert_eq!(kernel_cmdline("", false, &[]), "console=ttyS0");

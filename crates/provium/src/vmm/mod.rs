@@ -30,11 +30,7 @@ pub enum LaunchError {
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("QEMU exited during boot ({status}){stderr}{console}")]
-    QemuExited {
-        status: String,
-        stderr: String,
-        console: String,
-    },
+    QemuExited { status: String, stderr: String, console: String },
     #[error("QEMU's control socket did not come up")]
     Qmp(#[source] QmpError),
     #[error(
@@ -64,10 +60,7 @@ pub fn format_console(tail: &str) -> String {
     if tail.trim().is_empty() {
         "\n--- guest console: (empty) ---".to_string()
     } else {
-        format!(
-            "\n--- guest console (last lines) ---\n{}\n--- end guest console ---",
-            tail.trim_end()
-        )
+        format!("\n--- guest console (last lines) ---\n{}\n--- end guest console ---", tail.trim_end())
     }
 }
 
@@ -75,9 +68,7 @@ pub fn format_console(tail: &str) -> String {
 pub fn tail_of(path: &std::path::Path, max: usize) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
     let start = bytes.len().saturating_sub(max);
-    let text = String::from_utf8_lossy(&bytes[start..])
-        .replace("\r\n", "\n")
-        .replace('\r', "");
+    let text = String::from_utf8_lossy(&bytes[start..]).replace("\r\n", "\n").replace('\r', "");
     // Drop a partial first line when we cut in the middle of one.
     match (start > 0, text.find('\n')) {
         (true, Some(i)) => text[i + 1..].to_string(),
@@ -87,33 +78,18 @@ pub fn tail_of(path: &std::path::Path, max: usize) -> String {
 
 impl Instance {
     /// Launches QEMU and waits for the agent's handshake.
-    pub fn launch(
-        label: &str,
-        mut spec: LaunchSpec,
-        agent_timeout: Duration,
-    ) -> Result<Instance, LaunchError> {
+    pub fn launch(label: &str, mut spec: LaunchSpec, agent_timeout: Duration) -> Result<Instance, LaunchError> {
         let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
         spec.scratch = scratch.path().to_path_buf();
         let paths = VmPaths::in_dir(scratch.path());
         let argv = argv::launch_argv(&spec);
         tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
         let start = Instant::now();
-        let mut qemu = QemuProcess::spawn(
-            &process::qemu_binary(),
-            &argv,
-            &scratch.path().join("qemu.stderr"),
-        )?;
+        let mut qemu = QemuProcess::spawn(&process::qemu_binary(), &argv, &scratch.path().join("qemu.stderr"))?;
         let exited = |qemu: &mut QemuProcess, paths: &VmPaths| {
-            let status = qemu
-                .exit_status()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "killed".into());
+            let status = qemu.exit_status().map(|s| s.to_string()).unwrap_or_else(|| "killed".into());
             let stderr = qemu.stderr();
-            let stderr = if stderr.is_empty() {
-                String::new()
-            } else {
-                format!(": {stderr}")
-            };
+            let stderr = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
             LaunchError::QemuExited {
                 status,
                 stderr,
@@ -129,8 +105,7 @@ impl Instance {
                 return Err(LaunchError::Qmp(e));
             }
         };
-        let agent = AgentClient::connect(&paths.agent, start + Duration::from_secs(10))
-            .map_err(LaunchError::Agent)?;
+        let agent = AgentClient::connect(&paths.agent, start + Duration::from_secs(10)).map_err(LaunchError::Agent)?;
         let alive = || {
             if qemu.has_exited() {
                 Err("QEMU exited".to_string())
@@ -153,15 +128,20 @@ impl Instance {
         };
         let boot_time = start.elapsed();
         tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
-        Ok(Instance {
-            agent,
-            qmp,
-            qemu,
-            hello,
-            paths,
-            boot_time,
-            scratch,
-        })
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, scratch })
+    }
+
+    /// Drops the agent connection and opens a new one with a fresh Hello
+    /// (the agent forgets the old session's channels).
+    pub fn reconnect_agent(&mut self, timeout: Duration) -> Result<(), LaunchError> {
+        self.agent.close();
+        let agent = AgentClient::connect(&self.paths.agent, Instant::now() + Duration::from_secs(5))
+            .map_err(LaunchError::Agent)?;
+        let qemu = &self.qemu;
+        let alive = || if qemu.has_exited() { Err("QEMU exited".to_string()) } else { Ok(()) };
+        self.hello = agent.handshake(timeout, &alive).map_err(LaunchError::Agent)?;
+        self.agent = agent;
+        Ok(())
     }
 
     /// The last bytes of the console log.

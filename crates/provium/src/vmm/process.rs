@@ -30,11 +30,7 @@ pub fn which(binary: &str) -> Option<PathBuf> {
     if binary.contains('/') {
         return Path::new(binary).is_file().then(|| PathBuf::from(binary));
     }
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(binary))
-        .find(|p| p.is_file())
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(binary)).find(|p| p.is_file())
 }
 
 pub struct QemuProcess {
@@ -46,27 +42,16 @@ pub struct QemuProcess {
 
 impl QemuProcess {
     /// Starts QEMU with `argv`; its stderr goes to `stderr_path`.
-    pub fn spawn(
-        binary: &str,
-        argv: &[String],
-        stderr_path: &Path,
-    ) -> Result<QemuProcess, SpawnError> {
+    pub fn spawn(binary: &str, argv: &[String], stderr_path: &Path) -> Result<QemuProcess, SpawnError> {
         if which(binary).is_none() {
-            return Err(SpawnError::NotFound {
-                binary: binary.to_string(),
-            });
+            return Err(SpawnError::NotFound { binary: binary.to_string() });
         }
-        let stderr = std::fs::File::create(stderr_path).map_err(|source| SpawnError::Spawn {
-            binary: binary.to_string(),
-            source,
-        })?;
+        let stderr = std::fs::File::create(stderr_path)
+            .map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
         let mut cmd = Command::new(binary);
-        cmd.args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         // Own process group: a terminal Ctrl-C reaches provium, which then
         // stops QEMU itself after cleaning up.
         cmd.process_group(0);
@@ -80,17 +65,9 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SpawnError::Spawn {
-            binary: binary.to_string(),
-            source,
-        })?;
+        let child = cmd.spawn().map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
         let registered = cleanup::register_child(child.id() as i32);
-        Ok(QemuProcess {
-            child,
-            _registered: registered,
-            stderr_path: stderr_path.to_path_buf(),
-            exited: None,
-        })
+        Ok(QemuProcess { child, _registered: registered, stderr_path: stderr_path.to_path_buf(), exited: None })
     }
 
     pub fn pid(&self) -> u32 {
@@ -115,12 +92,7 @@ impl QemuProcess {
         // the child waitable for `exit_status`.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let rc = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.child.id(),
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
+            libc::waitid(libc::P_PID, self.child.id(), &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
         };
         // SAFETY: si_pid is valid to read after a successful waitid.
         rc == 0 && unsafe { info.si_pid() } != 0
@@ -128,10 +100,7 @@ impl QemuProcess {
 
     /// What QEMU wrote to stderr (trimmed).
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default().trim().to_string()
     }
 
     /// Waits up to `grace` for QEMU to exit by itself.

@@ -26,11 +26,7 @@ pub enum QmpError {
     #[error("QMP connection closed")]
     Closed,
     #[error("QMP command `{command}` failed: {class}: {desc}")]
-    Command {
-        command: String,
-        class: String,
-        desc: String,
-    },
+    Command { command: String, class: String, desc: String },
     #[error("QMP command `{0}` got no answer within {1:?}")]
     Timeout(String, Duration),
 }
@@ -67,40 +63,26 @@ impl Qmp {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
                 Err(source) if Instant::now() >= deadline => {
-                    return Err(QmpError::Connect {
-                        path: path.display().to_string(),
-                        source,
-                    })
+                    return Err(QmpError::Connect { path: path.display().to_string(), source })
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         };
-        let reader = stream.try_clone().map_err(|source| QmpError::Connect {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let reader =
+            stream.try_clone().map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("qmp-reader".into())
             .spawn(move || read_loop(reader, s2))
             .expect("spawn qmp reader");
-        let qmp = Qmp {
-            writer: Mutex::new(stream),
-            shared,
-            next_id: Mutex::new(1),
-        };
+        let qmp = Qmp { writer: Mutex::new(stream), shared, next_id: Mutex::new(1) };
         qmp.execute("qmp_capabilities", None, Duration::from_secs(10))?;
         Ok(qmp)
     }
 
     /// Runs a command and returns its `return` value.
-    pub fn execute(
-        &self,
-        command: &str,
-        args: Option<Value>,
-        timeout: Duration,
-    ) -> Result<Value, QmpError> {
+    pub fn execute(&self, command: &str, args: Option<Value>, timeout: Duration) -> Result<Value, QmpError> {
         let id = {
             let mut n = self.next_id.lock().unwrap();
             *n += 1;
@@ -119,21 +101,11 @@ impl Qmp {
             msg["arguments"] = a;
         }
         let line = format!("{msg}\n");
-        self.writer
-            .lock()
-            .unwrap()
-            .write_all(line.as_bytes())
-            .map_err(|_| QmpError::Closed)?;
+        self.writer.lock().unwrap().write_all(line.as_bytes()).map_err(|_| QmpError::Closed)?;
         match rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err((class, desc))) => Err(QmpError::Command {
-                command: command.to_string(),
-                class,
-                desc,
-            }),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                Err(QmpError::Timeout(command.to_string(), timeout))
-            }
+            Ok(Err((class, desc))) => Err(QmpError::Command { command: command.to_string(), class, desc }),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(QmpError::Timeout(command.to_string(), timeout)),
             Err(_) => Err(QmpError::Closed),
         }
     }
@@ -150,12 +122,7 @@ impl Qmp {
         let (lock, cv) = &*self.shared;
         let mut sh = lock.lock().unwrap();
         loop {
-            if let Some(e) = sh
-                .events
-                .iter()
-                .skip(after as usize)
-                .find(|e| e.name == name)
-            {
+            if let Some(e) = sh.events.iter().skip(after as usize).find(|e| e.name == name) {
                 return Some(e.clone());
             }
             let now = Instant::now();
@@ -178,11 +145,7 @@ fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
         let mut sh = lock.lock().unwrap();
         if let Some(name) = v.get("event").and_then(Value::as_str) {
             let seq = sh.events.len() as u64;
-            sh.events.push(Event {
-                seq,
-                name: name.to_string(),
-                data: v.get("data").cloned().unwrap_or(Value::Null),
-            });
+            sh.events.push(Event { seq, name: name.to_string(), data: v.get("data").cloned().unwrap_or(Value::Null) });
             cv.notify_all();
             continue;
         }
@@ -194,14 +157,8 @@ fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
         };
         let answer = match v.get("error") {
             Some(err) => Err((
-                err.get("class")
-                    .and_then(Value::as_str)
-                    .unwrap_or("GenericError")
-                    .to_string(),
-                err.get("desc")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
+                err.get("class").and_then(Value::as_str).unwrap_or("GenericError").to_string(),
+                err.get("desc").and_then(Value::as_str).unwrap_or("").to_string(),
             )),
             None => Ok(v.get("return").cloned().unwrap_or(Value::Null)),
         };
