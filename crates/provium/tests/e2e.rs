@@ -116,13 +116,16 @@ fn vmlinux() -> PathBuf {
 #[test]
 fn example_suite_passes_and_leaves_nothing() {
     let s = Suite::new();
-    let out = s.command(&["--json", examples_dir().to_str().unwrap()]).output().unwrap();
+    let child = s.command(&["--json", examples_dir().to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let reports = json_lines(&out);
     assert_eq!(reports.len(), 3, "{reports:#?}");
     for r in &reports {
         assert_eq!(r["passed"], true, "{r:#}");
     }
     assert_eq!(out.status.code(), Some(0));
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
 }
 
 #[test]
@@ -179,10 +182,15 @@ fn bad_input_is_reported_and_the_run_goes_on() {
         &format!(
             "[profiles.nokernel]\nkernel = \"/nonexistent/vmlinuz\"\n\n\
              [profiles.noagent]\nkernel = \"{}\"\ninitrd = \"{}\"\ninject_agent = false\n\
-             cmdline = \"{}\"\nagent_boot_timeout = 15\n",
+             cmdline = \"{}\"\nagent_boot_timeout = 15\n\n\
+             [profiles.panics]\nkernel = \"{}\"\ninitrd = \"{}\"\ninject_agent = false\n\
+             cmdline = \"{} rdinit=/does-not-exist\"\n",
             vmlinux().display(),
             initrd.display(),
-            provium::image::default_cmdline()
+            provium::image::default_cmdline(),
+            vmlinux().display(),
+            initrd.display(),
+            provium::image::default_cmdline(),
         ),
     );
     s.write("a_syntax.test.lua", "test(\"x\", function(t)\n  local = 1\nend)\n");
@@ -192,6 +200,7 @@ fn bad_input_is_reported_and_the_run_goes_on() {
         "d_noagent.test.lua",
         "test(\"init never starts the agent\", function(t) provium:vm(\"v\", \"noagent\"):boot() end)\n",
     );
+    s.write("f_panic.test.lua", "test(\"kernel panics\", function(t) provium:vm(\"v\", \"panics\"):boot() end)\n");
     s.write(
         "e_good.test.lua",
         "test(\"missing command is a result\", function(t)\n  local r = provium:vm(\"v\", \"default\"):boot():run(\"definitely-not-here\")\n  t:assert_eq(r.exit_code, 127)\nend)\n",
@@ -202,7 +211,7 @@ fn bad_input_is_reported_and_the_run_goes_on() {
     eprintln!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1));
     let reports = json_lines(&out);
-    assert_eq!(reports.len(), 5);
+    assert_eq!(reports.len(), 6);
 
     let syntax = file(&reports, "a_syntax.test.lua");
     let msg = syntax["chunk_error"].as_str().unwrap();
@@ -224,6 +233,11 @@ fn bad_input_is_reported_and_the_run_goes_on() {
     let msg = noagent["message"].as_str().unwrap();
     assert!(msg.contains("agent did not come up within 15s"), "{msg}");
     assert!(msg.contains("custom init is running, but no agent here"), "console tail missing: {msg}");
+
+    let panic = &file(&reports, "f_panic.test.lua")["tests"][0];
+    let msg = panic["message"].as_str().unwrap();
+    assert!(msg.contains("QEMU exited during boot"), "{msg}");
+    assert!(msg.contains("Kernel panic"), "console tail missing: {msg}");
 
     assert_eq!(file(&reports, "e_good.test.lua")["passed"], true);
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
@@ -346,6 +360,20 @@ end)
     let msg = hang["tests"][0]["message"].as_str().unwrap();
     assert!(msg.contains("file timeout (20s) exceeded"), "{msg}");
     assert!(hang["tests"][1]["message"].as_str().unwrap().contains("not run"), "{hang}");
+}
+
+#[test]
+fn missing_qemu_is_named_with_the_fix() {
+    let s = Suite::new();
+    s.write("q.test.lua", "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot() end)\n");
+    let out = s.command(&["--json", "q.test.lua"]).env("PROVIUM_QEMU", "qemu-not-installed").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = &json_lines(&out)[0];
+    let msg = r["tests"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("QEMU (`qemu-not-installed`) is not installed or not on PATH; install it with `scripts/setup`"),
+        "{msg}"
+    );
 }
 
 #[test]
