@@ -266,8 +266,8 @@ test("image init is PID 1 and the agent serves beside it", function(t)
   t:log(r.stdout .. r.stderr)
   t:assert_contains(r.stdout, "/init")
   local ok = false
-  for _ = 1, 50 do
-    if vm:run("test -f /init-ran"):ok() then ok = true; break end
+  for _ = 1, 100 do
+    if vm:run("test -f /init-ran || { sleep 0.1; false; }"):ok() then ok = true; break end
   end
   t:assert(ok, "the image's /init did not run")
   t:assert_eq(vm:read_file("/init-ran"), "ran\n")
@@ -400,4 +400,62 @@ fn list_and_doctor() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("provium: cannot parse `provium.toml`: unknown field `kernal`"), "{err}");
+}
+
+#[test]
+fn qemu_dies_with_provium_and_the_next_run_sweeps_its_scratch_dir() {
+    let s = Suite::new();
+    s.write(
+        "slow.test.lua",
+        "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n",
+    );
+    let mut child = s.command(&["slow.test.lua"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.leftovers(pid).iter().all(|l| !l.starts_with("process")) {
+        assert!(Instant::now() < deadline, "QEMU never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: no handler runs; PR_SET_PDEATHSIG must take QEMU down.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.leftovers(pid).iter().any(|l| l.starts_with("process")) {
+        assert!(Instant::now() < deadline, "QEMU outlived provium: {:?}", s.leftovers(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.leftovers(pid).len(), 1, "the killed run's scratch dir stays until the next run");
+    s.write("noop.test.lua", "test(\"nothing\", function(t) end)\n");
+    let out = s.run(&["noop.test.lua"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
+}
+
+#[test]
+fn missing_guest_inputs_name_the_setup_command() {
+    let s = Suite::new();
+    s.write("g.test.lua", "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot() end)\n");
+    let out = s
+        .command(&["--json", "g.test.lua"])
+        .env("PROVIUM_GUEST_DIR", s.path().join("no-guest"))
+        .env("PROVIUM_CACHE_DIR", s.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = &json_lines(&out)[0];
+    let msg = r["tests"][0]["message"].as_str().unwrap();
+    assert!(msg.contains("g.test.lua:1: vm `v`: cannot boot: cannot prepare the default guest"), "{msg}");
+    assert!(msg.contains("run `scripts/setup`"), "{msg}");
+}
+
+#[test]
+fn filter_keeps_matching_files() {
+    let s = Suite::new();
+    s.write("keep_me.test.lua", "test(\"a\", function(t) end)\n");
+    s.write("drop_me.test.lua", "test(\"b\", function(t) t:fail() end)\n");
+    let out = s.run(&["--json", "--filter", "keep", "."]);
+    assert_eq!(out.status.code(), Some(0));
+    let reports = json_lines(&out);
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0]["path"].as_str().unwrap().ends_with("keep_me.test.lua"));
 }

@@ -170,3 +170,54 @@ fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
     sh.waiting.clear();
     cv.notify_all();
 }
+
+#[cfg(test)]
+mod tests {
+    //! A scripted fake QMP peer: enough to pin the client's parsing and id
+    //! matching. Real QEMU is exercised by the end-to-end tests.
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn fake_qemu(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut w = stream.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").unwrap();
+            for line in BufReader::new(stream).lines() {
+                let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                let id = v["id"].clone();
+                let reply = match v["execute"].as_str().unwrap() {
+                    "qmp_capabilities" => json!({"return": {}, "id": id}),
+                    "query-status" => {
+                        // An event first, then the answer: the client must route both.
+                        w.write_all(b"{\"event\": \"STOP\", \"data\": {}}\n").unwrap();
+                        json!({"return": {"status": "paused", "running": false}, "id": id})
+                    }
+                    _ => json!({"error": {"class": "CommandNotFound", "desc": "nope"}, "id": id}),
+                };
+                w.write_all(format!("{reply}\n").as_bytes()).unwrap();
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn commands_errors_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fake_qemu(dir.path());
+        let qmp = Qmp::connect(&path, Instant::now() + Duration::from_secs(5)).unwrap();
+        let mark = qmp.mark();
+        let status = qmp.execute("query-status", None, Duration::from_secs(5)).unwrap();
+        assert_eq!(status["status"], "paused");
+        let ev = qmp.wait_event("STOP", mark, Duration::from_secs(5)).expect("STOP event");
+        assert_eq!(ev.seq, mark);
+        // An event from before the mark does not match a later wait.
+        assert!(qmp.wait_event("STOP", qmp.mark(), Duration::from_millis(50)).is_none());
+        let err = qmp.execute("bogus", None, Duration::from_secs(5)).unwrap_err();
+        assert_eq!(err.to_string(), "QMP command `bogus` failed: CommandNotFound: nope");
+    }
+}
