@@ -279,21 +279,27 @@ end)
     assert_eq!(r["passed"], true, "{r:#}");
 }
 
-#[test]
-fn ctrl_c_during_boot_leaves_nothing_behind() {
-    let s = Suite::new();
+/// Starts provium on a file that boots a VM and then idles, and returns
+/// once its QEMU process exists (mid-boot).
+fn start_slow_boot(s: &Suite) -> (std::process::Child, u32) {
     s.write(
         "slow.test.lua",
         "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n",
     );
-    let mut child = s.command(&["slow.test.lua"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = s.command(&["slow.test.lua"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let pid = child.id();
-    // Wait until QEMU runs (its scratch directory exists), then interrupt.
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.leftovers(pid).iter().all(|l| !l.starts_with("process")) {
         assert!(Instant::now() < deadline, "QEMU never started");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, pid)
+}
+
+#[test]
+fn ctrl_c_during_boot_leaves_nothing_behind() {
+    let s = Suite::new();
+    let (mut child, pid) = start_slow_boot(&s);
     std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
@@ -405,17 +411,7 @@ fn list_and_doctor() {
 #[test]
 fn qemu_dies_with_provium_and_the_next_run_sweeps_its_scratch_dir() {
     let s = Suite::new();
-    s.write(
-        "slow.test.lua",
-        "test(\"boot\", function(t) provium:vm(\"v\", \"default\"):boot(); os.execute(\"sleep 30\") end)\n",
-    );
-    let mut child = s.command(&["slow.test.lua"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while s.leftovers(pid).iter().all(|l| !l.starts_with("process")) {
-        assert!(Instant::now() < deadline, "QEMU never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, pid) = start_slow_boot(&s);
     // SIGKILL: no handler runs; PR_SET_PDEATHSIG must take QEMU down.
     child.kill().unwrap();
     child.wait().unwrap();
