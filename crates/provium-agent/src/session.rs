@@ -242,5 +242,10 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &exec::C
         Request::Mkdir { path, parents, perm } => fsops::mkdir(&path, parents, perm),
         Request::Unlink { path } => fsops::unlink(&path),
         Request::Rename { from, to } => fsops::rename(&from, &to),
+        other => Err(OpError {
+            kind: OpErrorKind::BadRequest,
+            errno: None,
+            message: format!("{}: not implemented by this agent yet", other.name()),
+        }),
     }
 }

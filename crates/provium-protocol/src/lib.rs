@@ -29,8 +29,8 @@ mod ops;
 pub use frame::{Decoder, Frame, FrameError, FrameKind};
 pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
 pub use ops::{
-    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, Reply, Request, Response,
-    MAX_CAPTURE,
+    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, OpenMode, ProcState,
+    Reply, Request, Response, StreamSource, TailStart, Whence, MAX_CAPTURE,
 };
 
 /// A message body that could not be decoded.
@@ -64,7 +64,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 1);
+        assert_eq!(PROTOCOL_VERSION, 2);
     }
 
     #[test]
@@ -123,11 +123,40 @@ mod pin_tests {
             Request::Mkdir { path: "/x/y".into(), parents: true, perm: 0o755 },
             Request::Unlink { path: "/x".into() },
             Request::Rename { from: "/a".into(), to: "/b".into() },
+            Request::Spawn(ExecRequest { stdin: true, ..Default::default() }),
+            Request::Wait { handle: 3, timeout_ms: Some(0), kill_on_timeout: false },
+            Request::Signal { handle: 3, signal: 15 },
+            Request::StdinWrite { handle: 3, data: b"x".to_vec() },
+            Request::StdinClose { handle: 3 },
+            Request::Release { handle: 3 },
+            Request::OpenFile { path: "/f".into(), mode: OpenMode { read: true, ..Default::default() }, perm: 0o644 },
+            Request::Read { handle: 4, max: 10 },
+            Request::Write { handle: 4, data: vec![1, 2] },
+            Request::Seek { handle: 4, offset: -2, whence: Whence::End },
+            Request::Stream {
+                source: StreamSource::File { path: "/l".into(), start: TailStart::FromEnd(5) },
+                window: 1 << 20,
+            },
+            Request::Stream { source: StreamSource::Stdout { handle: 3 }, window: 1 },
+            Request::WaitPort { port: 8080, open: true, timeout_ms: 10 },
+            Request::WaitPath { path: "/p".into(), exists: false, timeout_ms: 10 },
+            Request::SetTime { ns: -1 },
+            Request::GetTime,
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn stream_request_bytes() {
+        let req = Request::Stream { source: StreamSource::Stdout { handle: 7 }, window: 65536 };
+        assert_eq!(
+            hex(&encode_msg(&req)),
+            "82a26f70a673747265616da46172677382a6736f7572636582a46b696e64a67374646f7574a668616e646c6507\
+             a677696e646f77ce00010000"
+        );
     }
 
     #[test]

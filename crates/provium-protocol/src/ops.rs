@@ -109,6 +109,64 @@ pub struct DirEntry {
     pub entry_type: EntryType,
 }
 
+/// Where a stream of a file starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum TailStart {
+    Beginning,
+    End,
+    /// This many bytes into the file.
+    Offset(u64),
+    /// This many bytes before the current end (clamped at 0).
+    FromEnd(u64),
+}
+
+/// What a [`Request::Stream`] follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StreamSource {
+    /// A file, followed as it grows (inotify), until the host cancels.
+    File { path: String, start: TailStart },
+    /// A spawned process's stdout from its first byte; ends after it exits.
+    Stdout { handle: u64 },
+    /// Likewise for stderr.
+    Stderr { handle: u64 },
+    /// An open file handle from its current offset to EOF.
+    Fd { handle: u64 },
+}
+
+/// How to open a file with [`Request::OpenFile`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenMode {
+    pub read: bool,
+    pub write: bool,
+    pub create: bool,
+    pub truncate: bool,
+    pub append: bool,
+    pub exclusive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Whence {
+    Set,
+    Cur,
+    End,
+}
+
+/// A spawned process as the agent sees it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcState {
+    pub pid: u32,
+    /// `None` while it runs.
+    pub status: Option<ExitStatus>,
+    /// Everything it has written so far (bounded by [`MAX_CAPTURE`]).
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+}
+
 /// Every operation the host can ask for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
@@ -149,6 +207,83 @@ pub enum Request {
         from: String,
         to: String,
     },
+    /// Start a process and return at once ([`Response::Spawned`]). With
+    /// `stdin` set its stdin pipe stays open for [`Request::StdinWrite`].
+    /// The agent keeps its output until [`Request::Release`].
+    Spawn(ExecRequest),
+    /// Wait until the process exits or `timeout_ms` passes, then answer its
+    /// [`ProcState`]. With `kill_on_timeout` the process group is SIGKILLed
+    /// at the timeout and the status is `TimedOut`; without, a still-running
+    /// process is answered as running. `timeout_ms: Some(0)` polls.
+    Wait {
+        handle: u64,
+        timeout_ms: Option<u64>,
+        kill_on_timeout: bool,
+    },
+    /// Sends `signal` to the process's group.
+    Signal {
+        handle: u64,
+        signal: i32,
+    },
+    StdinWrite {
+        handle: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    StdinClose {
+        handle: u64,
+    },
+    /// Forgets a process (SIGKILLing its group if it still runs) or closes a
+    /// file handle.
+    Release {
+        handle: u64,
+    },
+    OpenFile {
+        path: String,
+        mode: OpenMode,
+        perm: u32,
+    },
+    /// Up to `max` bytes from the handle's offset, as `Data` frames.
+    Read {
+        handle: u64,
+        max: u64,
+    },
+    Write {
+        handle: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Seek {
+        handle: u64,
+        offset: i64,
+        whence: Whence,
+    },
+    /// `Data` frames as bytes appear, at most `window` bytes ahead of the
+    /// host's `Credit`; ends with `DataEnd` and a reply, or when the host
+    /// sends `Cancel`.
+    Stream {
+        source: StreamSource,
+        window: u32,
+    },
+    /// Returns once something listens on TCP `port` (or nothing does, with
+    /// `open: false`); fails with `TimedOut` after `timeout_ms`.
+    WaitPort {
+        port: u16,
+        open: bool,
+        timeout_ms: u64,
+    },
+    /// Returns once `path` exists (or does not, with `exists: false`).
+    WaitPath {
+        path: String,
+        exists: bool,
+        timeout_ms: u64,
+    },
+    /// Sets CLOCK_REALTIME.
+    SetTime {
+        ns: i64,
+    },
+    /// Reads CLOCK_REALTIME ([`Response::Time`]).
+    GetTime,
 }
 
 impl Request {
@@ -164,6 +299,21 @@ impl Request {
             Request::Mkdir { .. } => "mkdir",
             Request::Unlink { .. } => "unlink",
             Request::Rename { .. } => "rename",
+            Request::Spawn(_) => "spawn",
+            Request::Wait { .. } => "wait",
+            Request::Signal { .. } => "signal",
+            Request::StdinWrite { .. } => "stdin_write",
+            Request::StdinClose { .. } => "stdin_close",
+            Request::Release { .. } => "release",
+            Request::OpenFile { .. } => "open_file",
+            Request::Read { .. } => "read",
+            Request::Write { .. } => "write",
+            Request::Seek { .. } => "seek",
+            Request::Stream { .. } => "stream",
+            Request::WaitPort { .. } => "wait_port",
+            Request::WaitPath { .. } => "wait_path",
+            Request::SetTime { .. } => "set_time",
+            Request::GetTime => "get_time",
         }
     }
 }
@@ -176,6 +326,17 @@ pub enum Response {
     Exec(ExecOutput),
     Stat(Metadata),
     ListDir(Vec<DirEntry>),
+    Spawned {
+        handle: u64,
+        pid: u32,
+    },
+    Proc(ProcState),
+    /// A new file handle.
+    Handle(u64),
+    /// Bytes written, or the new offset after a seek.
+    Count(u64),
+    /// CLOCK_REALTIME in nanoseconds.
+    Time(i64),
 }
 
 /// Why an operation failed.
@@ -198,6 +359,11 @@ pub enum OpErrorKind {
     Cancelled,
     /// The agent itself failed.
     Internal,
+    /// A wait ran out of time.
+    TimedOut,
+    /// No process or file has that handle (released, or from an earlier
+    /// session).
+    UnknownHandle,
 }
 
 impl std::fmt::Display for OpError {
