@@ -45,7 +45,7 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
     Err((127, format!("{prog}: command not found")))
 }
 
-fn os_error(what: &str, e: std::io::Error) -> OpError {
+pub fn os_error(what: &str, e: std::io::Error) -> OpError {
     OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
 }
 
@@ -62,26 +62,24 @@ fn feed_stdin(mut pipe: ChildStdin, inbox: Receiver<Inbound>) {
     });
 }
 
-pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
-    let Some(prog) = req.argv.first() else {
-        return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
-    };
+/// Why a command cannot start: the shell's exit status for it (127: not
+/// found, 126: not executable) and what to say.
+pub struct Unrunnable {
+    pub code: i32,
+    pub message: String,
+}
+
+/// Builds the command for `req` (argv resolved through `PATH` like a shell,
+/// env, cwd, own process group; stdio left to the caller). `req.argv` must
+/// not be empty.
+pub fn command(req: &ExecRequest) -> Result<Command, Unrunnable> {
+    let prog = &req.argv[0];
     let env_path = if req.env_clear {
         Some(req.env.get("PATH").cloned().unwrap_or_default())
     } else {
         req.env.get("PATH").cloned()
     };
-    let resolved = match resolve(prog, env_path.as_deref()) {
-        Ok(p) => p,
-        Err((code, msg)) => {
-            return Ok(ExecOutput {
-                status: ExitStatus::Exited(code),
-                stdout: Vec::new(),
-                stderr: format!("provium-agent: {msg}\n").into_bytes(),
-                truncated: false,
-            })
-        }
-    };
+    let resolved = resolve(prog, env_path.as_deref()).map_err(|(code, message)| Unrunnable { code, message })?;
     let mut cmd = Command::new(&resolved);
     cmd.arg0(prog).args(&req.argv[1..]).process_group(0);
     if req.env_clear {
@@ -91,6 +89,24 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
     }
+    Ok(cmd)
+}
+
+pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
+    let Some(prog) = req.argv.first() else {
+        return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
+    };
+    let mut cmd = match command(&req) {
+        Ok(cmd) => cmd,
+        Err(u) => {
+            return Ok(ExecOutput {
+                status: ExitStatus::Exited(u.code),
+                stdout: Vec::new(),
+                stderr: format!("provium-agent: {}\n", u.message).into_bytes(),
+                truncated: false,
+            })
+        }
+    };
     cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
 
@@ -128,12 +144,12 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
     }
 }
 
-fn kill_group(pid: i32) {
+pub fn kill_group(pid: i32) {
     // SAFETY: signalling our own child's process group.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
 }
 
-fn decode_status(raw: i32) -> ExitStatus {
+pub fn decode_status(raw: i32) -> ExitStatus {
     if libc::WIFEXITED(raw) {
         ExitStatus::Exited(libc::WEXITSTATUS(raw))
     } else if libc::WIFSIGNALED(raw) {
@@ -143,7 +159,7 @@ fn decode_status(raw: i32) -> ExitStatus {
     }
 }
 
-fn set_nonblocking(fd: i32) {
+pub fn set_nonblocking(fd: i32) {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, Request};
+use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpErrorKind};
 
 use crate::agent::{AgentClient, AgentError};
 use crate::image::{ImageError, Images};
+use crate::resources::Registry;
 use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +99,9 @@ pub enum VmError {
     },
     #[error("vm `{vm}`: {op}: {message}")]
     Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
+    /// A wait done by the agent ran out of time.
+    #[error("vm `{vm}`: {op}: {message}")]
+    TimedOut { vm: String, op: &'static str, message: String },
     #[error("vm `{vm}` died during {op}: {why}{console}")]
     Died { vm: String, op: &'static str, why: String, console: String },
 }
@@ -137,6 +141,7 @@ pub struct Vm {
     /// Console tail kept after the VM stops, for failure reports.
     last_console: String,
     kill_switch: KillSwitch,
+    resources: Arc<Registry>,
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
@@ -154,6 +159,7 @@ impl Vm {
             instance: None,
             last_console: String::new(),
             kill_switch: KillSwitch::default(),
+            resources: Arc::default(),
             last_boot: None,
         }
     }
@@ -168,6 +174,16 @@ impl Vm {
 
     pub fn state(&self) -> VmState {
         self.state
+    }
+
+    /// The VM's open streams and file handles.
+    pub fn resources(&self) -> Arc<Registry> {
+        self.resources.clone()
+    }
+
+    /// The console log and the console socket, while the VM runs.
+    pub fn console_paths(&self) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        self.instance.as_ref().map(|i| (i.paths.console_log.clone(), i.paths.console_sock.clone()))
     }
 
     /// The QEMU process id while the VM runs.
@@ -245,6 +261,9 @@ impl Vm {
     /// connection means the VM died, which changes its state.
     fn failed(&mut self, op: &'static str, e: AgentError) -> VmError {
         match e {
+            AgentError::Op(oe) if oe.kind == OpErrorKind::TimedOut => {
+                VmError::TimedOut { vm: self.name.clone(), op, message: oe.message }
+            }
             AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
             AgentError::Disconnected(why) => {
                 let console =
@@ -274,7 +293,7 @@ impl Vm {
         }
     }
 
-    fn with_agent<T>(
+    pub fn with_agent<T>(
         &mut self,
         op: &'static str,
         f: impl FnOnce(&AgentClient) -> Result<T, AgentError>,
@@ -320,15 +339,15 @@ impl Vm {
     }
 
     pub fn mkdir(&mut self, path: &str, parents: bool, perm: u32) -> Result<(), VmError> {
-        self.with_agent("mkdir", |a| a.call(&Request::Mkdir { path: path.into(), parents, perm }).map(drop))
+        self.with_agent("mkdir", |a| a.mkdir(path, parents, perm))
     }
 
     pub fn unlink(&mut self, path: &str) -> Result<(), VmError> {
-        self.with_agent("unlink", |a| a.call(&Request::Unlink { path: path.into() }).map(drop))
+        self.with_agent("unlink", |a| a.unlink(path))
     }
 
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), VmError> {
-        self.with_agent("rename", |a| a.call(&Request::Rename { from: from.into(), to: to.into() }).map(drop))
+        self.with_agent("rename", |a| a.rename(from, to))
     }
 
     pub fn ping(&mut self) -> Result<(), VmError> {

@@ -23,6 +23,20 @@ pub fn location(lua: &Lua) -> String {
     String::new()
 }
 
+/// The innermost frame of a `*.test.lua` / `*.fixture.lua` file on the
+/// stack: where a test author opened something.
+pub fn creation_site(lua: &Lua) -> Option<crate::resources::Site> {
+    for level in 1..64 {
+        let dbg = lua.inspect_stack(level)?;
+        let src = dbg.source();
+        let Some(short) = src.short_src.as_deref() else { continue };
+        if short.ends_with(".test.lua") || short.ends_with(".fixture.lua") {
+            return Some(crate::resources::Site { file: short.to_string(), line: dbg.curr_line() as i64 });
+        }
+    }
+    None
+}
+
 /// The error and its `source()` chain, joined with `: `.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

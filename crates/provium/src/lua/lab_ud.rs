@@ -25,11 +25,58 @@ pub struct FileCtx {
     pub kill_switches: Arc<Mutex<Vec<KillSwitch>>>,
 }
 
-/// The VMs of the file scope and of the running test's scope.
+/// A stream, process or file handle owned by a scope.
+#[derive(Clone)]
+pub enum Resource {
+    Stream(super::stream_ud::StreamUd),
+    Proc(super::proc_ud::ProcUd),
+    File(super::file_ud::FileUd),
+}
+
+impl Resource {
+    /// Close order at scope end: streams, then processes, then files.
+    fn rank(&self) -> u8 {
+        match self {
+            Resource::Stream(_) => 0,
+            Resource::Proc(_) => 1,
+            Resource::File(_) => 2,
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Resource::Stream(s) => s.close(),
+            Resource::Proc(p) => p.close(),
+            Resource::File(f) => f.close(),
+        }
+    }
+}
+
+/// Closes resources by kind (streams → processes → files), oldest first.
+pub fn close_resources(mut res: Vec<Resource>) {
+    res.sort_by_key(Resource::rank);
+    for r in res {
+        r.close();
+    }
+}
+
+/// Registers a resource with the current scope (the running test's, else
+/// the file's) so it is closed when the scope ends.
+pub fn track(lua: &Lua, r: Resource) {
+    let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
+    match scopes.test_resources.as_mut() {
+        Some(t) => t.push(r),
+        None => scopes.file_resources.push(r),
+    }
+}
+
+/// The VMs and resources of the file scope and of the running test's scope.
 #[derive(Default)]
 pub struct Scopes {
     pub file: Vec<(String, VmRef)>,
     pub test: Option<Vec<(String, VmRef)>>,
+    pub file_resources: Vec<Resource>,
+    pub test_resources: Option<Vec<Resource>>,
 }
 
 impl Scopes {
@@ -46,6 +93,34 @@ impl Scopes {
         }
         v
     }
+}
+
+/// Opens the scope of a test.
+pub fn begin_test_scope(lua: &Lua) {
+    let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
+    scopes.test = Some(Vec::new());
+    scopes.test_resources = Some(Vec::new());
+}
+
+/// Closes the running test's resources, then shuts down its VMs.
+pub fn end_test_scope(lua: &Lua) {
+    let (vms, res) = {
+        let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
+        (scopes.test.take().unwrap_or_default(), scopes.test_resources.take().unwrap_or_default())
+    };
+    close_resources(res);
+    close_all(vms);
+}
+
+/// Closes the file scope's resources, then shuts down its VMs.
+pub fn end_file_scope(lua: &Lua) {
+    end_test_scope(lua);
+    let (vms, res) = {
+        let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
+        (std::mem::take(&mut scopes.file), std::mem::take(&mut scopes.file_resources))
+    };
+    close_resources(res);
+    close_all(vms);
 }
 
 /// Shuts down every VM in `vms` (end of a scope), newest first.

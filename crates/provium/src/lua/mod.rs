@@ -6,12 +6,19 @@
 //! (`provium`), [`vm_ud`] (VM objects), [`result_ud`] (RunResult), [`opts`]
 //! (option tables), [`errors`] (error text).
 
+pub mod console_ud;
 pub mod errors;
+pub mod file_ud;
 pub mod framework;
+pub mod jobs;
 pub mod lab_ud;
 pub mod opts;
+pub mod proc_ud;
 pub mod result_ud;
+pub mod stream_ud;
+pub mod vm_streams;
 pub mod vm_ud;
+pub mod waits;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -26,7 +33,7 @@ use crate::image::Images;
 use crate::report::{FileReport, TestReport};
 use crate::vmm::Accel;
 use framework::{Outcome, TestCtx, TestState};
-use lab_ud::{close_all, FileCtx, Lab, Scopes};
+use lab_ud::{FileCtx, Lab, Scopes};
 
 /// How many console lines a failure report quotes per VM.
 pub const CONSOLE_EXCERPT_LINES: usize = 20;
@@ -117,6 +124,8 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     let setup = (|| -> mlua::Result<()> {
         set_package_path(&lua, path, &env.roots)?;
         framework::install(&lua)?;
+        jobs::install(&lua)?;
+        waits::install(&lua)?;
         lua.set_app_data(FileCtx { images: env.images.clone(), accel: env.accel, kill_switches: kills.clone() });
         lua.set_app_data(Scopes::default());
         lua.globals().set("provium", Lab)?;
@@ -143,7 +152,7 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     if let Err(e) = chunk {
         report.chunk_error = Some(errors::message(&e));
         report.timed_out = watchdog.fired.load(Ordering::SeqCst);
-        close_all(std::mem::take(&mut lua.app_data_mut::<Scopes>().unwrap().file));
+        lab_ud::end_file_scope(&lua);
         report.duration = started.elapsed();
         return report;
     }
@@ -157,7 +166,7 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
         } else if let Some(reason) = framework::meta_skip(meta.as_ref()) {
             Outcome::Skipped(reason)
         } else {
-            lua.app_data_mut::<Scopes>().unwrap().test = Some(Vec::new());
+            lab_ud::begin_test_scope(&lua);
             let func: mlua::Function = lua.registry_value(&def.func).expect("registered test function");
             let mut outcome = framework::run_test(&lua, &func, &TestCtx(state.clone()));
             if watchdog.fired.load(Ordering::SeqCst) {
@@ -174,15 +183,15 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
             Outcome::Failed(_) => excerpt(&lua.app_data_ref::<Scopes>().unwrap()),
             _ => Vec::new(),
         };
-        let test_vms = lua.app_data_mut::<Scopes>().unwrap().test.take().unwrap_or_default();
-        close_all(test_vms);
+        waits::clear_conditions(&lua);
+        lab_ud::end_test_scope(&lua);
         let log = std::mem::take(&mut state.borrow_mut().log);
         let t = TestReport { name: def.name, outcome, log, duration: t0.elapsed(), console };
         (env.on_test)(&t);
         report.tests.push(t);
         lua.gc_collect().ok();
     }
-    close_all(std::mem::take(&mut lua.app_data_mut::<Scopes>().unwrap().file));
+    lab_ud::end_file_scope(&lua);
     report.timed_out = watchdog.fired.load(Ordering::SeqCst);
     report.duration = started.elapsed();
     report

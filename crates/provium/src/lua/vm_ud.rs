@@ -51,6 +51,7 @@ impl UserData for VmUd {
         methods.add_method("profile", |_, this, ()| Ok(this.lock().profile().to_string()));
         methods.add_method("state", |_, this, ()| Ok(this.lock().state().as_str()));
         methods.add_method("run", |lua, this, (cmd, second): (String, Option<Value>)| {
+            super::waits::check_conditions(lua)?;
             let spec = opts::run_request(lua, "vm:run", &cmd, second)?;
             let out = this.lock().exec(spec.req, &spec.stdin).lua(lua)?;
             Ok(RunResult { command: cmd, out })
@@ -96,6 +97,9 @@ impl UserData for VmUd {
         });
         methods.add_method("unlink", |lua, this, path: String| this.lock().unlink(&path).lua(lua));
         methods.add_method("rename", |lua, this, (from, to): (String, String)| this.lock().rename(&from, &to).lua(lua));
+        super::vm_streams::add_methods(methods);
+        super::jobs::add_methods(methods);
+        super::waits::add_methods(methods);
         methods.add_meta_method("__tostring", |_, this, ()| {
             let vm = this.lock();
             Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))

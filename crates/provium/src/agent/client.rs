@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 
 use provium_protocol::frame::{self, Decoder, FrameKind, CHUNK};
 use provium_protocol::{
-    decode_msg, encode_msg, ExecOutput, ExecRequest, Hello, HelloErr, HelloOk, Metadata, OpError, Reply, Request,
-    Response, PROTOCOL_VERSION,
+    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, Reply, Request, Response, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +36,9 @@ pub enum AgentError {
     Connect(#[source] std::io::Error),
 }
 
-enum Incoming {
+pub(super) enum Incoming {
     Data(Vec<u8>),
+    DataEnd,
     Reply(Reply),
 }
 
@@ -120,12 +120,12 @@ impl AgentClient {
         AgentError::Disconnected(reason.unwrap_or_else(|| "reader stopped".into()))
     }
 
-    fn send(&self, channel: u32, kind: FrameKind, body: &[u8]) -> Result<(), AgentError> {
+    pub(super) fn send(&self, channel: u32, kind: FrameKind, body: &[u8]) -> Result<(), AgentError> {
         let mut w = self.writer.lock().unwrap();
         w.write_all(&frame::encode(channel, kind, body)).map_err(|e| AgentError::Disconnected(e.to_string()))
     }
 
-    fn open(&self, req: &Request) -> Result<(u32, Receiver<Incoming>), AgentError> {
+    pub(super) fn open(&self, req: &Request) -> Result<(u32, Receiver<Incoming>), AgentError> {
         let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
         {
@@ -140,7 +140,11 @@ impl AgentClient {
     }
 
     /// Waits for the reply on a channel, collecting any `Data` before it.
-    fn finish(&self, rx: Receiver<Incoming>, mut data: Option<&mut Vec<u8>>) -> Result<Response, AgentError> {
+    pub(super) fn finish(
+        &self,
+        rx: Receiver<Incoming>,
+        mut data: Option<&mut Vec<u8>>,
+    ) -> Result<Response, AgentError> {
         loop {
             match rx.recv() {
                 Ok(Incoming::Data(bytes)) => {
@@ -148,10 +152,24 @@ impl AgentClient {
                         buf.extend_from_slice(&bytes);
                     }
                 }
+                Ok(Incoming::DataEnd) => {}
                 Ok(Incoming::Reply(reply)) => return reply.map_err(AgentError::Op),
                 Err(_) => return Err(self.disconnected()),
             }
         }
+    }
+
+    /// Sends `data` on a channel as `Data` frames, then `DataEnd`.
+    pub(super) fn send_data(&self, channel: u32, data: &[u8]) -> Result<(), AgentError> {
+        for chunk in data.chunks(CHUNK) {
+            self.send(channel, FrameKind::Data, chunk)?;
+        }
+        self.send(channel, FrameKind::DataEnd, &[])
+    }
+
+    /// Stops routing a channel (its late frames are dropped).
+    pub(super) fn forget(&self, channel: u32) {
+        self.routes.lock().unwrap().channels.remove(&channel);
     }
 
     /// Sends one request and waits for its reply.
@@ -159,62 +177,6 @@ impl AgentClient {
         let (_, rx) = self.open(req)?;
         self.finish(rx, None)
     }
-
-    pub fn ping(&self) -> Result<(), AgentError> {
-        self.call(&Request::Ping).map(|_| ())
-    }
-
-    /// Runs a command; `stdin` (any size) is streamed after the request.
-    pub fn exec(&self, mut req: ExecRequest, stdin: &[u8]) -> Result<ExecOutput, AgentError> {
-        req.stdin = !stdin.is_empty();
-        let (id, rx) = self.open(&Request::Exec(req))?;
-        if !stdin.is_empty() {
-            self.send_data(id, stdin)?;
-        }
-        match self.finish(rx, None)? {
-            Response::Exec(out) => Ok(out),
-            other => Err(unexpected("exec", &other)),
-        }
-    }
-
-    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
-        let (_, rx) = self.open(&Request::ReadFile { path: path.to_string() })?;
-        let mut data = Vec::new();
-        self.finish(rx, Some(&mut data))?;
-        Ok(data)
-    }
-
-    pub fn write_file(&self, path: &str, data: &[u8], perm: u32, append: bool) -> Result<(), AgentError> {
-        let (id, rx) = self.open(&Request::WriteFile { path: path.to_string(), perm, append })?;
-        self.send_data(id, data)?;
-        self.finish(rx, None).map(|_| ())
-    }
-
-    /// Sends `data` on a channel as `Data` frames, then `DataEnd`.
-    fn send_data(&self, channel: u32, data: &[u8]) -> Result<(), AgentError> {
-        for chunk in data.chunks(CHUNK) {
-            self.send(channel, FrameKind::Data, chunk)?;
-        }
-        self.send(channel, FrameKind::DataEnd, &[])
-    }
-
-    pub fn stat(&self, path: &str, follow_symlinks: bool) -> Result<Metadata, AgentError> {
-        match self.call(&Request::Stat { path: path.to_string(), follow_symlinks })? {
-            Response::Stat(md) => Ok(md),
-            other => Err(unexpected("stat", &other)),
-        }
-    }
-
-    pub fn listdir(&self, path: &str) -> Result<Vec<provium_protocol::DirEntry>, AgentError> {
-        match self.call(&Request::ListDir { path: path.to_string() })? {
-            Response::ListDir(entries) => Ok(entries),
-            other => Err(unexpected("listdir", &other)),
-        }
-    }
-}
-
-fn unexpected(op: &str, resp: &Response) -> AgentError {
-    AgentError::Protocol(format!("unexpected answer to {op}: {resp:?}"))
 }
 
 fn read_loop(mut stream: UnixStream, routes: Arc<Mutex<Routes>>) {
@@ -262,9 +224,9 @@ fn route(f: frame::Frame, routes: &Mutex<Routes>) {
                 let _ = tx.send(msg);
             }
         }
-        FrameKind::Data => {
+        FrameKind::Data | FrameKind::DataEnd => {
             if let Some(tx) = r.channels.get(&f.channel) {
-                let _ = tx.send(Incoming::Data(f.body));
+                let _ = tx.send(if f.kind == FrameKind::Data { Incoming::Data(f.body) } else { Incoming::DataEnd });
             }
         }
         FrameKind::Reply => {

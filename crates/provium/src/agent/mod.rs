@@ -1,0 +1,12 @@
+//! The host side of the agent connection.
+//!
+//! [`client`] owns the socket, the handshake and the routing of frames to
+//! channels; [`ops`] gives each request a typed method; [`stream`] is a
+//! credit-paced stream of bytes from the guest.
+
+mod client;
+mod ops;
+mod stream;
+
+pub use client::{AgentClient, AgentError};
+pub use stream::{AgentStream, Chunk, DEFAULT_WINDOW};

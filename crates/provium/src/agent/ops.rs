@@ -1,0 +1,169 @@
+//! One typed method per request. Each sends the request on a fresh channel
+//! and turns the reply into the value the caller wants; an unexpected reply
+//! kind is a protocol error.
+
+use std::time::Duration;
+
+use provium_protocol::frame::FrameKind;
+use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpenMode, ProcState, Request, Response, Whence};
+
+use super::client::{AgentClient, AgentError};
+
+pub(super) fn unexpected(op: &str, resp: &Response) -> AgentError {
+    AgentError::Protocol(format!("unexpected answer to {op}: {resp:?}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl AgentClient {
+    pub fn ping(&self) -> Result<(), AgentError> {
+        self.call(&Request::Ping).map(|_| ())
+    }
+
+    /// Runs a command; `stdin` (any size) is streamed after the request.
+    pub fn exec(&self, mut req: ExecRequest, stdin: &[u8]) -> Result<ExecOutput, AgentError> {
+        req.stdin = !stdin.is_empty();
+        let (id, rx) = self.open(&Request::Exec(req))?;
+        if !stdin.is_empty() {
+            self.send_data(id, stdin)?;
+        }
+        match self.finish(rx, None)? {
+            Response::Exec(out) => Ok(out),
+            other => Err(unexpected("exec", &other)),
+        }
+    }
+
+    pub fn read_file(&self, path: &str) -> Result<Vec<u8>, AgentError> {
+        let (_, rx) = self.open(&Request::ReadFile { path: path.to_string() })?;
+        let mut data = Vec::new();
+        self.finish(rx, Some(&mut data))?;
+        Ok(data)
+    }
+
+    pub fn write_file(&self, path: &str, data: &[u8], perm: u32, append: bool) -> Result<(), AgentError> {
+        let (id, rx) = self.open(&Request::WriteFile { path: path.to_string(), perm, append })?;
+        self.send_data(id, data)?;
+        self.finish(rx, None).map(|_| ())
+    }
+
+    pub fn stat(&self, path: &str, follow_symlinks: bool) -> Result<Metadata, AgentError> {
+        match self.call(&Request::Stat { path: path.to_string(), follow_symlinks })? {
+            Response::Stat(md) => Ok(md),
+            other => Err(unexpected("stat", &other)),
+        }
+    }
+
+    pub fn listdir(&self, path: &str) -> Result<Vec<DirEntry>, AgentError> {
+        match self.call(&Request::ListDir { path: path.to_string() })? {
+            Response::ListDir(entries) => Ok(entries),
+            other => Err(unexpected("listdir", &other)),
+        }
+    }
+
+    pub fn mkdir(&self, path: &str, parents: bool, perm: u32) -> Result<(), AgentError> {
+        self.call(&Request::Mkdir { path: path.into(), parents, perm }).map(drop)
+    }
+
+    pub fn unlink(&self, path: &str) -> Result<(), AgentError> {
+        self.call(&Request::Unlink { path: path.into() }).map(drop)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), AgentError> {
+        self.call(&Request::Rename { from: from.into(), to: to.into() }).map(drop)
+    }
+
+    /// Starts a background process; returns `(handle, pid)`. With `stdin`
+    /// the process's stdin stays open for [`AgentClient::stdin_write`].
+    pub fn spawn(&self, mut req: ExecRequest, stdin: bool) -> Result<(u64, u32), AgentError> {
+        req.stdin = stdin;
+        match self.call(&Request::Spawn(req))? {
+            Response::Spawned { handle, pid } => Ok((handle, pid)),
+            other => Err(unexpected("spawn", &other)),
+        }
+    }
+
+    /// Waits for a process (see [`Request::Wait`]).
+    pub fn wait(&self, handle: u64, timeout: Option<Duration>, kill_on_timeout: bool) -> Result<ProcState, AgentError> {
+        let req = Request::Wait { handle, timeout_ms: timeout.map(millis), kill_on_timeout };
+        match self.call(&req)? {
+            Response::Proc(p) => Ok(p),
+            other => Err(unexpected("wait", &other)),
+        }
+    }
+
+    pub fn signal(&self, handle: u64, signal: i32) -> Result<(), AgentError> {
+        self.call(&Request::Signal { handle, signal }).map(drop)
+    }
+
+    pub fn stdin_write(&self, handle: u64, data: &[u8]) -> Result<u64, AgentError> {
+        self.count("stdin_write", &Request::StdinWrite { handle, data: data.to_vec() })
+    }
+
+    pub fn stdin_close(&self, handle: u64) -> Result<(), AgentError> {
+        self.call(&Request::StdinClose { handle }).map(drop)
+    }
+
+    /// Forgets a process (killing it if it runs) or closes a file handle.
+    pub fn release(&self, handle: u64) -> Result<(), AgentError> {
+        self.call(&Request::Release { handle }).map(drop)
+    }
+
+    pub fn open_file(&self, path: &str, mode: OpenMode, perm: u32) -> Result<u64, AgentError> {
+        match self.call(&Request::OpenFile { path: path.into(), mode, perm })? {
+            Response::Handle(h) => Ok(h),
+            other => Err(unexpected("open_file", &other)),
+        }
+    }
+
+    /// Up to `max` bytes from a file handle ("" at EOF).
+    pub fn read(&self, handle: u64, max: u64) -> Result<Vec<u8>, AgentError> {
+        let (_, rx) = self.open(&Request::Read { handle, max })?;
+        let mut data = Vec::new();
+        self.finish(rx, Some(&mut data))?;
+        Ok(data)
+    }
+
+    pub fn write(&self, handle: u64, data: &[u8]) -> Result<u64, AgentError> {
+        self.count("write", &Request::Write { handle, data: data.to_vec() })
+    }
+
+    pub fn seek(&self, handle: u64, offset: i64, whence: Whence) -> Result<u64, AgentError> {
+        self.count("seek", &Request::Seek { handle, offset, whence })
+    }
+
+    fn count(&self, op: &str, req: &Request) -> Result<u64, AgentError> {
+        match self.call(req)? {
+            Response::Count(n) => Ok(n),
+            other => Err(unexpected(op, &other)),
+        }
+    }
+
+    /// Waits in the guest until TCP `port` is listening (`open`) or not.
+    pub fn wait_port(&self, port: u16, open: bool, timeout: Duration) -> Result<(), AgentError> {
+        self.call(&Request::WaitPort { port, open, timeout_ms: millis(timeout) }).map(drop)
+    }
+
+    /// Waits in the guest until `path` exists (`exists`) or not.
+    pub fn wait_path(&self, path: &str, exists: bool, timeout: Duration) -> Result<(), AgentError> {
+        self.call(&Request::WaitPath { path: path.into(), exists, timeout_ms: millis(timeout) }).map(drop)
+    }
+
+    /// The guest's CLOCK_REALTIME in nanoseconds.
+    pub fn get_time(&self) -> Result<i64, AgentError> {
+        match self.call(&Request::GetTime)? {
+            Response::Time(ns) => Ok(ns),
+            other => Err(unexpected("get_time", &other)),
+        }
+    }
+
+    pub fn set_time(&self, ns: i64) -> Result<(), AgentError> {
+        self.call(&Request::SetTime { ns }).map(drop)
+    }
+
+    /// Asks the agent to stop the work behind a channel.
+    pub(super) fn cancel(&self, channel: u32) {
+        let _ = self.send(channel, FrameKind::Cancel, &[]);
+    }
+}
