@@ -2,7 +2,7 @@
 //!
 //! The child leads its own process group; stdin is fed from the host's
 //! `Data` frames by a feeder thread; stdout and stderr are captured. One `poll` loop watches the pipes and the
-//! child's [`ExitSlot`], so the call returns **when the child exits**, not
+//! child's [`ExitSlot`](crate::reaper::ExitSlot), so the call returns **when the child exits**, not
 //! when its pipes close: a `server &` left behind keeps the pipes open but
 //! does not hang the command. A timeout, or a cancel from the host, kills
 //! the whole process group.

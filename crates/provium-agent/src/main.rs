@@ -9,18 +9,28 @@
 //!
 //! ```text
 //! main ─ init (shim or standalone) ─ kmod (finit_module) ─ port (open)
-//!      └ session: reader thread ─┬─ handler thread per request ─ exec / fsops
+//!      └ session: reader thread ─┬─ handler thread per request ─ exec / fsops / files /
+//!                                │                              proc / stream / waits
+//!                                ├─ pump thread per spawned process (proc)
 //!                                └─ reaper thread (all child exits)
+//! handles: agent-global table of spawned processes and open files
 //! ```
 
 mod exec;
+mod files;
 mod fsops;
+mod handles;
 mod init;
+mod inotify;
 mod kmod;
 mod log;
 mod port;
+mod proc;
 mod reaper;
 mod session;
+mod stream;
+mod tail;
+mod waits;
 
 /// The name of the virtio-serial port the host listens on.
 pub const PORT_NAME: &str = "provium.agent";

@@ -5,7 +5,9 @@
 //! the *generation*, which silences every handler of the old session (their
 //! late replies are dropped, so reused channel ids cannot get stale answers).
 //! A `Request` spawns a handler thread with an inbox for the channel's
-//! `Data`/`DataEnd`/`Cancel` frames. When the host disconnects the port reads
+//! `Data`/`DataEnd`/`Credit`/`Cancel` frames. Processes and files opened by
+//! requests belong to [`crate::handles`], not to the session: they survive
+//! a new `Hello`. When the host disconnects the port reads
 //! EOF; the agent drops its partial frame, cancels the channels and waits for
 //! the host to come back.
 
@@ -23,7 +25,7 @@ use provium_protocol::{
     decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
 };
 
-use crate::{exec, fsops, log};
+use crate::{exec, files, fsops, handles, log, proc, stream, waits};
 
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
@@ -34,6 +36,8 @@ pub struct AgentInfo {
 pub enum Inbound {
     Data(Vec<u8>),
     DataEnd,
+    /// The host can take this many more bytes (streams).
+    Credit(u32),
     Cancel,
 }
 
@@ -94,6 +98,10 @@ impl Sender {
         for chunk in bytes.chunks(frame::CHUNK) {
             self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
         }
+    }
+
+    pub fn data_end(&self) {
+        self.writer.send(self.generation, self.channel, FrameKind::DataEnd, &[]);
     }
 
     fn reply(&self, reply: &Reply) {
@@ -193,12 +201,23 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
                 out.reply(&reply);
             });
         }
-        FrameKind::Data | FrameKind::DataEnd | FrameKind::Cancel => {
+        FrameKind::Data | FrameKind::DataEnd | FrameKind::Credit | FrameKind::Cancel => {
             let chans = channels.lock().unwrap();
             if let Some(ch) = chans.get(&f.channel) {
                 let msg = match f.kind {
                     FrameKind::Data => Inbound::Data(f.body),
                     FrameKind::DataEnd => Inbound::DataEnd,
+                    FrameKind::Credit => match <[u8; 4]>::try_from(f.body.as_slice()) {
+                        Ok(n) => Inbound::Credit(u32::from_le_bytes(n)),
+                        Err(_) => {
+                            log::warn(&format!(
+                                "credit frame on channel {} with a {}-byte body",
+                                f.channel,
+                                f.body.len()
+                            ));
+                            return;
+                        }
+                    },
                     _ => {
                         ch.cancel.store(true, Ordering::SeqCst);
                         Inbound::Cancel
@@ -207,7 +226,7 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
                 let _ = ch.inbox.send(msg);
             }
         }
-        // Credit is for streams (not served yet); agent-bound kinds only.
+        // Agent-bound kinds only.
         _ => {}
     }
 }
@@ -242,10 +261,32 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &exec::C
         Request::Mkdir { path, parents, perm } => fsops::mkdir(&path, parents, perm),
         Request::Unlink { path } => fsops::unlink(&path),
         Request::Rename { from, to } => fsops::rename(&from, &to),
-        other => Err(OpError {
-            kind: OpErrorKind::BadRequest,
-            errno: None,
-            message: format!("{}: not implemented by this agent yet", other.name()),
-        }),
+        Request::Spawn(e) => proc::spawn(e),
+        Request::Wait { handle, timeout_ms, kill_on_timeout } => {
+            proc::wait(handle, timeout_ms, kill_on_timeout, cancel)
+        }
+        Request::Signal { handle, signal } => proc::signal(handle, signal),
+        Request::StdinWrite { handle, data } => proc::stdin_write(handle, &data, cancel),
+        Request::StdinClose { handle } => proc::stdin_close(handle),
+        Request::Release { handle } => release(handle),
+        Request::OpenFile { path, mode, perm } => files::open(&path, mode, perm),
+        Request::Read { handle, max } => files::read(handle, max, out),
+        Request::Write { handle, data } => files::write(handle, &data),
+        Request::Seek { handle, offset, whence } => files::seek(handle, offset, whence),
+        Request::Stream { source, window } => stream::run(source, window, out, &inbox, cancel),
+        Request::WaitPort { port, open, timeout_ms } => waits::wait_port(port, open, timeout_ms, cancel),
+        Request::WaitPath { path, exists, timeout_ms } => waits::wait_path(&path, exists, timeout_ms, cancel),
+        Request::SetTime { ns } => waits::set_time(ns),
+        Request::GetTime => waits::get_time(),
     }
+}
+
+/// Forgets a handle: a process's group is SIGKILLed if it still runs; a
+/// file is closed once no stream reads it any more.
+fn release(handle: u64) -> Reply {
+    match handles::remove(handle)? {
+        handles::Handle::Proc(p) => proc::release(&p),
+        handles::Handle::File(_) => {}
+    }
+    Ok(Response::Done)
 }

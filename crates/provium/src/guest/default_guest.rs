@@ -27,7 +27,7 @@ pub const AGENT_PATH: &str = "/sbin/provium-agent";
 pub const MODULE_LIST_PATH: &str = "/etc/provium/modules";
 
 /// Bump when the initramfs layout changes so old cache entries are not reused.
-const FORMAT_VERSION: &str = "provium-default-guest-2";
+const FORMAT_VERSION: &str = "provium-default-guest-3";
 const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 /// Cache entries of other keys unused for this long are removed on the next build.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
@@ -244,6 +244,7 @@ fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, 
     }
     w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     w.file("etc/group", 0o644, b"root:x:0:\n");
+    w.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n");
 
     let lib = format!("lib/modules/{}", inputs.kernel_release);
     w.file(&format!("{lib}/modules.dep"), 0o644, kmod::modules_dep(&modules).as_bytes());

@@ -29,9 +29,10 @@ pub fn creation_site(lua: &Lua) -> Option<crate::resources::Site> {
     for level in 1..64 {
         let dbg = lua.inspect_stack(level)?;
         let src = dbg.source();
-        let Some(short) = src.short_src.as_deref() else { continue };
-        if short.ends_with(".test.lua") || short.ends_with(".fixture.lua") {
-            return Some(crate::resources::Site { file: short.to_string(), line: dbg.curr_line() as i64 });
+        // The full chunk name (`@path`), not `short_src`, which Lua cuts.
+        let Some(name) = src.source.as_deref().and_then(|s| s.strip_prefix('@')) else { continue };
+        if name.ends_with(".test.lua") || name.ends_with(".fixture.lua") {
+            return Some(crate::resources::Site { file: name.to_string(), line: dbg.curr_line() as i64 });
         }
     }
     None

@@ -8,6 +8,7 @@ use mlua::{AnyUserData, Lua, Table, UserData, UserDataMethods, Value};
 use super::errors::{raise, LuaResultExt};
 use super::opts;
 use super::result_ud::RunResult;
+use crate::resources::Class;
 use crate::vm::Vm;
 
 /// Shared ownership of one VM (scopes, handles and the watchdog hold it).
@@ -97,6 +98,12 @@ impl UserData for VmUd {
         });
         methods.add_method("unlink", |lua, this, path: String| this.lock().unlink(&path).lua(lua));
         methods.add_method("rename", |lua, this, (from, to): (String, String)| this.lock().rename(&from, &to).lua(lua));
+        methods.add_method("open_stream_count", |_, this, ()| Ok(this.lock().resources().count(Class::Stream)));
+        methods.add_method("open_file_count", |_, this, ()| Ok(this.lock().resources().count(Class::File)));
+        methods.add_method("is_quiescent", |_, this, ()| {
+            let r = this.lock().resources();
+            Ok(r.count(Class::Stream) == 0 && r.count(Class::File) == 0)
+        });
         super::vm_streams::add_methods(methods);
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);

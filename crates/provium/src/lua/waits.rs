@@ -78,6 +78,8 @@ struct Condition {
 struct Conditions {
     active: Vec<Condition>,
     next_id: u64,
+    /// Set while checks run: a check's own guest operations do not check.
+    checking: bool,
 }
 
 /// Runs every active `polling_condition` whose interval has passed; fails
@@ -85,6 +87,9 @@ struct Conditions {
 pub fn check_conditions(lua: &Lua) -> mlua::Result<()> {
     let due: Vec<(u64, Function, String)> = {
         let Some(mut c) = lua.app_data_mut::<Conditions>() else { return Ok(()) };
+        if c.checking {
+            return Ok(());
+        }
         let now = Instant::now();
         let mut due = Vec::new();
         for cond in c.active.iter_mut() {
@@ -95,14 +100,25 @@ pub fn check_conditions(lua: &Lua) -> mlua::Result<()> {
         }
         due
     };
+    let set_checking = |on: bool| {
+        if let Some(mut c) = lua.app_data_mut::<Conditions>() {
+            c.checking = on;
+        }
+    };
+    set_checking(true);
+    let mut verdict = Ok(());
     for (_, f, desc) in due {
         match f.call::<Value>(()) {
             Ok(v) if truthy(&v) => {}
-            Ok(_) => return Err(raise(lua, format!("polling condition failed: {desc}"))),
-            Err(e) => return Err(raise(lua, format!("polling condition failed: {desc}: {}", message(&e)))),
+            Ok(_) => verdict = Err(raise(lua, format!("polling condition failed: {desc}"))),
+            Err(e) => verdict = Err(raise(lua, format!("polling condition failed: {desc}: {}", message(&e)))),
+        }
+        if verdict.is_err() {
+            break;
         }
     }
-    Ok(())
+    set_checking(false);
+    verdict
 }
 
 fn remove_condition(lua: &Lua, id: u64) {
@@ -268,65 +284,65 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
     let run_opts = lua.create_table()?;
     run_opts.set("env", o.get::<Value>("env")?)?;
     run_opts.set("cwd", o.get::<Value>("cwd")?)?;
-    let proc = super::vm_streams::spawn(lua, vm, "vm:daemon", cmd, Some(Value::Table(run_opts)))?;
-    let started = Instant::now();
-    let deadline = started + timeout;
+    // An empty table would read as an (empty) argument list: no shell.
+    let run_opts = if run_opts.is_empty() { None } else { Some(Value::Table(run_opts)) };
+    let proc = super::vm_streams::spawn(lua, vm, "vm:daemon", cmd, run_opts)?;
+    let deadline = Instant::now() + timeout;
+    // On a readiness timeout the process keeps running, owned by the scope
+    // (which stops it when the test ends); the error quotes its output.
     let fail = |lua: &Lua, proc: &ProcUd, why: String| -> mlua::Error {
-        let st = proc.stop().ok();
-        let output = st.map(|s| {
+        let pid = proc.0.borrow().pid;
+        let output = proc.poll().ok().map(|s| {
             format!(
-                "\nstdout: {:?}\nstderr: {:?}",
+                "\nstdout so far: {:?}\nstderr so far: {:?}",
                 String::from_utf8_lossy(&s.stdout),
                 String::from_utf8_lossy(&s.stderr)
             )
         });
-        raise(lua, format!("vm:daemon `{cmd}`: {why}{}", output.unwrap_or_default()))
+        let output = output.unwrap_or_default();
+        raise(lua, format!("vm:daemon `{cmd}`: {why}; it still runs (pid {pid}) until its scope ends{output}"))
     };
     loop {
         let st = proc.poll().lua(lua)?;
+        // Ready even if it has exited since: it only had to start, or its
+        // awaited output is there.
+        match &ready {
+            Readiness::Started => return Ok(proc),
+            Readiness::Log(l) if contains(&st.stdout, l) || contains(&st.stderr, l) => return Ok(proc),
+            _ => {}
+        }
         if st.status.is_some() {
             let r = super::proc_ud::run_result(cmd, &st);
+            let waited = ready.describe();
             return Err(raise(
                 lua,
-                format!(
-                    "vm:daemon `{cmd}` exited before it was ready (waiting for {}): {}",
-                    ready.describe(),
-                    r.failure_message()
-                ),
+                format!("vm:daemon `{cmd}` exited before it was ready (waiting for {waited}): {}", r.failure_message()),
             ));
         }
         let slice = SLICE.min(deadline.saturating_duration_since(Instant::now()));
-        let is_ready = match &ready {
-            Readiness::Started => true,
-            Readiness::Port(p) => match agent_wait(lua, vm, "daemon", |a| a.wait_port(*p, true, slice)) {
-                Ok(()) => true,
-                Err(_) if Instant::now() < deadline => false,
-                Err(e) => return Err(fail(lua, &proc, format!("not ready after {timeout:?}: {}", message(&e)))),
-            },
-            Readiness::File(f) => match agent_wait(lua, vm, "daemon", |a| a.wait_path(f, true, slice)) {
-                Ok(()) => true,
-                Err(_) if Instant::now() < deadline => false,
-                Err(e) => return Err(fail(lua, &proc, format!("not ready after {timeout:?}: {}", message(&e)))),
-            },
-            Readiness::Log(l) => {
-                let found = |s: &[u8]| s.windows(l.len().max(1)).any(|w| w == l.as_bytes());
-                if found(&st.stdout) || found(&st.stderr) {
-                    true
-                } else {
-                    proc.wait(Some(Duration::from_millis(20)), false).lua(lua)?;
-                    false
-                }
+        let awaited = match &ready {
+            Readiness::Port(p) => Some(agent_wait(lua, vm, "daemon", |a| a.wait_port(*p, true, slice))),
+            Readiness::File(f) => Some(agent_wait(lua, vm, "daemon", |a| a.wait_path(f, true, slice))),
+            Readiness::Log(_) => {
+                // Returns as soon as the process exits, else after 20 ms.
+                proc.wait(Some(Duration::from_millis(20)), false).lua(lua)?;
+                None
             }
             Readiness::Func(f) => {
-                let v: Value = f.call(())?;
-                if !truthy(&v) {
-                    std::thread::sleep(RETRY.min(slice));
+                if truthy(&f.call::<Value>(())?) {
+                    return Ok(proc);
                 }
-                truthy(&v)
+                std::thread::sleep(RETRY.min(slice));
+                None
             }
+            Readiness::Started => unreachable!("returned above"),
         };
-        if is_ready {
-            return Ok(proc);
+        match awaited {
+            Some(Ok(())) => return Ok(proc),
+            Some(Err(e)) if Instant::now() >= deadline => {
+                return Err(fail(lua, &proc, format!("not ready after {timeout:?}: {}", message(&e))))
+            }
+            _ => {}
         }
         if Instant::now() >= deadline {
             let why = match &ready {
@@ -336,6 +352,10 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
             return Err(fail(lua, &proc, why));
         }
     }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len().max(1)).any(|w| w == needle.as_bytes())
 }
 
 pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {

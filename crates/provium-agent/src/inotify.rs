@@ -1,0 +1,60 @@
+//! A minimal inotify wrapper: one non-blocking instance, watches added and
+//! removed by path, and a "wait until something happened" that swallows the
+//! events. Callers re-check the file system themselves after each wake, so
+//! the events' contents never matter.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+pub struct Inotify {
+    fd: OwnedFd,
+}
+
+impl Inotify {
+    pub fn new() -> io::Result<Inotify> {
+        // SAFETY: inotify_init1 returns a new fd or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(Inotify { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Watches `path` for `mask`; returns the watch descriptor.
+    pub fn add(&self, path: &str, mask: u32) -> io::Result<i32> {
+        let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid inotify fd and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(wd)
+    }
+
+    /// Stops a watch (an already-gone watch is fine).
+    pub fn remove(&self, wd: i32) {
+        // SAFETY: valid inotify fd; a stale wd only yields EINVAL.
+        unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+    }
+
+    /// Waits up to `timeout` for events and discards them; true if any came.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if n <= 0 {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a buffer we own, of its length.
+            let r = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r <= 0 {
+                return true;
+            }
+        }
+    }
+}
