@@ -458,3 +458,40 @@ fn filter_keeps_matching_files() {
     assert_eq!(reports.len(), 1);
     assert!(reports[0]["path"].as_str().unwrap().ends_with("keep_me.test.lua"));
 }
+
+#[test]
+fn a_fast_writer_and_a_slow_reader_lose_no_bytes() {
+    // The guest appends ~8 MiB as fast as it can while the test reads the
+    // tail slowly; the credit window makes the agent wait instead of the host
+    // buffering, and every byte arrives in order.
+    let s = Suite::new();
+    s.write(
+        "flood.test.lua",
+        r#"
+test("flood", function(t)
+  local vm = provium:vm("v", "default"):boot()
+  vm:write_file("/tmp/flood", "")
+  local tail = vm:tail_file("/tmp/flood", {start = "beginning"})
+  local writer = vm:run_async("i=0; while [ $i -lt 2048 ]; do printf '%04095d\n' $i; i=$((i+1)); done >> /tmp/flood")
+  local got, n = {}, 0
+  while n < 2048 * 4096 do
+    local chunk = tail:next("20s")
+    t:assert(chunk ~= nil, "stream stalled at " .. n .. " bytes")
+    got[#got + 1] = chunk
+    n = n + #chunk
+    os.execute("sleep 0.05") -- read slowly: the 1 MiB window fills
+  end
+  writer:wait("60s"):assert_ok()
+  local data = table.concat(got)
+  t:assert_eq(#data, 2048 * 4096)
+  t:assert(data == vm:read_file("/tmp/flood"), "streamed bytes differ from the file")
+  for i = 0, 2047, 511 do
+    t:assert_eq(data:sub(i * 4096 + 1, i * 4096 + 4096), string.rep("0", 4095 - #tostring(i)) .. i .. "\n")
+  end
+end)
+"#,
+    );
+    let out = s.run(&["--json", "flood.test.lua"]);
+    let r = &json_lines(&out)[0];
+    assert_eq!(r["passed"], true, "{r:#}");
+}
