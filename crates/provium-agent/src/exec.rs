@@ -45,6 +45,23 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
     Err((127, format!("{prog}: command not found")))
 }
 
+/// Spawns `cmd` with stdout/stderr piped (stdin piped when `stdin`, else
+/// `/dev/null`) and registers it with the reaper under one lock, so its exit
+/// status cannot be reaped before someone waits for it.
+pub fn spawn_registered(
+    cmd: &mut Command,
+    prog: &str,
+    stdin: bool,
+) -> Result<(std::process::Child, i32, std::sync::Arc<reaper::ExitSlot>), OpError> {
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut reg = reaper::lock();
+    let child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
+    let pid = child.id() as i32;
+    let slot = reg.insert(pid);
+    Ok((child, pid, slot))
+}
+
 pub fn os_error(what: &str, e: std::io::Error) -> OpError {
     OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
 }
@@ -107,14 +124,7 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
             })
         }
     };
-    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-
-    let mut reg = reaper::lock();
-    let mut child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
-    let pid = child.id() as i32;
-    let slot = reg.insert(pid);
-    drop(reg);
+    let (mut child, pid, slot) = spawn_registered(&mut cmd, prog, req.stdin)?;
 
     let deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
     if let Some(pipe) = child.stdin.take() {

@@ -19,7 +19,7 @@ mod output;
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::{ChildStdin, Stdio};
+use std::process::ChildStdin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -28,7 +28,6 @@ use provium_protocol::{ExecRequest, OpError, OpErrorKind, ProcState, Response};
 
 use crate::exec::{kill_group, os_error, set_nonblocking, CancelFlag};
 use crate::handles::{self, Handle};
-use crate::reaper;
 
 use output::Output;
 
@@ -77,14 +76,7 @@ pub fn spawn(req: ExecRequest) -> Result<Response, OpError> {
         errno: Some(if u.code == 126 { libc::EACCES } else { libc::ENOENT }),
         message: format!("spawn: {}", u.message),
     })?;
-    cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-
-    let mut reg = reaper::lock();
-    let mut child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
-    let pid = child.id() as i32;
-    let slot = reg.insert(pid);
-    drop(reg);
+    let (mut child, pid, slot) = crate::exec::spawn_registered(&mut cmd, &prog, req.stdin)?;
 
     if let Some(pipe) = &child.stdin {
         set_nonblocking(pipe.as_raw_fd());
@@ -211,7 +203,7 @@ mod tests {
 
     fn start(script: &str, stdin: bool, timeout_ms: Option<u64>) -> (u64, u32) {
         static REAPER: std::sync::Once = std::sync::Once::new();
-        REAPER.call_once(reaper::start);
+        REAPER.call_once(crate::reaper::start);
         let argv = vec!["sh".into(), "-c".into(), script.into()];
         match spawn(ExecRequest { argv, stdin, timeout_ms, ..Default::default() }).unwrap() {
             Response::Spawned { handle, pid } => (handle, pid),
