@@ -2,14 +2,18 @@
 //!
 //! Boots real VMs through the `provium` library (the same path tests take)
 //! and measures cold boot, exec and ping round trips, file transfer
-//! throughput and idle host memory per VM. Progress goes to stderr; the
+//! throughput, port-open → `wait_port` latency, process stdout stream
+//! throughput (and the host memory a slow reader of it holds) and idle host
+//! memory per VM. Progress goes to stderr; the
 //! table (or `--json`) goes to stdout.
 //!
 //! Exit codes: 0 success, 1 a measurement failed (the error chain is
 //! printed), 2 the bench left a QEMU process running, 64 bad arguments.
 
 mod measure;
+mod port;
 mod report;
+mod stream;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,6 +40,9 @@ struct Args {
     /// Size of the file written and read back, in MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1024))]
     file_mib: u64,
+    /// Port-open → wait_port trials (each on a fresh port).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    port_trials: u64,
     /// VMs booted for the idle-memory figure.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     idle_vms: u64,
@@ -98,7 +105,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.reason);
     let bench = Bench { images, accel: choice.accel };
     let cold_boot = bench.cold_boot(args.boots as usize)?;
-    let (round_trip, file_io) = bench.warm(args.runs as usize, (args.file_mib << 20) as usize)?;
+    let warm = bench.warm(args.runs as usize, (args.file_mib << 20) as usize, args.port_trials as usize)?;
     let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;
     Ok(Report {
         host: Host {
@@ -109,8 +116,10 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             kernel_release: guest.kernel_release,
         },
         cold_boot,
-        round_trip,
-        file_io,
+        round_trip: warm.round_trip,
+        file_io: warm.file_io,
+        port_latency: warm.port,
+        stdout_stream: warm.stream,
         idle_memory,
         leftover_qemu: measure::leftover_qemu(),
     })

@@ -8,12 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use provium::agent::AgentError;
 use provium::image::Images;
 use provium::vm::{BootOpts, Vm, VmError, DEFAULT_MEMORY};
 use provium::vmm::Accel;
 use provium_protocol::ExecRequest;
 
-use crate::report::{ColdBoot, FileIo, IdleMemory, Leftovers, RoundTrip, Summary};
+use crate::report::{ColdBoot, FileIo, IdleMemory, Leftovers, PortLatency, RoundTrip, StreamIo, Summary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -29,8 +30,18 @@ pub enum BenchError {
     },
     #[error("`true` exited with {status:?} during {step}")]
     CommandFailed { step: String, status: provium_protocol::ExitStatus },
-    #[error("read_file returned {got} bytes that differ from the {want} written (first difference at byte {at:?})")]
-    Mismatch { got: usize, want: usize, at: Option<usize> },
+    #[error("{what} returned {got} bytes that differ from the {want} written (first difference at byte {at:?})")]
+    Mismatch { what: &'static str, got: usize, want: usize, at: Option<usize> },
+    #[error("{step} failed")]
+    Agent {
+        step: String,
+        #[source]
+        source: Box<AgentError>,
+    },
+    #[error("{step}: {message}")]
+    Guest { step: String, message: String },
+    #[error("cannot read or reset this process's memory figures in /proc/self")]
+    SelfStatus(#[source] std::io::Error),
     #[error("cannot read the RSS of QEMU pid {pid} from /proc")]
     Rss {
         pid: u32,
@@ -43,6 +54,14 @@ pub enum BenchError {
     Leaked(Vec<u32>),
 }
 
+/// The figures measured on the one warm VM.
+pub struct Warm {
+    pub round_trip: RoundTrip,
+    pub file_io: FileIo,
+    pub port: PortLatency,
+    pub stream: StreamIo,
+}
+
 /// What every measurement needs to boot a VM.
 pub struct Bench {
     pub images: Arc<Images>,
@@ -51,6 +70,11 @@ pub struct Bench {
 
 fn step<T>(step: impl Into<String>, r: Result<T, VmError>) -> Result<T, BenchError> {
     r.map_err(|source| BenchError::Vm { step: step.into(), source: Box::new(source) })
+}
+
+/// Like [`step`], for calls made on an [`AgentClient`] directly.
+pub fn agent_step<T>(step: impl Into<String>, r: Result<T, AgentError>) -> Result<T, BenchError> {
+    r.map_err(|source| BenchError::Agent { step: step.into(), source: Box::new(source) })
 }
 
 fn exec_true() -> ExecRequest {
@@ -109,9 +133,10 @@ impl Bench {
         })
     }
 
-    /// Exec and ping round trips on one booted VM, then 64 MiB file I/O on
-    /// the same VM.
-    pub fn warm(&self, runs: usize, file_bytes: usize) -> Result<(RoundTrip, FileIo), BenchError> {
+    /// Exec and ping round trips on one booted VM, then on the same VM:
+    /// 64 MiB file I/O, port-open → `wait_port` latency (ping as its
+    /// baseline) and stdout stream throughput (read_file as its baseline).
+    pub fn warm(&self, runs: usize, file_bytes: usize, port_trials: usize) -> Result<Warm, BenchError> {
         eprintln!("round trips: booting `warm`");
         let mut vm = self.boot("warm")?;
         for _ in 0..5 {
@@ -144,8 +169,14 @@ impl Bench {
             ping,
         };
         let io = file_io(&mut vm, file_bytes)?;
+        let agent = vm.agent_client().expect("a booted VM has an agent connection");
+        eprintln!("port latency: {port_trials} trials");
+        let port = crate::port::measure(&agent, port_trials, rt.ping.median_ms)?;
+        eprintln!("stdout stream: {} MiB", file_bytes >> 20);
+        let stream = crate::stream::measure(&agent, file_bytes)?;
+        drop(agent);
         vm.shutdown();
-        Ok((rt, io))
+        Ok(Warm { round_trip: rt, file_io: io, port, stream })
     }
 
     /// Boots `n` VMs one after another, lets them idle, reads each QEMU's
@@ -204,6 +235,7 @@ fn file_io(vm: &mut Vm, bytes: usize) -> Result<FileIo, BenchError> {
         let r = t.elapsed();
         if back != data {
             return Err(BenchError::Mismatch {
+                what: "read_file",
                 got: back.len(),
                 want: data.len(),
                 at: back.iter().zip(&data).position(|(a, b)| a != b),
@@ -231,7 +263,7 @@ fn file_io(vm: &mut Vm, bytes: usize) -> Result<FileIo, BenchError> {
 }
 
 /// Incompressible, reproducible bytes (xorshift64*).
-fn pseudo_random(n: usize) -> Vec<u8> {
+pub fn pseudo_random(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut out = Vec::with_capacity(n + 8);
     while out.len() < n {

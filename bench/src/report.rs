@@ -16,6 +16,8 @@ pub struct Report {
     pub cold_boot: ColdBoot,
     pub round_trip: RoundTrip,
     pub file_io: FileIo,
+    pub port_latency: PortLatency,
+    pub stdout_stream: StreamIo,
     pub idle_memory: IdleMemory,
     pub leftover_qemu: Leftovers,
 }
@@ -41,10 +43,16 @@ pub struct Summary {
 impl Summary {
     /// Summarises `samples`; `None` when there are none.
     pub fn of(samples: &[Duration]) -> Option<Summary> {
+        Summary::of_ms(&samples.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>())
+    }
+
+    /// Like [`Summary::of`], for samples already in milliseconds (which,
+    /// unlike a `Duration`, may be negative).
+    pub fn of_ms(samples: &[f64]) -> Option<Summary> {
         if samples.is_empty() {
             return None;
         }
-        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let mut ms = samples.to_vec();
         ms.sort_by(f64::total_cmp);
         let n = ms.len();
         let median = if n % 2 == 1 { ms[n / 2] } else { (ms[n / 2 - 1] + ms[n / 2]) / 2.0 };
@@ -85,6 +93,72 @@ pub struct FileIo {
     pub write_best_ms: f64,
     pub read_best_ms: f64,
     pub verified: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortLatency {
+    pub what: &'static str,
+    pub trials: usize,
+    /// How the guest's moment of opening was stamped.
+    pub timestamp: &'static str,
+    /// Guest stamp → host `wait_port` return.
+    pub latency: Summary,
+    /// Stamp → stamp of the next exec'd busybox applet: how far the stamp
+    /// precedes `listen()` (so `latency` overstates by about this much).
+    pub exec_gap: Summary,
+    /// Median latency − median exec gap.
+    pub latency_minus_gap_ms: f64,
+    /// `wait_port` on a port already listening: one check plus the round trip.
+    pub already_open: Summary,
+    /// Half the tightest `get_time` round trip, per trial.
+    pub offset_uncertainty: Summary,
+    /// Spread (max − min) of the per-trial guest − host clock offsets.
+    pub offset_drift_ms: f64,
+    /// The agent checks `/proc/net/tcp{,6}` this often.
+    pub agent_poll_ms: f64,
+    /// The baseline: median agent ping of this run.
+    pub ping_median_ms: f64,
+    pub latency_over_ping: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamIo {
+    pub what: &'static str,
+    pub bytes: usize,
+    /// Credit window of the stream, bytes.
+    pub window: u32,
+    /// Chunks (`Data` frames) the last timed run delivered.
+    pub chunks: usize,
+    pub stream_mib_s: f64,
+    /// The baseline: `read_file` of the same file, same VM, interleaved.
+    pub read_file_mib_s: f64,
+    pub stream_best_ms: f64,
+    pub read_file_best_ms: f64,
+    pub stream_over_read_file: f64,
+    pub verified: bool,
+    pub slow_reader: SlowReader,
+}
+
+/// This process's memory while it streams the file slowly.
+#[derive(Debug, Serialize)]
+pub struct SlowReader {
+    /// Sleep after each chunk.
+    pub sleep_ms: f64,
+    pub chunks: usize,
+    pub secs: f64,
+    /// Bytes over `secs`: below the unthrottled stream's rate means the
+    /// reader, not the guest, set the pace (the window stayed full).
+    pub mib_s: f64,
+    /// VmRSS just before the stream (VmHWM reset to it via clear_refs).
+    pub rss_before_mib: f64,
+    /// VmHWM after the stream − VmRSS before.
+    pub peak_growth_mib: f64,
+    /// Largest VmRSS sampled after each chunk − VmRSS before.
+    pub sampled_growth_mib: f64,
+    /// Byte count and FNV-1a of what arrived equal what was written.
+    pub checksum_ok: bool,
+    /// The contrast: VmHWM growth during one read_file of the same file.
+    pub read_file_peak_growth_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,6 +205,10 @@ impl Report {
         let r = &self.round_trip;
         let f = &self.file_io;
         let m = &self.idle_memory;
+        let p = &self.port_latency;
+        let s = &self.stdout_stream;
+        let sw = &s.slow_reader;
+        let smib = s.bytes as f64 / (1 << 20) as f64;
         let mib = f.bytes as f64 / (1 << 20) as f64;
         let rows: Vec<(String, String, String)> = vec![
             (
@@ -180,6 +258,75 @@ impl Report {
                     "{mib:.0} MiB guest file → host, best of 3 ({}); bytes verified: {}",
                     secs(f.read_best_ms),
                     if f.verified { "equal" } else { "MISMATCH" }
+                ),
+            ),
+            (
+                "port → wait_port".into(),
+                format!("{} median, {} p90", secs(p.latency.median_ms), secs(p.latency.p90_ms)),
+                format!(
+                    "guest `nc -l` on a fresh port (stamped by adjtimex just before its exec) → host wait_port \
+                     returns, {} trials; clock offset ±{} (median)",
+                    p.trials,
+                    secs(p.offset_uncertainty.median_ms)
+                ),
+            ),
+            (
+                "  exec gap".into(),
+                format!("{} median", secs(p.exec_gap.median_ms)),
+                format!(
+                    "stamp → next exec'd applet (how far the stamp precedes listen); latency − gap ≈ {}",
+                    secs(p.latency_minus_gap_ms)
+                ),
+            ),
+            (
+                "  already open".into(),
+                format!("{} median, {} p90", secs(p.already_open.median_ms), secs(p.already_open.p90_ms)),
+                format!(
+                    "wait_port on a listening port: one check + round trip; agent polls every {:.0} ms",
+                    p.agent_poll_ms
+                ),
+            ),
+            (
+                "  latency / ping".into(),
+                format!("{:.1}×", p.latency_over_ping),
+                format!(
+                    "median latency over median ping ({}); {:.1}× after subtracting the exec gap",
+                    secs(p.ping_median_ms),
+                    p.latency_minus_gap_ms / p.ping_median_ms
+                ),
+            ),
+            (
+                "stdout stream".into(),
+                format!("{:.1} MiB/s", s.stream_mib_s),
+                format!(
+                    "{smib:.0} MiB `cat` → open_stream(Stdout, {} KiB window) → Eof, best of 3 ({}, {} chunks); \
+                     bytes verified: {}",
+                    s.window >> 10,
+                    secs(s.stream_best_ms),
+                    s.chunks,
+                    if s.verified { "equal" } else { "MISMATCH" }
+                ),
+            ),
+            (
+                "  read_file".into(),
+                format!("{:.1} MiB/s", s.read_file_mib_s),
+                format!(
+                    "same file, same VM, interleaved with the stream runs, best of 3 ({})",
+                    secs(s.read_file_best_ms)
+                ),
+            ),
+            (
+                "  stream / read".into(),
+                format!("{:.2}×", s.stream_over_read_file),
+                "stream throughput over read_file throughput".into(),
+            ),
+            (
+                "  slow reader".into(),
+                format!("+{:.1} MiB peak RSS", sw.peak_growth_mib),
+                format!(
+                    "VmHWM growth of this process streaming {smib:.0} MiB with a {:.0} ms sleep per chunk \
+                     ({} chunks, {:.1} s, {:.0} MiB/s; sampled VmRSS +{:.1} MiB); one read_file of it: +{:.1} MiB",
+                    sw.sleep_ms, sw.chunks, sw.secs, sw.mib_s, sw.sampled_growth_mib, sw.read_file_peak_growth_mib
                 ),
             ),
             (

@@ -25,6 +25,7 @@ mod inotify;
 mod kmod;
 mod log;
 mod port;
+mod power;
 mod proc;
 mod reaper;
 mod session;
@@ -41,6 +42,9 @@ fn main() {
     kmod::load_wanted();
     init::bring_up_loopback();
     reaper::start();
+    if mode == init::Mode::Standalone {
+        power::start();
+    }
     let info = session::AgentInfo { start_uptime_ms, standalone: mode == init::Mode::Standalone };
     loop {
         match port::open(PORT_NAME) {

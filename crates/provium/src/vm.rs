@@ -26,6 +26,7 @@ use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec};
 pub enum VmState {
     Created,
     Booted,
+    Paused,
     Shutdown,
     Dead,
 }
@@ -35,6 +36,7 @@ impl VmState {
         match self {
             VmState::Created => "created",
             VmState::Booted => "booted",
+            VmState::Paused => "paused",
             VmState::Shutdown => "shutdown",
             VmState::Dead => "dead",
         }
@@ -45,6 +47,7 @@ impl VmState {
         match self {
             VmState::Created => "VM not booted; call vm:boot() first",
             VmState::Booted => "VM already booted",
+            VmState::Paused => "VM is paused; use resume()",
             VmState::Shutdown => "VM is shut down; create a new one",
             VmState::Dead => "VM died; create a new one (its console tail is in the test report)",
         }
@@ -99,6 +102,15 @@ pub enum VmError {
     },
     #[error("vm `{vm}`: {op}: {message}")]
     Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
+    #[error("vm `{vm}`: the guest did not power off within 60s of the power button; it was stopped")]
+    PowerButtonIgnored { vm: String },
+    #[error("vm `{vm}`: {op} failed")]
+    Qmp {
+        vm: String,
+        op: &'static str,
+        #[source]
+        source: crate::vmm::qmp::QmpError,
+    },
     /// A wait done by the agent ran out of time.
     #[error("vm `{vm}`: {op}: {message}")]
     TimedOut { vm: String, op: &'static str, message: String },
@@ -184,6 +196,57 @@ impl Vm {
     /// The console log and the console socket, while the VM runs.
     pub fn console_paths(&self) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
         self.instance.as_ref().map(|i| (i.paths.console_log.clone(), i.paths.console_sock.clone()))
+    }
+
+    /// The transport id of the running instance (`nil` in Lua before boot).
+    pub fn cid(&self) -> Option<u64> {
+        self.instance.as_ref().map(|i| i.id)
+    }
+
+    fn running(&mut self, action: &'static str, allowed: VmState) -> Result<&mut Instance, VmError> {
+        if self.state != allowed {
+            return Err(self.wrong_state(action));
+        }
+        Ok(self.instance.as_mut().expect("a running VM has an instance"))
+    }
+
+    fn qmp_failed(&self, op: &'static str, e: crate::vmm::qmp::QmpError) -> VmError {
+        VmError::Qmp { vm: self.name.clone(), op, source: e }
+    }
+
+    pub fn pause(&mut self) -> Result<(), VmError> {
+        let r = self.running("pause", VmState::Booted)?.pause();
+        r.map_err(|e| self.qmp_failed("pause", e))?;
+        self.state = VmState::Paused;
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> Result<(), VmError> {
+        let r = self.running("resume", VmState::Paused)?.resume();
+        r.map_err(|e| self.qmp_failed("resume", e))?;
+        self.state = VmState::Booted;
+        Ok(())
+    }
+
+    /// Warm reboot: the guest starts over (a fresh initramfs, so a fresh
+    /// `/tmp`) and the call returns once its agent answers again.
+    pub fn reset(&mut self) -> Result<(), VmError> {
+        let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
+        let r = self.running("reset", VmState::Booted)?.reset(timeout);
+        r.map_err(|source| VmError::Launch { vm: self.name.clone(), source })
+    }
+
+    /// Presses the ACPI power button; the guest shuts down gracefully and the
+    /// VM ends in `shutdown`.
+    pub fn power_button(&mut self) -> Result<(), VmError> {
+        let r = self.running("power_button", VmState::Booted)?.power_button(Duration::from_secs(60));
+        let powered_off = r.map_err(|e| self.qmp_failed("power_button", e))?;
+        self.shutdown();
+        if powered_off {
+            Ok(())
+        } else {
+            Err(VmError::PowerButtonIgnored { vm: self.name.clone() })
+        }
     }
 
     /// The QEMU process id while the VM runs.

@@ -6,6 +6,7 @@
 //! (`provium`), [`vm_ud`] (VM objects), [`result_ud`] (RunResult), [`opts`]
 //! (option tables), [`errors`] (error text).
 
+pub mod clock_ud;
 pub mod console_ud;
 pub mod errors;
 pub mod file_ud;

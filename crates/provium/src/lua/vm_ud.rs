@@ -104,6 +104,12 @@ impl UserData for VmUd {
             let r = this.lock().resources();
             Ok(r.count(Class::Stream) == 0 && r.count(Class::File) == 0)
         });
+        methods.add_method("cid", |_, this, ()| Ok(this.lock().cid()));
+        methods.add_method("pause", |lua, this, ()| this.lock().pause().lua(lua));
+        methods.add_method("resume", |lua, this, ()| this.lock().resume().lua(lua));
+        methods.add_method("reset", |lua, this, ()| this.lock().reset().lua(lua));
+        methods.add_method("power_button", |lua, this, ()| this.lock().power_button().lua(lua));
+        methods.add_method("clock", |_, this, ()| Ok(super::clock_ud::ClockUd(this.0.clone())));
         super::vm_streams::add_methods(methods);
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);

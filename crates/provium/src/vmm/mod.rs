@@ -20,6 +20,12 @@ pub use argv::{Accel, LaunchSpec, VmPaths};
 use process::{QemuProcess, SpawnError};
 use qmp::{Qmp, QmpError};
 
+/// Transport ids start at 3, like vsock guest CIDs.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(3);
+
+/// How long a QMP command may take.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How much of the console log error messages quote.
 pub const CONSOLE_TAIL_BYTES: usize = 4096;
 
@@ -52,6 +58,8 @@ pub struct Instance {
     pub paths: VmPaths,
     /// Spawn → agent handshake.
     pub boot_time: Duration,
+    /// The transport id: unique among this process's VM instances.
+    pub id: u64,
     scratch: ScratchDir,
 }
 
@@ -128,7 +136,8 @@ impl Instance {
         };
         let boot_time = start.elapsed();
         tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
-        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, scratch })
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch })
     }
 
     /// Drops the agent connection and opens a new one with a fresh Hello
@@ -142,6 +151,42 @@ impl Instance {
         self.hello = agent.handshake(timeout, &alive).map_err(LaunchError::Agent)?;
         self.agent = agent;
         Ok(())
+    }
+
+    /// Freezes the vCPUs (QMP `stop`).
+    pub fn pause(&self) -> Result<(), QmpError> {
+        self.qmp.execute("stop", None, QMP_TIMEOUT).map(drop)
+    }
+
+    /// Thaws the vCPUs (QMP `cont`).
+    pub fn resume(&self) -> Result<(), QmpError> {
+        self.qmp.execute("cont", None, QMP_TIMEOUT).map(drop)
+    }
+
+    /// Warm reboot (QMP `system_reset`); returns once the agent of the new
+    /// boot has said Hello.
+    pub fn reset(&mut self, agent_timeout: Duration) -> Result<(), LaunchError> {
+        // QEMU runs with -no-reboot so that a guest that panics or reboots
+        // ends instead of looping; for a reset asked by the host, reset.
+        let action = |reboot: &str| serde_json::json!({ "reboot": reboot });
+        self.qmp.execute("set-action", Some(action("reset")), QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+        let mark = self.qmp.mark();
+        let reset = self.qmp.execute("system_reset", None, QMP_TIMEOUT);
+        // Only after the reset has happened may a Hello reach the new agent.
+        let happened = self.qmp.wait_event("RESET", mark, QMP_TIMEOUT).is_some();
+        self.qmp.execute("set-action", Some(action("shutdown")), QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+        reset.map_err(LaunchError::Qmp)?;
+        if !happened {
+            return Err(LaunchError::Qmp(QmpError::Timeout("system_reset (RESET event)".into(), QMP_TIMEOUT)));
+        }
+        self.reconnect_agent(agent_timeout)
+    }
+
+    /// Presses the ACPI power button and waits up to `timeout` for the guest
+    /// to power off (QEMU exits). Returns whether it did.
+    pub fn power_button(&mut self, timeout: Duration) -> Result<bool, QmpError> {
+        self.qmp.execute("system_powerdown", None, QMP_TIMEOUT)?;
+        Ok(self.qemu.wait_exit(timeout))
     }
 
     /// The last bytes of the console log.

@@ -1,0 +1,82 @@
+//! The ACPI power button, for the agent acting as init: watches every input
+//! device for `KEY_POWER` and powers the guest off cleanly (sync, then
+//! `reboot(POWER_OFF)`), the way an init system would. When the image has
+//! its own init, that init handles the button and this is not started.
+
+use std::io::Read;
+use std::time::Duration;
+
+const EV_KEY: u16 = 1;
+const KEY_POWER: u16 = 116;
+/// `struct input_event` on 64-bit: timeval (16) + type (2) + code (2) + value (4).
+const EVENT_SIZE: usize = 24;
+
+/// Whether one raw `input_event` is the power key going down.
+fn is_power_press(ev: &[u8]) -> bool {
+    let ty = u16::from_ne_bytes([ev[16], ev[17]]);
+    let code = u16::from_ne_bytes([ev[18], ev[19]]);
+    let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+    ty == EV_KEY && code == KEY_POWER && value == 1
+}
+
+fn watch(mut dev: std::fs::File) {
+    let mut ev = [0u8; EVENT_SIZE];
+    while dev.read_exact(&mut ev).is_ok() {
+        if is_power_press(&ev) {
+            crate::log::warn("power button pressed; powering off");
+            // SAFETY: sync and reboot have no memory-safety preconditions.
+            unsafe {
+                libc::sync();
+                libc::reboot(libc::RB_POWER_OFF);
+            }
+        }
+    }
+}
+
+/// Starts one watcher thread per input device. The devices are opened
+/// before the agent starts serving, so a press right after boot is seen
+/// (the ACPI button exists once the `button` and `evdev` modules loaded;
+/// its device node may take a moment to appear).
+pub fn start() {
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        let devices: Vec<std::path::PathBuf> = std::fs::read_dir("/dev/input")
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("event"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !devices.is_empty() || std::time::Instant::now() >= deadline {
+            for path in devices {
+                if let Ok(dev) = std::fs::File::open(&path) {
+                    std::thread::spawn(move || watch(dev));
+                }
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(ty: u16, code: u16, value: i32) -> [u8; EVENT_SIZE] {
+        let mut ev = [0u8; EVENT_SIZE];
+        ev[16..18].copy_from_slice(&ty.to_ne_bytes());
+        ev[18..20].copy_from_slice(&code.to_ne_bytes());
+        ev[20..24].copy_from_slice(&value.to_ne_bytes());
+        ev
+    }
+
+    #[test]
+    fn only_the_power_key_going_down_counts() {
+        assert!(is_power_press(&event(EV_KEY, KEY_POWER, 1)));
+        assert!(!is_power_press(&event(EV_KEY, KEY_POWER, 0)));
+        assert!(!is_power_press(&event(EV_KEY, 30, 1)));
+        assert!(!is_power_press(&event(0, KEY_POWER, 1)));
+    }
+}
