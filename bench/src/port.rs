@@ -80,10 +80,26 @@ fn read_stamp(a: &AgentClient, what: &str) -> Result<i64, BenchError> {
     })
 }
 
+/// The guest kernel's clocksource. On `jiffies`/`refined-jiffies` (the
+/// kernel gave up on the TSC) guest stamps have tick resolution and drift,
+/// so the latency cannot be trusted.
+fn clocksource(a: &AgentClient) -> Result<String, BenchError> {
+    const CS: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+    let text = agent_step(format!("read {CS}"), a.read_file(CS))?;
+    Ok(String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// Kernel messages about clocksources and the TSC, for the progress log.
+fn clock_messages(a: &AgentClient) -> String {
+    let req = sh("dmesg | grep -i -E 'clocksource|tsc|watchdog|skew' | tail -6".into());
+    a.exec(req, b"").map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
 /// `trials` port-open → `wait_port` return latencies on a booted VM, the
 /// exec gap, and `wait_port` on a port already open; `ping_median_ms` is
 /// the baseline measured in the same run.
 pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<PortLatency, BenchError> {
+    let clocksource_before = clocksource(a)?;
     // The exec gap: stamp, exit, exec of the next busybox applet, stamp.
     let mut gap = Vec::with_capacity(trials);
     for _ in 0..trials {
@@ -123,6 +139,14 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
         uncertainty.push(unc as f64 / 1e6);
         offsets.push(offset as f64 / 1e6);
     }
+    let clocksource_after = clocksource(a)?;
+    let clock_ok = [&clocksource_before, &clocksource_after].iter().all(|c| !c.contains("jiffies"));
+    if !clock_ok || clocksource_before != clocksource_after {
+        eprintln!(
+            "port latency: WARNING: guest clocksource {clocksource_before} → {clocksource_after}; kernel says:\n{}",
+            clock_messages(a)
+        );
+    }
     let latency = Summary::of_ms(&latency).expect("trials >= 1");
     let gap = Summary::of_ms(&gap).expect("trials >= 1");
     let uncertainty = Summary::of_ms(&uncertainty).expect("trials >= 1");
@@ -144,6 +168,8 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
         already_open: Summary::of(&immediate).expect("trials >= 1"),
         offset_uncertainty: uncertainty,
         offset_drift_ms: drift,
+        clocksource: format!("{clocksource_before} → {clocksource_after}"),
+        clock_ok,
         agent_poll_ms: AGENT_POLL_MS,
         ping_median_ms,
         latency_over_ping: latency.median_ms / ping_median_ms,

@@ -114,6 +114,11 @@ pub struct PortLatency {
     pub offset_uncertainty: Summary,
     /// Spread (max − min) of the per-trial guest − host clock offsets.
     pub offset_drift_ms: f64,
+    /// The guest's clocksource before → after the trials.
+    pub clocksource: String,
+    /// False when the guest ran on a jiffies clocksource: stamps then have
+    /// tick resolution and drift, and the latency is not trustworthy.
+    pub clock_ok: bool,
     /// The agent checks `/proc/net/tcp{,6}` this often.
     pub agent_poll_ms: f64,
     /// The baseline: median agent ping of this run.
@@ -265,9 +270,12 @@ impl Report {
                 format!("{} median, {} p90", secs(p.latency.median_ms), secs(p.latency.p90_ms)),
                 format!(
                     "guest `nc -l` on a fresh port (stamped by adjtimex just before its exec) → host wait_port \
-                     returns, {} trials; clock offset ±{} (median)",
+                     returns, {} trials; clock offset ±{} (median), drift {} over the trials; guest clocksource {}{}",
                     p.trials,
-                    secs(p.offset_uncertainty.median_ms)
+                    secs(p.offset_uncertainty.median_ms),
+                    secs(p.offset_drift_ms),
+                    p.clocksource,
+                    if p.clock_ok { "" } else { " — UNRELIABLE (jiffies resolution)" }
                 ),
             ),
             (

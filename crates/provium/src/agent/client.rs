@@ -61,13 +61,7 @@ impl AgentClient {
     /// Connects to QEMU's socket for the agent port, retrying until
     /// `deadline` while QEMU creates it.
     pub fn connect(path: &Path, deadline: Instant) -> Result<AgentClient, AgentError> {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => return Err(AgentError::Connect(e)),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        };
+        let stream = crate::vmm::connect_when_ready(path, deadline).map_err(AgentError::Connect)?;
         let reader = stream.try_clone().map_err(AgentError::Connect)?;
         let client = AgentClient {
             writer: Arc::new(Mutex::new(stream)),

@@ -63,6 +63,21 @@ pub struct Instance {
     scratch: ScratchDir,
 }
 
+/// Connects to a Unix socket QEMU is about to create, retrying until
+/// `deadline`.
+pub fn connect_when_ready(
+    path: &std::path::Path,
+    deadline: Instant,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    loop {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
 /// Formats the console tail for an error message ("" when empty).
 pub fn format_console(tail: &str) -> String {
     if tail.trim().is_empty() {

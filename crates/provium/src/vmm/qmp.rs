@@ -59,15 +59,8 @@ impl Qmp {
     /// Connects (retrying until `deadline` while QEMU creates the socket) and
     /// negotiates capabilities.
     pub fn connect(path: &Path, deadline: Instant) -> Result<Qmp, QmpError> {
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(source) if Instant::now() >= deadline => {
-                    return Err(QmpError::Connect { path: path.display().to_string(), source })
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        };
+        let stream = super::connect_when_ready(path, deadline)
+            .map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
         let reader =
             stream.try_clone().map_err(|source| QmpError::Connect { path: path.display().to_string(), source })?;
         let shared: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
