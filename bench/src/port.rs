@@ -83,10 +83,18 @@ fn read_stamp(a: &AgentClient, what: &str) -> Result<i64, BenchError> {
 /// The guest kernel's clocksource. On `jiffies`/`refined-jiffies` (the
 /// kernel gave up on the TSC) guest stamps have tick resolution and drift,
 /// so the latency cannot be trusted.
-fn clocksource(a: &AgentClient) -> Result<String, BenchError> {
+pub fn clocksource(a: &AgentClient) -> Result<String, BenchError> {
     const CS: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
     let text = agent_step(format!("read {CS}"), a.read_file(CS))?;
     Ok(String::from_utf8_lossy(&text).trim().to_string())
+}
+
+/// The host's 1-minute load average and how many QEMUs other than ours
+/// run: the port latency depends on how promptly QEMU's vCPU gets a core.
+fn host_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").ok();
+    let load = load.as_deref().and_then(|l| l.split_whitespace().next()).unwrap_or("?").to_string();
+    format!("load {load}, {} other QEMUs", crate::measure::leftover_qemu().others.len())
 }
 
 /// Kernel messages about clocksources and the TSC, for the progress log.
@@ -100,6 +108,7 @@ fn clock_messages(a: &AgentClient) -> String {
 /// the baseline measured in the same run.
 pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<PortLatency, BenchError> {
     let clocksource_before = clocksource(a)?;
+    let load_before = host_load();
     // The exec gap: stamp, exit, exec of the next busybox applet, stamp.
     let mut gap = Vec::with_capacity(trials);
     for _ in 0..trials {
@@ -140,6 +149,7 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
         offsets.push(offset as f64 / 1e6);
     }
     let clocksource_after = clocksource(a)?;
+    let host = format!("{load_before} → {}", host_load());
     let clock_ok = [&clocksource_before, &clocksource_after].iter().all(|c| !c.contains("jiffies"));
     if !clock_ok || clocksource_before != clocksource_after {
         eprintln!(
@@ -147,6 +157,7 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
             clock_messages(a)
         );
     }
+    let samples = latency.clone();
     let latency = Summary::of_ms(&latency).expect("trials >= 1");
     let gap = Summary::of_ms(&gap).expect("trials >= 1");
     let uncertainty = Summary::of_ms(&uncertainty).expect("trials >= 1");
@@ -163,6 +174,7 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
         trials,
         timestamp: "busybox adjtimex (guest CLOCK_REALTIME, 1 µs resolution); busybox date has no %N",
         latency,
+        latency_samples_ms: samples,
         exec_gap: gap,
         latency_minus_gap_ms: latency.median_ms - gap.median_ms,
         already_open: Summary::of(&immediate).expect("trials >= 1"),
@@ -170,6 +182,9 @@ pub fn measure(a: &AgentClient, trials: usize, ping_median_ms: f64) -> Result<Po
         offset_drift_ms: drift,
         clocksource: format!("{clocksource_before} → {clocksource_after}"),
         clock_ok,
+        host_load: host,
+        vm: String::new(),
+        vms_tried: 1,
         agent_poll_ms: AGENT_POLL_MS,
         ping_median_ms,
         latency_over_ping: latency.median_ms / ping_median_ms,

@@ -103,6 +103,8 @@ pub struct PortLatency {
     pub timestamp: &'static str,
     /// Guest stamp → host `wait_port` return.
     pub latency: Summary,
+    /// Every trial's latency, in trial order.
+    pub latency_samples_ms: Vec<f64>,
     /// Stamp → stamp of the next exec'd busybox applet: how far the stamp
     /// precedes `listen()` (so `latency` overstates by about this much).
     pub exec_gap: Summary,
@@ -119,6 +121,12 @@ pub struct PortLatency {
     /// False when the guest ran on a jiffies clocksource: stamps then have
     /// tick resolution and drift, and the latency is not trustworthy.
     pub clock_ok: bool,
+    /// Host 1-minute load and other users' QEMUs, before → after the trials.
+    pub host_load: String,
+    /// The VM the trials ran on (`warm`, or `port-N` when an earlier VM's
+    /// guest had fallen back to a jiffies clocksource).
+    pub vm: String,
+    pub vms_tried: usize,
     /// The agent checks `/proc/net/tcp{,6}` this often.
     pub agent_poll_ms: f64,
     /// The baseline: median agent ping of this run.
@@ -270,12 +278,15 @@ impl Report {
                 format!("{} median, {} p90", secs(p.latency.median_ms), secs(p.latency.p90_ms)),
                 format!(
                     "guest `nc -l` on a fresh port (stamped by adjtimex just before its exec) → host wait_port \
-                     returns, {} trials; clock offset ±{} (median), drift {} over the trials; guest clocksource {}{}",
+                     returns, {} trials on `{}`; clock offset ±{} (median), drift {} over the trials; guest \
+                     clocksource {}{}; host {}",
                     p.trials,
+                    p.vm,
                     secs(p.offset_uncertainty.median_ms),
                     secs(p.offset_drift_ms),
                     p.clocksource,
-                    if p.clock_ok { "" } else { " — UNRELIABLE (jiffies resolution)" }
+                    if p.clock_ok { "" } else { " — UNRELIABLE (jiffies resolution)" },
+                    p.host_load
                 ),
             ),
             (

@@ -78,9 +78,12 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The default guest's kernel command line.
+/// The default guest's kernel command line. `tsc=reliable`: under load on
+/// an emulated CPU the clocksource watchdog otherwise declares the TSC
+/// unstable and the guest falls back to jiffies (4 ms steps).
 pub fn default_cmdline() -> String {
-    let mut c = String::from("console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on");
+    let mut c =
+        String::from("console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on tsc=reliable");
     if let Some(khz) = host_tsc_khz() {
         c.push_str(&format!(" tsc_early_khz={khz}"));
     }
