@@ -61,6 +61,11 @@ pub struct BootOpts {
     pub cpus: Option<u32>,
     pub kernel_cmdline: Option<String>,
     pub agent_timeout: Option<Duration>,
+    pub rng_seed: Option<u64>,
+    /// Epoch seconds the guest's wall clock starts at.
+    pub initial_time: Option<f64>,
+    /// Files put into the initramfs before init runs: (path, content, mode).
+    pub files: Option<Vec<(String, Vec<u8>, u32)>>,
 }
 
 impl BootOpts {
@@ -71,11 +76,23 @@ impl BootOpts {
             cpus: self.cpus.or(base.cpus),
             kernel_cmdline: self.kernel_cmdline.clone().or_else(|| base.kernel_cmdline.clone()),
             agent_timeout: self.agent_timeout.or(base.agent_timeout),
+            rng_seed: self.rng_seed.or(base.rng_seed),
+            initial_time: self.initial_time.or(base.initial_time),
+            files: self.files.clone().or_else(|| base.files.clone()),
         }
     }
 }
 
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+/// A newc archive of boot-option files (parents created 0755).
+fn files_cpio(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
+    let mut w = crate::guest::CpioWriter::new();
+    for (path, content, mode) in files {
+        w.file(path, *mode, content);
+    }
+    w.finish()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -270,17 +287,24 @@ impl Vm {
         let image =
             self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
         let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
+        // With a seeded hwrng, keep the kernel's hwrng thread from reading
+        // it in the background, so what a test reads is the same each boot.
+        let extra_cmdline: Vec<String> =
+            opts.rng_seed.map(|_| "rng_core.default_quality=0".to_string()).into_iter().collect();
         let spec = LaunchSpec {
             accel: self.accel,
             memory_mib: opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20),
             cpus: opts.cpus.unwrap_or(1),
             kernel: image.kernel,
             initrd: image.initrd,
-            cmdline: argv::kernel_cmdline(&base, image.inject_agent, &[]),
+            cmdline: argv::kernel_cmdline(&base, image.inject_agent, &extra_cmdline),
             scratch: Default::default(),
+            rng_seed: opts.rng_seed,
+            initial_time: opts.initial_time.map(|t| t.floor() as i64),
         };
+        let files = opts.files.as_ref().map(|f| files_cpio(f));
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
-        let inst = Instance::launch(&self.name, spec, timeout)
+        let inst = Instance::launch(&self.name, spec, files, timeout)
             .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
         self.kill_switch.arm(inst.qemu.pid());
         self.last_boot = Some((Duration::from_millis(inst.hello.agent_start_uptime_ms), inst.boot_time));

@@ -57,7 +57,30 @@ pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
     }
 }
 
-const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout"];
+const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files"];
+
+/// `files = {{path=, content=, mode=}, …}`: absolute paths without `.`/`..`.
+fn boot_files(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<(String, Vec<u8>, u32)>> {
+    let mut out = Vec::new();
+    for entry in t.clone().sequence_values::<Table>() {
+        let e = entry.map_err(|_| raise(lua, format!("{what}: files must be a list of {{path, content[, mode]}}")))?;
+        check_keys(lua, &format!("{what}: files"), &e, &["path", "content", "mode"])?;
+        let path: String = e
+            .get::<Option<String>>("path")?
+            .ok_or_else(|| raise(lua, format!("{what}: files: entry without `path`")))?;
+        let bad = path.is_empty() || !path.starts_with('/') || path.split('/').any(|c| c == "." || c == "..");
+        if bad {
+            return Err(raise(lua, format!("{what}: files: path `{path}` must be absolute, without `.` or `..`")));
+        }
+        let content = e.get::<Option<mlua::String>>("content")?.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
+        let mode = e.get::<Option<u32>>("mode")?.unwrap_or(0o644);
+        if mode > 0o7777 {
+            return Err(raise(lua, format!("{what}: files: mode of `{path}` must be at most 0o7777 (4095)")));
+        }
+        out.push((path, content, mode));
+    }
+    Ok(out)
+}
 
 /// Parses boot options (`provium:vm(n, p, opts)` and `vm:boot(opts)`).
 pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOpts> {
@@ -78,6 +101,28 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
     o.kernel_cmdline = t.get::<Option<String>>("kernel_cmdline")?;
     if let Some(v) = t.get::<Option<Value>>("agent_timeout")? {
         o.agent_timeout = Some(duration(lua, &format!("{what}: agent_timeout"), &v)?);
+    }
+    if let Some(v) = t.get::<Option<Value>>("rng_seed")? {
+        match v {
+            Value::Integer(n) => o.rng_seed = Some(n as u64),
+            other => return Err(raise(lua, format!("{what}: rng_seed must be an integer, got {}", other.type_name()))),
+        }
+    }
+    if let Some(v) = t.get::<Option<Value>>("initial_time")? {
+        let secs = match v {
+            Value::Integer(n) => n as f64,
+            Value::Number(f) if f.is_finite() => f,
+            _ => {
+                return Err(raise(
+                    lua,
+                    format!("{what}: initial_time must be a finite number of seconds since the epoch"),
+                ))
+            }
+        };
+        o.initial_time = Some(secs);
+    }
+    if let Some(files) = t.get::<Option<Table>>("files")? {
+        o.files = Some(boot_files(lua, what, &files)?);
     }
     Ok(o)
 }

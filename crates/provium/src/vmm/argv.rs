@@ -31,6 +31,10 @@ pub struct LaunchSpec {
     pub cmdline: String,
     /// Directory holding the sockets and the console log.
     pub scratch: PathBuf,
+    /// Seeds QEMU's randomness and adds a virtio-rng device fed from it.
+    pub rng_seed: Option<u64>,
+    /// The guest's RTC (and so its wall clock) starts here (epoch seconds).
+    pub initial_time: Option<i64>,
 }
 
 /// The sockets and logs of one VM inside its scratch directory.
@@ -116,6 +120,39 @@ pub fn qmp_args(p: &VmPaths) -> Vec<String> {
     vec![s("-qmp"), format!("unix:{},server=on,wait=off", path(&p.qmp))]
 }
 
+/// A seeded virtio-rng: `/dev/hwrng` yields the same bytes for the same seed.
+pub fn rng_args(seed: u64) -> Vec<String> {
+    vec![
+        s("-seed"),
+        seed.to_string(),
+        s("-object"),
+        s("rng-builtin,id=rng0"),
+        s("-device"),
+        s("virtio-rng-device,rng=rng0"),
+    ]
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for epoch seconds.
+pub fn iso8601(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The guest's clock starts at `secs` and runs with the VM (not the host).
+pub fn rtc_args(secs: i64) -> Vec<String> {
+    vec![s("-rtc"), format!("base={},clock=vm", iso8601(secs))]
+}
+
 /// The whole command line (without the program name).
 pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     let paths = VmPaths::in_dir(&spec.scratch);
@@ -127,6 +164,12 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     v.extend(console_args(&paths));
     v.extend(agent_args(&paths));
     v.extend(qmp_args(&paths));
+    if let Some(seed) = spec.rng_seed {
+        v.extend(rng_args(seed));
+    }
+    if let Some(t) = spec.initial_time {
+        v.extend(rtc_args(t));
+    }
     v
 }
 
@@ -158,12 +201,39 @@ mod tests {
             initrd: PathBuf::from("/cache/initrd.cpio"),
             cmdline: s("console=ttyS0 quiet"),
             scratch: PathBuf::from("/tmp/provium-0/1-1-a"),
+            rng_seed: None,
+            initial_time: None,
         }
     }
 
     #[test]
     fn tcg_launch_argv() {
         insta::assert_snapshot!(launch_argv(&spec()).join("\n"));
+    }
+
+    #[test]
+    fn determinism_knobs() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00");
+        assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00");
+        let mut sp = spec();
+        sp.rng_seed = Some(42);
+        sp.initial_time = Some(1_700_000_000);
+        let v = launch_argv(&sp);
+        let tail = &v[v.len() - 8..];
+        assert_eq!(
+            tail,
+            [
+                "-seed",
+                "42",
+                "-object",
+                "rng-builtin,id=rng0",
+                "-device",
+                "virtio-rng-device,rng=rng0",
+                "-rtc",
+                "base=2023-11-14T22:13:20,clock=vm"
+            ]
+        );
     }
 
     #[test]

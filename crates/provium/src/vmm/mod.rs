@@ -33,6 +33,8 @@ pub const CONSOLE_TAIL_BYTES: usize = 4096;
 pub enum LaunchError {
     #[error("cannot create a scratch directory")]
     Scratch(#[source] std::io::Error),
+    #[error("cannot add the boot option `files` to the initramfs")]
+    Files(#[source] std::io::Error),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
     #[error("QEMU exited during boot ({status}){stderr}{console}")]
@@ -101,9 +103,24 @@ pub fn tail_of(path: &std::path::Path, max: usize) -> String {
 
 impl Instance {
     /// Launches QEMU and waits for the agent's handshake.
-    pub fn launch(label: &str, mut spec: LaunchSpec, agent_timeout: Duration) -> Result<Instance, LaunchError> {
+    /// `files` is a newc archive appended to the initrd for this boot.
+    pub fn launch(
+        label: &str,
+        mut spec: LaunchSpec,
+        files: Option<Vec<u8>>,
+        agent_timeout: Duration,
+    ) -> Result<Instance, LaunchError> {
         let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
         spec.scratch = scratch.path().to_path_buf();
+        if let Some(files) = files {
+            let mut initrd = std::fs::read(&spec.initrd).map_err(LaunchError::Files)?;
+            crate::guest::pad_to_page(&mut initrd);
+            initrd.extend(files);
+            crate::guest::pad_to_page(&mut initrd);
+            let merged = scratch.path().join("initrd-with-files.cpio");
+            std::fs::write(&merged, initrd).map_err(LaunchError::Files)?;
+            spec.initrd = merged;
+        }
         let paths = VmPaths::in_dir(scratch.path());
         let argv = argv::launch_argv(&spec);
         tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
