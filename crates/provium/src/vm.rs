@@ -307,6 +307,15 @@ impl Vm {
         let inst = Instance::launch(&self.name, spec, files, timeout)
             .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
         self.kill_switch.arm(inst.qemu.pid());
+        if let Some(t) = opts.initial_time {
+            // The RTC started at `t` when QEMU did; set it again now so the
+            // clock reads `t` when boot() returns, however long boot took.
+            let ns = (t * 1e9).round() as i64;
+            if let Err(e) = inst.agent.set_time(ns) {
+                inst.stop();
+                return Err(VmError::Agent { vm: self.name.clone(), op: "boot (initial_time)", source: e });
+            }
+        }
         self.last_boot = Some((Duration::from_millis(inst.hello.agent_start_uptime_ms), inst.boot_time));
         self.instance = Some(inst);
         self.state = VmState::Booted;

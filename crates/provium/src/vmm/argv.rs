@@ -120,16 +120,38 @@ pub fn qmp_args(p: &VmPaths) -> Vec<String> {
     vec![s("-qmp"), format!("unix:{},server=on,wait=off", path(&p.qmp))]
 }
 
-/// A seeded virtio-rng: `/dev/hwrng` yields the same bytes for the same seed.
-pub fn rng_args(seed: u64) -> Vec<String> {
+/// The file (in the scratch directory) a seeded virtio-rng reads from.
+pub const RNG_FILE: &str = "rng.bin";
+
+/// A seeded virtio-rng: `/dev/hwrng` reads [`RNG_FILE`], whose bytes come
+/// from the seed, so the same seed gives the same bytes whatever else QEMU
+/// does; `-seed` makes QEMU's own guest-visible randomness repeat too.
+pub fn rng_args(seed: u64, scratch: &Path) -> Vec<String> {
     vec![
         s("-seed"),
         seed.to_string(),
         s("-object"),
-        s("rng-builtin,id=rng0"),
+        format!("rng-random,id=rng0,filename={}", path(&scratch.join(RNG_FILE))),
         s("-device"),
         s("virtio-rng-device,rng=rng0"),
     ]
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*; not cryptographic).
+pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    if x == 0 {
+        x = 1;
+    }
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for epoch seconds.
@@ -165,7 +187,7 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     v.extend(agent_args(&paths));
     v.extend(qmp_args(&paths));
     if let Some(seed) = spec.rng_seed {
-        v.extend(rng_args(seed));
+        v.extend(rng_args(seed, &spec.scratch));
     }
     if let Some(t) = spec.initial_time {
         v.extend(rtc_args(t));
@@ -216,6 +238,8 @@ mod tests {
         assert_eq!(iso8601(0), "1970-01-01T00:00:00");
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20");
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(seeded_bytes(42, 100), seeded_bytes(42, 100));
+        assert_ne!(seeded_bytes(42, 100), seeded_bytes(43, 100));
         let mut sp = spec();
         sp.rng_seed = Some(42);
         sp.initial_time = Some(1_700_000_000);
@@ -227,7 +251,7 @@ mod tests {
                 "-seed",
                 "42",
                 "-object",
-                "rng-builtin,id=rng0",
+                "rng-random,id=rng0,filename=/tmp/provium-0/1-1-a/rng.bin",
                 "-device",
                 "virtio-rng-device,rng=rng0",
                 "-rtc",

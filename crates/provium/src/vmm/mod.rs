@@ -112,6 +112,11 @@ impl Instance {
     ) -> Result<Instance, LaunchError> {
         let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
         spec.scratch = scratch.path().to_path_buf();
+        if let Some(seed) = spec.rng_seed {
+            // 8 MiB: far more than a guest reads from its hwrng in a test.
+            std::fs::write(scratch.path().join(argv::RNG_FILE), argv::seeded_bytes(seed, 8 << 20))
+                .map_err(LaunchError::Scratch)?;
+        }
         if let Some(files) = files {
             let mut initrd = std::fs::read(&spec.initrd).map_err(LaunchError::Files)?;
             crate::guest::pad_to_page(&mut initrd);
