@@ -289,18 +289,9 @@ fn file_io(vm: &mut Vm, bytes: usize) -> Result<FileIo, BenchError> {
     })
 }
 
-/// Incompressible, reproducible bytes (xorshift64*).
+/// Incompressible, reproducible bytes: provium's seeded generator, seed 0.
 pub fn pseudo_random(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(n);
-    out
+    provium::vmm::argv::seeded_bytes(0, n)
 }
 
 /// A `kB` field (`VmRSS`, `RssAnon`) of `/proc/<pid>/status`.

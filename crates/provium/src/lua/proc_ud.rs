@@ -9,13 +9,11 @@ use std::time::Duration;
 use mlua::{Lua, UserData, UserDataMethods, Value};
 use provium_protocol::{ExecOutput, ExitStatus, ProcState, StreamSource};
 
-use super::errors::{creation_site, raise, LuaResultExt};
+use super::errors::{raise, LuaResultExt};
 use super::opts;
 use super::result_ud::RunResult;
 use super::stream_ud::StreamUd;
 use super::vm_ud::VmRef;
-use crate::agent::DEFAULT_WINDOW;
-use crate::resources::Class;
 use crate::vm::VmError;
 
 /// How long `close()` lets a process react to SIGTERM before SIGKILL.
@@ -155,13 +153,7 @@ impl ProcUd {
         };
         let source = if stdout { StreamSource::Stdout { handle } } else { StreamSource::Stderr { handle } };
         let kind = if stdout { "proc_stdout_stream" } else { "proc_stderr_stream" };
-        let mut guard = vm.lock().unwrap_or_else(|e| e.into_inner());
-        let s = guard.with_agent(kind, |a| a.open_stream(source, DEFAULT_WINDOW)).lua(lua)?;
-        let reg = guard.resources().register(Class::Stream, kind, &handle.to_string(), creation_site(lua));
-        drop(guard);
-        let ud = StreamUd::new(Box::new(s), "stream closed", creation_site(lua), reg);
-        super::lab_ud::track(lua, super::lab_ud::Resource::Stream(ud.clone()));
-        Ok(ud)
+        super::vm_streams::open_stream(lua, &vm, kind, &handle.to_string(), source)
     }
 }
 
