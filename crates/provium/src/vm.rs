@@ -20,6 +20,7 @@ use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpErrorKind}
 use crate::agent::{AgentClient, AgentError};
 use crate::image::{ImageError, Images};
 use crate::resources::Registry;
+use crate::vmm::snapshot::{self as snapfile, SaveError, SnapshotFileError, SnapshotMeta};
 use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,10 @@ impl BootOpts {
 
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
+fn spec_memory_mib(opts: &BootOpts) -> u64 {
+    opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20)
+}
+
 /// A newc archive of boot-option files (parents created 0755).
 fn files_cpio(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
     let mut w = crate::guest::CpioWriter::new();
@@ -133,6 +138,26 @@ pub enum VmError {
     TimedOut { vm: String, op: &'static str, message: String },
     #[error("vm `{vm}` died during {op}: {why}{console}")]
     Died { vm: String, op: &'static str, why: String, console: String },
+    #[error(
+        "vm:snapshot() failed for `{vm}`: {files} open file handle(s), {streams} open stream(s)\n{}\n  Close \
+         streams and files before snapshotting.",
+        list.iter().map(|l| format!("  - {l}")).collect::<Vec<_>>().join("\n")
+    )]
+    NotQuiescent { vm: String, files: usize, streams: usize, list: Vec<String> },
+    #[error("vm `{vm}`: snapshot failed")]
+    Save {
+        vm: String,
+        #[source]
+        source: SaveError,
+    },
+    #[error("vm `{vm}`: cannot restore")]
+    SnapshotFile {
+        vm: String,
+        #[source]
+        source: SnapshotFileError,
+    },
+    #[error("vm `{vm}`: cannot restore `{path}`: it was saved under {saved}, and this run uses {here}")]
+    AccelMismatch { vm: String, path: String, saved: String, here: String },
 }
 
 /// A handle the watchdog can use to kill a VM's QEMU without taking the
@@ -171,6 +196,8 @@ pub struct Vm {
     last_console: String,
     kill_switch: KillSwitch,
     resources: Arc<Registry>,
+    /// What the running guest was started with, which a snapshot records.
+    running_as: Option<SnapshotMeta>,
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
@@ -189,6 +216,7 @@ impl Vm {
             last_console: String::new(),
             kill_switch: KillSwitch::default(),
             resources: Arc::default(),
+            running_as: None,
             last_boot: None,
         }
     }
@@ -293,8 +321,9 @@ impl Vm {
             opts.rng_seed.map(|_| "rng_core.default_quality=0".to_string()).into_iter().collect();
         let spec = LaunchSpec {
             accel: self.accel,
-            memory_mib: opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20),
+            memory_mib: spec_memory_mib(&opts),
             cpus: opts.cpus.unwrap_or(1),
+            incoming: false,
             kernel: image.kernel,
             initrd: image.initrd,
             cmdline: argv::kernel_cmdline(&base, image.inject_agent, &extra_cmdline),
@@ -317,6 +346,86 @@ impl Vm {
             }
         }
         self.last_boot = Some((Duration::from_millis(inst.hello.agent_start_uptime_ms), inst.boot_time));
+        self.running_as = Some(SnapshotMeta {
+            format: snapfile::FORMAT,
+            protocol: provium_protocol::PROTOCOL_VERSION,
+            profile: self.profile.clone(),
+            accel: self.accel.as_str().to_string(),
+            memory_mib: spec_memory_mib(&opts),
+            cpus: opts.cpus.unwrap_or(1),
+            rng_seed: opts.rng_seed,
+            initial_time: opts.initial_time,
+        });
+        self.instance = Some(inst);
+        self.state = VmState::Booted;
+        Ok(())
+    }
+
+    /// Saves the running (or paused) guest into `path` and returns the
+    /// file's size. Refuses while streams or file handles are open: their
+    /// host ends would not survive a restore.
+    pub fn snapshot(&mut self, path: &std::path::Path) -> Result<u64, VmError> {
+        if !matches!(self.state, VmState::Booted | VmState::Paused) {
+            return Err(self.wrong_state("snapshot"));
+        }
+        let (files, streams) =
+            (self.resources.count(crate::resources::Class::File), self.resources.count(crate::resources::Class::Stream));
+        if files + streams > 0 {
+            return Err(VmError::NotQuiescent { vm: self.name.clone(), files, streams, list: self.resources.describe() });
+        }
+        let meta = self.running_as.clone().expect("a booted VM records how it runs");
+        let inst = self.instance.as_ref().expect("a booted VM has an instance");
+        inst.save(path, &meta).map_err(|source| VmError::Save { vm: self.name.clone(), source })
+    }
+
+    /// Starts this VM from a snapshot file. The VM must be created or shut
+    /// down; it ends booted, with the guest as it was saved (its clock set
+    /// to the host's, unless it booted with `initial_time`).
+    pub fn restore(&mut self, path: &std::path::Path) -> Result<(), VmError> {
+        if !matches!(self.state, VmState::Created | VmState::Shutdown) {
+            return Err(VmError::WrongState {
+                vm: self.name.clone(),
+                action: "restore",
+                reason: "restore needs a created or shut down VM; call vm:shutdown() first",
+            });
+        }
+        let meta = snapfile::read_header(path)
+            .map_err(|source| VmError::SnapshotFile { vm: self.name.clone(), source })?;
+        if meta.accel != self.accel.as_str() {
+            return Err(VmError::AccelMismatch {
+                vm: self.name.clone(),
+                path: path.display().to_string(),
+                saved: meta.accel,
+                here: self.accel.as_str().to_string(),
+            });
+        }
+        let spec = LaunchSpec {
+            accel: self.accel,
+            memory_mib: meta.memory_mib,
+            cpus: meta.cpus,
+            kernel: Default::default(),
+            initrd: Default::default(),
+            cmdline: String::new(),
+            scratch: Default::default(),
+            rng_seed: meta.rng_seed,
+            initial_time: None,
+            incoming: true,
+        };
+        let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
+        let inst = Instance::restore(&self.name, spec, path, timeout)
+            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
+        self.kill_switch.arm(inst.qemu.pid());
+        if meta.initial_time.is_none() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            if let Err(e) = inst.agent.set_time(now.as_nanos() as i64) {
+                inst.stop();
+                self.kill_switch.disarm();
+                return Err(VmError::Agent { vm: self.name.clone(), op: "restore (clock)", source: e });
+            }
+        }
+        self.profile = meta.profile.clone();
+        self.running_as = Some(meta);
+        self.last_boot = None;
         self.instance = Some(inst);
         self.state = VmState::Booted;
         Ok(())
@@ -329,6 +438,9 @@ impl Vm {
             inst.stop();
         }
         self.kill_switch.disarm();
+        // Handles opened on this run of the guest are dead now; a restored
+        // guest starts with none.
+        self.resources = Arc::default();
         if self.state != VmState::Dead {
             self.state = VmState::Shutdown;
         }

@@ -16,6 +16,7 @@ pub mod lab_ud;
 pub mod opts;
 pub mod proc_ud;
 pub mod result_ud;
+pub mod snapshot_ud;
 pub mod stream_ud;
 pub mod vm_streams;
 pub mod vm_ud;

@@ -110,6 +110,21 @@ impl UserData for VmUd {
         methods.add_method("reset", |lua, this, ()| this.lock().reset().lua(lua));
         methods.add_method("power_button", |lua, this, ()| this.lock().power_button().lua(lua));
         methods.add_method("clock", |_, this, ()| Ok(super::clock_ud::ClockUd(this.0.clone())));
+        methods.add_method("snapshot", |lua, this, path: Option<String>| {
+            let path = match path {
+                Some(p) => std::path::PathBuf::from(p),
+                None => {
+                    let name = this.lock().name().to_string();
+                    super::snapshot_ud::default_path(lua, &name, ".snap")?
+                }
+            };
+            this.lock().snapshot(&path).lua(lua)?;
+            Ok(super::snapshot_ud::SnapshotUd { path })
+        });
+        methods.add_method("restore", |lua, this, snap: Value| {
+            let path = super::snapshot_ud::snapshot_path(lua, "vm:restore", &snap)?;
+            this.lock().restore(&path).lua(lua)
+        });
         super::vm_streams::add_methods(methods);
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);

@@ -35,6 +35,9 @@ pub struct LaunchSpec {
     pub rng_seed: Option<u64>,
     /// The guest's RTC (and so its wall clock) starts here (epoch seconds).
     pub initial_time: Option<i64>,
+    /// Start with no kernel, waiting for a migration stream (a restore)
+    /// instead of booting.
+    pub incoming: bool,
 }
 
 /// The sockets and logs of one VM inside its scratch directory.
@@ -182,7 +185,13 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     v.extend(machine_args(spec.accel));
     v.extend(resources_args(spec.memory_mib, spec.cpus));
     v.extend(base_args());
-    v.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.cmdline));
+    if spec.incoming {
+        // The stream overwrites RAM and CPU state: loading a kernel first
+        // would only cost time, and the kernel file need not exist anymore.
+        v.extend([s("-incoming"), s("defer")]);
+    } else {
+        v.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.cmdline));
+    }
     v.extend(console_args(&paths));
     v.extend(agent_args(&paths));
     v.extend(qmp_args(&paths));
@@ -225,6 +234,7 @@ mod tests {
             scratch: PathBuf::from("/tmp/provium-0/1-1-a"),
             rng_seed: None,
             initial_time: None,
+            incoming: false,
         }
     }
 
@@ -258,6 +268,16 @@ mod tests {
                 "base=2023-11-14T22:13:20,clock=vm"
             ]
         );
+    }
+
+    #[test]
+    fn a_restore_waits_for_the_stream_instead_of_loading_a_kernel() {
+        let mut sp = spec();
+        sp.incoming = true;
+        let v = launch_argv(&sp);
+        assert!(!v.iter().any(|a| a == "-kernel" || a == "-initrd" || a == "-append"));
+        let i = v.iter().position(|a| a == "-incoming").unwrap();
+        assert_eq!(v[i + 1], "defer");
     }
 
     #[test]

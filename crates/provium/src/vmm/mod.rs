@@ -9,6 +9,7 @@ pub mod accel;
 pub mod argv;
 pub mod process;
 pub mod qmp;
+pub mod snapshot;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,8 @@ pub enum LaunchError {
     AgentTimeout { timeout: Duration, console: String },
     #[error("the guest agent failed its handshake")]
     Agent(#[source] AgentError),
+    #[error("restoring the snapshot failed: {0}")]
+    Restore(String),
 }
 
 /// One running QEMU with its agent connection. Dropping it kills QEMU and
@@ -101,80 +104,133 @@ pub fn tail_of(path: &std::path::Path, max: usize) -> String {
     }
 }
 
+/// A QEMU that has started and answers on its control socket; its agent
+/// has not been spoken to yet.
+struct Started {
+    qemu: QemuProcess,
+    qmp: Qmp,
+    paths: VmPaths,
+    scratch: ScratchDir,
+    start: Instant,
+}
+
+/// Creates the scratch directory and what goes in it, spawns QEMU and
+/// connects to its control socket.
+fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<Started, LaunchError> {
+    let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
+    spec.scratch = scratch.path().to_path_buf();
+    if let Some(seed) = spec.rng_seed {
+        // 8 MiB: far more than a guest reads from its hwrng in a test.
+        std::fs::write(scratch.path().join(argv::RNG_FILE), argv::seeded_bytes(seed, 8 << 20))
+            .map_err(LaunchError::Scratch)?;
+    }
+    if let Some(files) = files {
+        let mut initrd = std::fs::read(&spec.initrd).map_err(LaunchError::Files)?;
+        crate::guest::pad_to_page(&mut initrd);
+        initrd.extend(files);
+        crate::guest::pad_to_page(&mut initrd);
+        let merged = scratch.path().join("initrd-with-files.cpio");
+        std::fs::write(&merged, initrd).map_err(LaunchError::Files)?;
+        spec.initrd = merged;
+    }
+    let paths = VmPaths::in_dir(scratch.path());
+    let argv = argv::launch_argv(&spec);
+    tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
+    let start = Instant::now();
+    let mut qemu = QemuProcess::spawn(&process::qemu_binary(), &argv, &scratch.path().join("qemu.stderr"))?;
+    let qmp = match Qmp::connect(&paths.qmp, start + Duration::from_secs(10)) {
+        Ok(q) => q,
+        Err(e) => {
+            if qemu.wait_exit(Duration::from_millis(200)) {
+                return Err(exited(&mut qemu, &paths));
+            }
+            return Err(LaunchError::Qmp(e));
+        }
+    };
+    Ok(Started { qemu, qmp, paths, scratch, start })
+}
+
+/// The error for a QEMU that exited before the guest was ready.
+fn exited(qemu: &mut QemuProcess, paths: &VmPaths) -> LaunchError {
+    let status = qemu.exit_status().map(|s| s.to_string()).unwrap_or_else(|| "killed".into());
+    let stderr = qemu.stderr();
+    let stderr = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+    LaunchError::QemuExited { status, stderr, console: format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES)) }
+}
+
+impl Started {
+    /// Connects to the agent and waits for its handshake.
+    fn handshake(mut self, label: &str, agent_timeout: Duration) -> Result<Instance, LaunchError> {
+        let agent =
+            AgentClient::connect(&self.paths.agent, self.start + Duration::from_secs(10)).map_err(LaunchError::Agent)?;
+        let qemu = &self.qemu;
+        let alive = || if qemu.has_exited() { Err("QEMU exited".to_string()) } else { Ok(()) };
+        let hello = match agent.handshake(agent_timeout, &alive) {
+            Ok(h) => h,
+            Err(AgentError::HandshakeTimeout(timeout)) => {
+                let console = format_console(&tail_of(&self.paths.console_log, CONSOLE_TAIL_BYTES));
+                return Err(LaunchError::AgentTimeout { timeout, console });
+            }
+            Err(e) => {
+                if self.qemu.wait_exit(Duration::from_millis(200)) {
+                    return Err(exited(&mut self.qemu, &self.paths));
+                }
+                return Err(LaunchError::Agent(e));
+            }
+        };
+        let boot_time = self.start.elapsed();
+        tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Started { qemu, qmp, paths, scratch, .. } = self;
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch })
+    }
+}
+
 impl Instance {
     /// Launches QEMU and waits for the agent's handshake.
     /// `files` is a newc archive appended to the initrd for this boot.
     pub fn launch(
         label: &str,
-        mut spec: LaunchSpec,
+        spec: LaunchSpec,
         files: Option<Vec<u8>>,
         agent_timeout: Duration,
     ) -> Result<Instance, LaunchError> {
-        let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
-        spec.scratch = scratch.path().to_path_buf();
-        if let Some(seed) = spec.rng_seed {
-            // 8 MiB: far more than a guest reads from its hwrng in a test.
-            std::fs::write(scratch.path().join(argv::RNG_FILE), argv::seeded_bytes(seed, 8 << 20))
-                .map_err(LaunchError::Scratch)?;
+        start(label, spec, files)?.handshake(label, agent_timeout)
+    }
+
+    /// Starts a new QEMU from a snapshot file (see [`snapshot`]) and returns
+    /// once the restored guest's agent has answered a fresh Hello. `spec`
+    /// must describe the saved guest (memory, CPUs, devices).
+    pub fn restore(
+        label: &str,
+        mut spec: LaunchSpec,
+        snapshot: &std::path::Path,
+        agent_timeout: Duration,
+    ) -> Result<Instance, LaunchError> {
+        spec.incoming = true;
+        let mut st = start(label, spec, None)?;
+        let channels = snapshot::file_channel(snapshot);
+        if let Err(e) = st.qmp.execute("migrate-incoming", Some(channels), QMP_TIMEOUT) {
+            return Err(LaunchError::Restore(e.to_string()));
         }
-        if let Some(files) = files {
-            let mut initrd = std::fs::read(&spec.initrd).map_err(LaunchError::Files)?;
-            crate::guest::pad_to_page(&mut initrd);
-            initrd.extend(files);
-            crate::guest::pad_to_page(&mut initrd);
-            let merged = scratch.path().join("initrd-with-files.cpio");
-            std::fs::write(&merged, initrd).map_err(LaunchError::Files)?;
-            spec.initrd = merged;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if st.qemu.has_exited() {
+                st.qemu.wait_exit(Duration::from_millis(100));
+                return Err(exited(&mut st.qemu, &st.paths));
+            }
+            let status = st.qmp.execute("query-status", None, QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+            if status["status"] != "inmigrate" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(LaunchError::Restore("the migration stream did not finish loading within 60s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        let paths = VmPaths::in_dir(scratch.path());
-        let argv = argv::launch_argv(&spec);
-        tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
-        let start = Instant::now();
-        let mut qemu = QemuProcess::spawn(&process::qemu_binary(), &argv, &scratch.path().join("qemu.stderr"))?;
-        let exited = |qemu: &mut QemuProcess, paths: &VmPaths| {
-            let status = qemu.exit_status().map(|s| s.to_string()).unwrap_or_else(|| "killed".into());
-            let stderr = qemu.stderr();
-            let stderr = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
-            LaunchError::QemuExited {
-                status,
-                stderr,
-                console: format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES)),
-            }
-        };
-        let qmp = match Qmp::connect(&paths.qmp, start + Duration::from_secs(10)) {
-            Ok(q) => q,
-            Err(e) => {
-                if qemu.wait_exit(Duration::from_millis(200)) {
-                    return Err(exited(&mut qemu, &paths));
-                }
-                return Err(LaunchError::Qmp(e));
-            }
-        };
-        let agent = AgentClient::connect(&paths.agent, start + Duration::from_secs(10)).map_err(LaunchError::Agent)?;
-        let alive = || {
-            if qemu.has_exited() {
-                Err("QEMU exited".to_string())
-            } else {
-                Ok(())
-            }
-        };
-        let hello = match agent.handshake(agent_timeout, &alive) {
-            Ok(h) => h,
-            Err(AgentError::HandshakeTimeout(timeout)) => {
-                let console = format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES));
-                return Err(LaunchError::AgentTimeout { timeout, console });
-            }
-            Err(e) => {
-                if qemu.wait_exit(Duration::from_millis(200)) {
-                    return Err(exited(&mut qemu, &paths));
-                }
-                return Err(LaunchError::Agent(e));
-            }
-        };
-        let boot_time = start.elapsed();
-        tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch })
+        st.qmp.execute("cont", None, QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+        tracing::debug!(vm = label, loaded_after = ?st.start.elapsed(), "snapshot loaded; guest continues");
+        st.handshake(label, agent_timeout)
     }
 
     /// Drops the agent connection and opens a new one with a fresh Hello
@@ -188,6 +244,11 @@ impl Instance {
         self.hello = agent.handshake(timeout, &alive).map_err(LaunchError::Agent)?;
         self.agent = agent;
         Ok(())
+    }
+
+    /// Saves the guest into `path` (see [`snapshot`]); returns its size.
+    pub fn save(&self, path: &std::path::Path, meta: &snapshot::SnapshotMeta) -> Result<u64, snapshot::SaveError> {
+        snapshot::save(&self.qmp, path, meta)
     }
 
     /// Freezes the vCPUs (QMP `stop`).

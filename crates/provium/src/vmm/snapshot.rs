@@ -1,0 +1,231 @@
+//! The snapshot file: what provium needs to start a guest again, followed by
+//! QEMU's migration stream.
+//!
+//! ```text
+//! offset 0     "PROVSNP1" | u32 LE length | JSON (SnapshotMeta) | zero padding
+//! offset 4096  QEMU migration stream (`migrate file:<path>,offset=4096`)
+//! ```
+//!
+//! One self-describing file, so `vm:restore("/path")` needs nothing else:
+//! the header says how big the guest was, which accelerator ran it and how
+//! its seeded RNG was fed, which the new QEMU must reproduce for the stream
+//! to load.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::qmp::{Qmp, QmpError};
+
+/// Where QEMU's stream starts in the file.
+pub const STREAM_OFFSET: u64 = 4096;
+
+const MAGIC: &[u8; 8] = b"PROVSNP1";
+
+/// The snapshot format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// What a restore must reproduce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub format: u32,
+    /// The agent protocol version of the guest that was saved.
+    pub protocol: u32,
+    pub profile: String,
+    pub accel: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub rng_seed: Option<u64>,
+    /// Set when the VM booted with `initial_time`: the guest clock then
+    /// continues from the saved moment instead of jumping to the host's.
+    pub initial_time: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("cannot read snapshot `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is not a provium snapshot ({why})")]
+    NotASnapshot { path: PathBuf, why: String },
+    #[error(
+        "snapshot `{path}` was written by an incompatible provium (snapshot format {format}, agent protocol \
+         {protocol}; this build uses {FORMAT} and {}); take it again",
+        provium_protocol::PROTOCOL_VERSION
+    )]
+    Incompatible { path: PathBuf, format: u32, protocol: u32 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("cannot write `{path}`: {why}")]
+    Destination { path: PathBuf, why: String },
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("QEMU could not save the guest to `{path}`: {why}")]
+    Migration { path: PathBuf, why: String },
+    #[error("cannot write the header of snapshot `{path}`")]
+    Header {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The QMP `channels` argument naming the stream in a snapshot file
+/// (structured, so paths with commas need no escaping).
+pub fn file_channel(path: &Path) -> Value {
+    json!({"channels": [{
+        "channel-type": "main",
+        "addr": {"transport": "file", "filename": path, "offset": STREAM_OFFSET},
+    }]})
+}
+
+const QMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Saves the guest behind `qmp` into `path`. A running guest is stopped for
+/// the save and continues afterwards; a paused one stays paused. Returns the
+/// file's size.
+pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta) -> Result<u64, SaveError> {
+    let dest = |why: String| SaveError::Destination { path: path.to_path_buf(), why };
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
+            return Err(dest(format!("directory `{}` does not exist", d.display())))
+        }
+        _ => {}
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(dest(e.to_string())),
+        _ => {}
+    }
+    // The default bandwidth cap (128 MiB/s) would make a save take 10× longer.
+    qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40})), QMP_TIMEOUT)?;
+    let running = qmp.execute("query-status", None, QMP_TIMEOUT)?["running"] == true;
+    if running {
+        qmp.execute("stop", None, QMP_TIMEOUT)?;
+    }
+    let outcome = migrate(qmp, path);
+    if running {
+        qmp.execute("cont", None, QMP_TIMEOUT)?;
+    }
+    outcome?;
+    write_header(path, meta).map_err(|source| SaveError::Header { path: path.to_path_buf(), source })?;
+    Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+}
+
+fn migrate(qmp: &Qmp, path: &Path) -> Result<(), SaveError> {
+    let failed = |why: String| SaveError::Migration { path: path.to_path_buf(), why };
+    qmp.execute("migrate", Some(file_channel(path)), QMP_TIMEOUT)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let info = qmp.execute("query-migrate", None, QMP_TIMEOUT)?;
+        match info["status"].as_str().unwrap_or("") {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(failed(info["error-desc"].as_str().unwrap_or("no reason given").to_string()))
+            }
+            _ if std::time::Instant::now() >= deadline => {
+                let _ = qmp.execute("migrate_cancel", None, QMP_TIMEOUT);
+                return Err(failed("not finished after 300s; cancelled".into()));
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+}
+
+/// Writes the header into the first [`STREAM_OFFSET`] bytes of `path`
+/// (after QEMU wrote its stream behind them).
+pub fn write_header(path: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
+    let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
+    let mut head = Vec::with_capacity(STREAM_OFFSET as usize);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    head.extend_from_slice(&json);
+    if head.len() > STREAM_OFFSET as usize {
+        return Err(std::io::Error::other("snapshot header larger than its slot"));
+    }
+    head.resize(STREAM_OFFSET as usize, 0);
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&head)?;
+    f.sync_data()
+}
+
+/// Reads and checks the header of `path`.
+pub fn read_header(path: &Path) -> Result<SnapshotMeta, SnapshotFileError> {
+    let io = |source| SnapshotFileError::Io { path: path.to_path_buf(), source };
+    let not = |why: &str| SnapshotFileError::NotASnapshot { path: path.to_path_buf(), why: why.to_string() };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut head = vec![0u8; STREAM_OFFSET as usize];
+    f.read_exact(&mut head).map_err(|_| not("shorter than its header"))?;
+    if &head[..8] != MAGIC {
+        return Err(not("bad magic"));
+    }
+    let len = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
+    let json = head.get(12..12 + len).ok_or_else(|| not("header length out of range"))?;
+    let meta: SnapshotMeta = serde_json::from_slice(json).map_err(|e| not(&format!("bad header: {e}")))?;
+    if meta.format != FORMAT || meta.protocol != provium_protocol::PROTOCOL_VERSION {
+        return Err(SnapshotFileError::Incompatible {
+            path: path.to_path_buf(),
+            format: meta.format,
+            protocol: meta.protocol,
+        });
+    }
+    let size = f.metadata().map_err(io)?.len();
+    if size <= STREAM_OFFSET {
+        return Err(not("no migration stream after the header"));
+    }
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            format: FORMAT,
+            protocol: provium_protocol::PROTOCOL_VERSION,
+            profile: "default".into(),
+            accel: "tcg".into(),
+            memory_mib: 512,
+            cpus: 1,
+            rng_seed: Some(7),
+            initial_time: None,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_in_front_of_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.snap");
+        let mut body = vec![0u8; STREAM_OFFSET as usize];
+        body.extend_from_slice(b"QEVM stream");
+        std::fs::write(&p, &body).unwrap();
+        write_header(&p, &meta()).unwrap();
+        assert_eq!(read_header(&p).unwrap(), meta());
+        let all = std::fs::read(&p).unwrap();
+        assert_eq!(&all[STREAM_OFFSET as usize..], b"QEVM stream");
+    }
+
+    #[test]
+    fn rejects_other_files_and_other_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, b"hello").unwrap();
+        assert!(matches!(read_header(&p), Err(SnapshotFileError::NotASnapshot { .. })));
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        assert!(read_header(&p).unwrap_err().to_string().contains("bad magic"));
+        let mut m = meta();
+        m.format = 99;
+        write_header(&p, &m).unwrap();
+        let e = read_header(&p).unwrap_err().to_string();
+        assert!(e.contains("incompatible") && e.contains("take it again"), "{e}");
+        assert!(matches!(read_header(&dir.path().join("missing")), Err(SnapshotFileError::Io { .. })));
+    }
+}
