@@ -31,7 +31,7 @@ end)
 
 test("names cannot shadow the file scope", function(t)
   local err = t:assert_raises(function() provium:vm("shared", "default") end)
-  t:assert_contains(err, "already declared at file scope")
+  t:assert_contains(err, "already declared at a parent scope (lab `provium`)")
 end)
 
 test("wrong-state calls explain themselves", function(t)

@@ -382,11 +382,11 @@ impl Vm {
     /// down; it ends booted, with the guest as it was saved (its clock set
     /// to the host's, unless it booted with `initial_time`).
     pub fn restore(&mut self, path: &std::path::Path) -> Result<(), VmError> {
-        if !matches!(self.state, VmState::Created | VmState::Shutdown) {
+        if !matches!(self.state, VmState::Created | VmState::Shutdown | VmState::Dead) {
             return Err(VmError::WrongState {
                 vm: self.name.clone(),
                 action: "restore",
-                reason: "restore needs a created or shut down VM; call vm:shutdown() first",
+                reason: "restore needs a created, shut down or dead VM; call vm:shutdown() first",
             });
         }
         let meta = snapfile::read_header(path)

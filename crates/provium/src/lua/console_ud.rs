@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 
 use super::errors::{creation_site, raise};
-use super::lab_ud::{track, Resource};
+use super::lab::Resource;
+use super::lab_ud::track;
 use super::opts;
 use super::stream_ud::{ChunkSource, StreamUd};
 use super::vm_ud::VmRef;

@@ -1,194 +1,211 @@
-//! The `provium` global (the file's root lab) and the scope rules.
+//! The `provium` global and every other Lab userdata, and the scope rules.
 //!
-//! VMs declared at file top level belong to the file scope and live until
-//! the file ends; VMs declared inside a `test()` body belong to that test's
-//! scope and are shut down when it ends. `provium:vm(name)` looks in the
-//! test scope, then the file scope. Declaring a name the file scope already
-//! has, from inside a test, is an error rather than shadowing.
+//! `provium` is the file's root lab at top level; inside a `test()` body it
+//! is rebound to that test's scope lab, whose lookups fall through to the
+//! root. VMs, sub-labs and resources created in a scope close when it ends.
+//! Declaring a name a parent scope already has is an error, not shadowing.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use mlua::{Lua, MultiValue, UserData, UserDataMethods, Value};
+use mlua::{Lua, MetaMethod, MultiValue, UserData, UserDataMethods, Value};
 
-use super::errors::{raise, LuaResultExt};
+use super::errors::raise;
+use super::lab::{LabNode, LabRef, Resource};
 use super::opts;
 use super::vm_ud::{VmRef, VmUd};
 use crate::image::Images;
-use crate::vm::{KillSwitch, Vm, VmState};
+use crate::vm::{BootOpts, KillSwitch, Vm, VmError, VmState};
 use crate::vmm::Accel;
 
-/// What every VM of a file needs, and what the watchdog may kill.
+/// What every VM of a file needs, and what the watchdogs may kill.
 pub struct FileCtx {
     pub images: Arc<Images>,
     pub accel: Accel,
-    /// Every VM's kill switch, for the per-file watchdog.
+    /// Every VM's kill switch, for the file and test watchdogs.
     pub kill_switches: Arc<Mutex<Vec<KillSwitch>>>,
 }
 
-/// A stream, process or file handle owned by a scope.
-#[derive(Clone)]
-pub enum Resource {
-    Stream(super::stream_ud::StreamUd),
-    Proc(super::proc_ud::ProcUd),
-    File(super::file_ud::FileUd),
+/// The file's root lab and the running test's scope lab.
+pub struct Labs {
+    pub root: LabRef,
+    pub test: Option<LabRef>,
 }
 
-impl Resource {
-    /// Close order at scope end: streams, then processes, then files.
-    fn rank(&self) -> u8 {
-        match self {
-            Resource::Stream(_) => 0,
-            Resource::Proc(_) => 1,
-            Resource::File(_) => 2,
-        }
-    }
-
-    fn close(&self) {
-        match self {
-            Resource::Stream(s) => s.close(),
-            Resource::Proc(p) => p.close(),
-            Resource::File(f) => f.close(),
-        }
-    }
+/// File-scope configuration keys set on `provium`.
+#[derive(Debug, Default, Clone)]
+pub struct FileConfig {
+    pub reset_between_tests: bool,
+    pub timeout: Option<Duration>,
 }
 
-/// Closes resources by kind (streams → processes → files), oldest first.
-pub fn close_resources(mut res: Vec<Resource>) {
-    res.sort_by_key(Resource::rank);
-    for r in res {
-        r.close();
-    }
+const CONFIG_KEYS: &str = "reset_between_tests, timeout";
+
+/// Installs the root lab as the `provium` global.
+pub fn install(lua: &Lua, ctx: FileCtx) -> mlua::Result<()> {
+    let root = LabNode::new("provium", None);
+    lua.set_app_data(ctx);
+    lua.set_app_data(FileConfig::default());
+    lua.set_app_data(Labs { root: root.clone(), test: None });
+    lua.globals().set("provium", LabUd(root))
 }
 
-/// Registers a resource with the current scope (the running test's, else
-/// the file's) so it is closed when the scope ends.
+pub fn root(lua: &Lua) -> LabRef {
+    lua.app_data_ref::<Labs>().expect("labs installed").root.clone()
+}
+
+/// The scope new resources belong to: the running test's, else the root.
+fn current(lua: &Lua) -> LabRef {
+    let labs = lua.app_data_ref::<Labs>().expect("labs installed");
+    labs.test.clone().unwrap_or_else(|| labs.root.clone())
+}
+
+/// Registers a resource with the current scope so it closes with it.
 pub fn track(lua: &Lua, r: Resource) {
-    let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
-    match scopes.test_resources.as_mut() {
-        Some(t) => t.push(r),
-        None => scopes.file_resources.push(r),
-    }
+    current(lua).borrow_mut().resources.push(r);
 }
 
-/// The VMs and resources of the file scope and of the running test's scope.
-#[derive(Default)]
-pub struct Scopes {
-    pub file: Vec<(String, VmRef)>,
-    pub test: Option<Vec<(String, VmRef)>>,
-    pub file_resources: Vec<Resource>,
-    pub test_resources: Option<Vec<Resource>>,
+pub fn file_config(lua: &Lua) -> FileConfig {
+    lua.app_data_ref::<FileConfig>().expect("config installed").clone()
 }
 
-impl Scopes {
-    fn find(&self, name: &str) -> Option<VmRef> {
-        let in_scope = |s: &Vec<(String, VmRef)>| s.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        self.test.as_ref().and_then(in_scope).or_else(|| in_scope(&self.file))
-    }
-
-    /// Every VM of both scopes, file scope first.
-    pub fn all(&self) -> Vec<(String, VmRef)> {
-        let mut v = self.file.clone();
-        if let Some(t) = &self.test {
-            v.extend(t.iter().cloned());
-        }
-        v
-    }
+/// Opens the scope of test `name` and rebinds `provium` to it.
+pub fn begin_test_scope(lua: &Lua, name: &str) -> mlua::Result<()> {
+    let root = root(lua);
+    let lab = LabNode::new(&format!("test:{name}"), Some(root));
+    lua.app_data_mut::<Labs>().expect("labs installed").test = Some(lab.clone());
+    lua.globals().set("provium", LabUd(lab))
 }
 
-/// Opens the scope of a test.
-pub fn begin_test_scope(lua: &Lua) {
-    let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
-    scopes.test = Some(Vec::new());
-    scopes.test_resources = Some(Vec::new());
-}
-
-/// Closes the running test's resources, then shuts down its VMs.
+/// Closes the running test's scope and rebinds `provium` to the root.
 pub fn end_test_scope(lua: &Lua) {
-    let (vms, res) = {
-        let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
-        (scopes.test.take().unwrap_or_default(), scopes.test_resources.take().unwrap_or_default())
-    };
-    close_resources(res);
-    close_all(vms);
+    let lab = lua.app_data_mut::<Labs>().expect("labs installed").test.take();
+    if let Some(lab) = lab {
+        lab.borrow_mut().close();
+    }
+    let _ = lua.globals().set("provium", LabUd(root(lua)));
 }
 
-/// Closes the file scope's resources, then shuts down its VMs.
+/// Closes every scope.
 pub fn end_file_scope(lua: &Lua) {
     end_test_scope(lua);
-    let (vms, res) = {
-        let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
-        (std::mem::take(&mut scopes.file), std::mem::take(&mut scopes.file_resources))
-    };
-    close_resources(res);
-    close_all(vms);
+    root(lua).borrow_mut().close();
 }
 
-/// Shuts down every VM in `vms` (end of a scope), newest first.
-pub fn close_all(vms: Vec<(String, VmRef)>) {
-    for (_, vm) in vms.into_iter().rev() {
-        vm.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+/// Every VM of the file (root lab, its sub-labs, the running test's scope).
+pub fn all_vms(lua: &Lua) -> Vec<(String, VmRef)> {
+    let labs = lua.app_data_ref::<Labs>().expect("labs installed");
+    let mut v = labs.root.borrow().all_vms();
+    if let Some(t) = &labs.test {
+        v.extend(t.borrow().all_vms());
     }
+    v
 }
 
-pub struct Lab;
+/// A new VM object for this file (registered with the watchdogs).
+pub fn new_vm(lua: &Lua, name: &str, profile: &str, opts: BootOpts) -> VmRef {
+    let ctx = lua.app_data_ref::<FileCtx>().expect("file context installed");
+    let vm = Vm::new(name, profile, opts, ctx.images.clone(), ctx.accel);
+    ctx.kill_switches.lock().unwrap().push(vm.kill_switch());
+    Arc::new(Mutex::new(vm))
+}
 
-fn declare(lua: &Lua, name: String, profile: String, o: Option<mlua::Table>) -> mlua::Result<VmUd> {
-    let boot_opts = opts::boot_opts(lua, &format!("provium:vm(\"{name}\", …)"), o)?;
-    let (images, accel, kills) = {
-        let ctx = lua.app_data_ref::<FileCtx>().expect("file context installed");
-        (ctx.images.clone(), ctx.accel, ctx.kill_switches.clone())
-    };
-    let mut scopes = lua.app_data_mut::<Scopes>().expect("scopes installed");
-    let in_test = scopes.test.is_some();
-    if in_test && scopes.file.iter().any(|(n, _)| *n == name) {
-        drop(scopes);
+/// Rejects a name this lab or a parent scope already uses.
+fn check_new_name(lua: &Lua, lab: &LabNode, what: &str, name: &str) -> mlua::Result<()> {
+    if let Some(parent) = lab.declared_above(name) {
         return Err(raise(
             lua,
             format!(
-                "provium:vm(\"{name}\", …): name already declared at file scope; pick a different name, or use \
-                 provium:vm(\"{name}\") to reuse the file-scope VM"
+                "provium:{what}(\"{name}\", …): name already declared at a parent scope (lab `{parent}`). Pick a \
+                 different name, or use provium:{what}(\"{name}\") to reuse the parent-scope one."
             ),
         ));
     }
-    let scope = match scopes.test.as_mut() {
-        Some(t) => t,
-        None => &mut scopes.file,
-    };
-    if scope.iter().any(|(n, _)| *n == name) {
-        drop(scopes);
-        return Err(raise(lua, format!("provium:vm: vm name `{name}` already used in this scope")));
+    if lab.own_vm(name).is_some() || lab.own_lab(name).is_some() {
+        return Err(raise(lua, format!("provium:{what}: name `{name}` already used in lab `{}`", lab.name)));
     }
+    Ok(())
+}
+
+fn declare(lua: &Lua, lab: &LabRef, name: String, profile: String, o: Option<mlua::Table>) -> mlua::Result<VmUd> {
+    let boot_opts = opts::boot_opts(lua, &format!("provium:vm(\"{name}\", …)"), o)?;
+    check_new_name(lua, &lab.borrow(), "vm", &name)?;
     // Unknown profiles fail here, at declaration, not at boot.
+    let images = lua.app_data_ref::<FileCtx>().expect("file context installed").images.clone();
     if !images.config().profiles.contains_key(&profile) && profile != crate::config::DEFAULT_PROFILE {
-        drop(scopes);
         let e = images.resolve(&profile).expect_err("unknown profile");
         return Err(super::errors::raise_err(lua, &e));
     }
-    let vm = Vm::new(&name, &profile, boot_opts, images, accel);
-    kills.lock().unwrap().push(vm.kill_switch());
-    let vm: VmRef = Arc::new(Mutex::new(vm));
-    scope.push((name, vm.clone()));
+    let vm = new_vm(lua, &name, &profile, boot_opts);
+    lab.borrow_mut().vms.push((name, vm.clone()));
     Ok(VmUd(vm))
 }
 
-impl UserData for Lab {
+/// Runs `op` on every VM in `vms` at once; one error line per VM that failed.
+pub fn batch(
+    lua: &Lua,
+    what: &str,
+    vms: &[(String, VmRef)],
+    op: impl Fn(&mut Vm) -> Result<(), VmError> + Sync,
+) -> mlua::Result<()> {
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = vms
+            .iter()
+            .map(|(name, vm)| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut vm = vm.lock().unwrap_or_else(|p| p.into_inner());
+                    op(&mut vm).map_err(|e| format!("  {name}: {}", super::errors::chain(&e)))
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().expect("batch thread").err()).collect()
+    });
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(raise(lua, format!("batch `{what}` failed:\n{}", failures.join("\n"))))
+    }
+}
+
+/// A lab as Lua sees it: `provium`, a test scope, or a sub-lab.
+#[derive(Clone)]
+pub struct LabUd(pub LabRef);
+
+impl LabUd {
+    fn direct_vms(&self) -> Vec<(String, VmRef)> {
+        self.0.borrow().vms.clone()
+    }
+
+    fn in_state(&self, state: VmState) -> Vec<(String, VmRef)> {
+        let is = |vm: &VmRef| vm.lock().unwrap_or_else(|p| p.into_inner()).state() == state;
+        self.direct_vms().into_iter().filter(|(_, vm)| is(vm)).collect()
+    }
+}
+
+fn names<T>(items: &[(String, T)]) -> Vec<String> {
+    items.iter().map(|(n, _)| n.clone()).collect()
+}
+
+impl UserData for LabUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("vm", |lua, _, args: MultiValue| {
+        methods.add_method("vm", |lua, this, args: MultiValue| {
             let args: Vec<Value> = args.into_iter().collect();
+            let s = |v: &mlua::String| v.to_string_lossy();
             match args.as_slice() {
                 [Value::String(name)] => {
-                    let name = name.to_string_lossy();
-                    let found = lua.app_data_ref::<Scopes>().expect("scopes installed").find(&name);
-                    found.map(VmUd).ok_or_else(|| raise(lua, format!("provium:vm: no vm named `{name}` in this lab")))
+                    let name = s(name);
+                    let found = this.0.borrow().find_vm(&name);
+                    found.map(VmUd).ok_or_else(|| {
+                        raise(lua, format!("provium:vm: no vm named `{name}` in lab `{}`", this.0.borrow().name))
+                    })
                 }
-                [Value::String(name), Value::String(profile)] => {
-                    declare(lua, name.to_string_lossy(), profile.to_string_lossy(), None)
+                [Value::String(name), Value::String(profile)]
+                | [Value::String(name), Value::String(profile), Value::Nil] => {
+                    declare(lua, &this.0, s(name), s(profile), None)
                 }
                 [Value::String(name), Value::String(profile), Value::Table(t)] => {
-                    declare(lua, name.to_string_lossy(), profile.to_string_lossy(), Some(t.clone()))
-                }
-                [Value::String(name), Value::String(profile), Value::Nil] => {
-                    declare(lua, name.to_string_lossy(), profile.to_string_lossy(), None)
+                    declare(lua, &this.0, s(name), s(profile), Some(t.clone()))
                 }
                 _ => Err(raise(
                     lua,
@@ -196,29 +213,124 @@ impl UserData for Lab {
                 )),
             }
         });
-        methods.add_method("boot", |lua, _, ()| {
-            let vms = {
-                let scopes = lua.app_data_ref::<Scopes>().expect("scopes installed");
-                match &scopes.test {
-                    Some(t) => t.clone(),
-                    None => scopes.file.clone(),
+        methods.add_method("lab", |lua, this, name: Option<String>| {
+            let name = match name {
+                Some(n) => {
+                    check_new_name(lua, &this.0.borrow(), "lab", &n)?;
+                    n
                 }
+                None => this.0.borrow_mut().anonymous_name(),
             };
-            for (_, vm) in vms {
-                let mut vm = vm.lock().unwrap_or_else(|p| p.into_inner());
-                if vm.state() == VmState::Created {
-                    vm.boot(&Default::default()).lua(lua)?;
-                }
+            let lab = LabNode::new(&name, None);
+            this.0.borrow_mut().labs.push((name, lab.clone()));
+            Ok(LabUd(lab))
+        });
+        methods.add_function("boot", |lua, ud: mlua::AnyUserData| {
+            let vms = ud.borrow::<LabUd>()?.in_state(VmState::Created);
+            batch(lua, "boot", &vms, |vm| vm.boot(&BootOpts::default()))?;
+            Ok(ud)
+        });
+        methods.add_method("shutdown", |_, this, ()| {
+            for (_, vm) in this.direct_vms() {
+                vm.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
             }
             Ok(())
         });
-        methods.add_method("name", |lua, _, ()| {
-            let scopes = lua.app_data_ref::<Scopes>().expect("scopes installed");
-            Ok(if scopes.test.is_some() { "test" } else { "provium" })
+        methods.add_method("pause", |lua, this, ()| batch(lua, "pause", &this.in_state(VmState::Booted), Vm::pause));
+        methods
+            .add_method("resume", |lua, this, ()| batch(lua, "resume", &this.in_state(VmState::Paused), Vm::resume));
+        methods.add_method("snapshot", |lua, this, dir: Option<String>| {
+            let (dir, given) = match dir {
+                Some(d) => (std::path::PathBuf::from(d), true),
+                None => {
+                    let stem = this.0.borrow().name.replace(['/', ':'], "_");
+                    (super::snapshot_ud::default_path(lua, &stem, ".lab")?, false)
+                }
+            };
+            super::lab_snapshot::save(lua, &this.0, &dir)?;
+            if given {
+                Ok(Value::String(lua.create_string(dir.display().to_string())?))
+            } else {
+                Ok(Value::UserData(lua.create_userdata(super::snapshot_ud::LabSnapshotUd { dir })?))
+            }
         });
-        methods.add_meta_method("__tostring", |lua, _, ()| {
-            let n = lua.app_data_ref::<Scopes>().expect("scopes installed").all().len();
-            Ok(format!("lab(provium; {n} vm(s))"))
+        methods.add_method("restore", |lua, this, snap: Value| {
+            let dir = super::snapshot_ud::snapshot_path(lua, "lab:restore", &snap)?;
+            super::lab_snapshot::restore(lua, &this.0, &dir)
+        });
+        methods.add_method("vm_names", |_, this, ()| Ok(names(&this.0.borrow().vms)));
+        methods.add_method("sub_lab_names", |_, this, ()| Ok(names(&this.0.borrow().labs)));
+        methods.add_method("members", |lua, this, ()| {
+            let out = lua.create_table()?;
+            let lab = this.0.borrow();
+            let kinds = lab.vms.iter().map(|(n, _)| ("vm", n)).chain(lab.labs.iter().map(|(n, _)| ("sub_lab", n)));
+            for (i, (kind, name)) in kinds.enumerate() {
+                let t = lua.create_table()?;
+                t.set("kind", kind)?;
+                t.set("name", name.as_str())?;
+                out.set(i + 1, t)?;
+            }
+            Ok(out)
+        });
+        methods.add_method("name", |_, this, ()| Ok(this.0.borrow().name.clone()));
+        methods.add_meta_method(MetaMethod::Index, |lua, this, key: Value| index(lua, this, key));
+        methods.add_meta_method(MetaMethod::NewIndex, |lua, this, (key, value): (String, Value)| {
+            set_config(lua, this, &key, value)
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            let lab = this.0.borrow();
+            Ok(format!("lab({}; {} vm(s))", lab.name, lab.vms.len()))
         });
     }
+}
+
+/// `lab.<key>`: file config keys, then a VM, then a sub-lab (walking
+/// parents); `nil` otherwise. Never creates anything.
+fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
+    let Value::String(key) = key else { return Ok(Value::Nil) };
+    let key = key.to_string_lossy();
+    let config = file_config(lua);
+    match key.as_str() {
+        "reset_between_tests" => return Ok(Value::Boolean(config.reset_between_tests)),
+        "timeout" => return Ok(config.timeout.map(|d| Value::Number(d.as_secs_f64())).unwrap_or(Value::Nil)),
+        "pack" | "unpack" => return lua.globals().get::<mlua::Table>("string")?.get(key.as_str()),
+        _ => {}
+    }
+    let (vm, lab) = {
+        let node = this.0.borrow();
+        (node.find_vm(&key), node.find_lab(&key))
+    };
+    if let Some(vm) = vm {
+        return Ok(Value::UserData(lua.create_userdata(VmUd(vm))?));
+    }
+    if let Some(lab) = lab {
+        return Ok(Value::UserData(lua.create_userdata(LabUd(lab))?));
+    }
+    Ok(Value::Nil)
+}
+
+fn set_config(lua: &Lua, this: &LabUd, key: &str, value: Value) -> mlua::Result<()> {
+    let is_root = std::rc::Rc::ptr_eq(&this.0, &root(lua));
+    let known = matches!(key, "reset_between_tests" | "timeout");
+    if !known || !is_root {
+        let why = if known { "only at file top level" } else { "not a recognised file-scope config key" };
+        return Err(raise(lua, format!("cannot set `provium.{key}`: {why}. Known keys: {CONFIG_KEYS}")));
+    }
+    let mut config = lua.app_data_mut::<FileConfig>().expect("config installed");
+    match (key, value) {
+        ("reset_between_tests", Value::Boolean(b)) => config.reset_between_tests = b,
+        ("reset_between_tests", other) => {
+            return Err(raise(
+                lua,
+                format!("provium.reset_between_tests must be true or false, got {}", other.type_name()),
+            ))
+        }
+        ("timeout", Value::Nil) => config.timeout = None,
+        (_, v) => {
+            drop(config);
+            let d = opts::duration(lua, "provium.timeout", &v)?;
+            lua.app_data_mut::<FileConfig>().expect("config installed").timeout = Some(d);
+        }
+    }
+    Ok(())
 }

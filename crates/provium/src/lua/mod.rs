@@ -12,9 +12,12 @@ pub mod errors;
 pub mod file_ud;
 pub mod framework;
 pub mod jobs;
+pub mod lab;
+pub mod lab_snapshot;
 pub mod lab_ud;
 pub mod opts;
 pub mod proc_ud;
+pub mod reset;
 pub mod result_ud;
 pub mod snapshot_ud;
 pub mod stream_ud;
@@ -35,7 +38,7 @@ use crate::image::Images;
 use crate::report::{FileReport, TestReport};
 use crate::vmm::Accel;
 use framework::{Outcome, TestCtx, TestState};
-use lab_ud::{FileCtx, Lab, Scopes};
+use lab_ud::FileCtx;
 
 /// How many console lines a failure report quotes per VM.
 pub const CONSOLE_EXCERPT_LINES: usize = 20;
@@ -75,8 +78,9 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(timeout: Option<Duration>, kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>>) -> Watchdog {
-        let fired = Arc::new(AtomicBool::new(false));
+    /// Arms a watchdog that sets `fired` and kills every VM of the file
+    /// when `timeout` passes before the watchdog drops.
+    fn start(timeout: Option<Duration>, kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>>, fired: Arc<AtomicBool>) -> Watchdog {
         let Some(timeout) = timeout else {
             return Watchdog { fired, stop: None, thread: None };
         };
@@ -103,9 +107,9 @@ impl Drop for Watchdog {
     }
 }
 
-fn excerpt(scopes: &Scopes) -> Vec<(String, String)> {
+fn excerpt(lua: &Lua) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for (name, vm) in scopes.all() {
+    for (name, vm) in lab_ud::all_vms(lua) {
         let tail = vm.lock().unwrap_or_else(|p| p.into_inner()).console_tail(crate::vmm::CONSOLE_TAIL_BYTES);
         let lines: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
         if !lines.is_empty() {
@@ -116,26 +120,38 @@ fn excerpt(scopes: &Scopes) -> Vec<(String, String)> {
     out
 }
 
+/// A test's time limit: `meta.timeout`, else `provium.timeout`.
+fn test_timeout(lua: &Lua, meta: Option<&Table>) -> mlua::Result<Option<Duration>> {
+    if let Some(v) = meta.map(|m| m.get::<mlua::Value>("timeout")).transpose()? {
+        if !v.is_nil() {
+            return opts::duration(lua, "meta.timeout", &v).map(Some);
+        }
+    }
+    Ok(lab_ud::file_config(lua).timeout)
+}
+
 /// Runs one test file to completion and reports how it went.
 pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     let started = Instant::now();
     let mut report = FileReport::new(shown);
     let kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>> = Arc::default();
-    let watchdog = Watchdog::start(env.timeout, kills.clone());
+    let watchdog = Watchdog::start(env.timeout, kills.clone(), Arc::default());
+    let test_fired: Arc<AtomicBool> = Arc::default();
     let lua = Lua::new();
     let setup = (|| -> mlua::Result<()> {
         set_package_path(&lua, path, &env.roots)?;
         framework::install(&lua)?;
         jobs::install(&lua)?;
         waits::install(&lua)?;
-        lua.set_app_data(FileCtx { images: env.images.clone(), accel: env.accel, kill_switches: kills.clone() });
-        lua.set_app_data(Scopes::default());
-        lua.globals().set("provium", Lab)?;
+        lab_ud::install(&lua, FileCtx { images: env.images.clone(), accel: env.accel, kill_switches: kills.clone() })?;
         let fired = watchdog.fired.clone();
+        let test_fired = test_fired.clone();
         let limit = env.timeout.unwrap_or_default();
         lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), move |_, _| {
             if fired.load(Ordering::Relaxed) {
                 Err(mlua::Error::RuntimeError(format!("file timeout ({limit:?}) exceeded")))
+            } else if test_fired.load(Ordering::Relaxed) {
+                Err(mlua::Error::RuntimeError("test timeout exceeded".into()))
             } else {
                 Ok(LuaVmState::Continue)
             }
@@ -159,6 +175,16 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
         return report;
     }
 
+    let baseline = match reset::take_baseline(&lua, shown) {
+        Ok(b) => b,
+        Err(e) => {
+            report.chunk_error = Some(errors::message(&e));
+            lab_ud::end_file_scope(&lua);
+            report.duration = started.elapsed();
+            return report;
+        }
+    };
+
     for def in framework::take_tests(&lua) {
         let t0 = Instant::now();
         let meta: Option<Table> = def.meta.as_ref().and_then(|k| lua.registry_value(k).ok());
@@ -168,9 +194,27 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
         } else if let Some(reason) = framework::meta_skip(meta.as_ref()) {
             Outcome::Skipped(reason)
         } else {
-            lab_ud::begin_test_scope(&lua);
+            let limit = match test_timeout(&lua, meta.as_ref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    report.chunk_error = Some(errors::message(&e));
+                    break;
+                }
+            };
+            test_fired.store(false, Ordering::SeqCst);
+            let test_dog = Watchdog::start(limit, kills.clone(), test_fired.clone());
             let func: mlua::Function = lua.registry_value(&def.func).expect("registered test function");
-            let mut outcome = framework::run_test(&lua, &func, &TestCtx(state.clone()));
+            let mut outcome = match lab_ud::begin_test_scope(&lua, &def.name) {
+                Ok(()) => framework::run_test(&lua, &func, &TestCtx(state.clone())),
+                Err(e) => Outcome::Failed(errors::message(&e)),
+            };
+            drop(test_dog);
+            if let (true, Outcome::Failed(m)) = (test_fired.load(Ordering::SeqCst), &outcome) {
+                outcome = Outcome::Failed(format!(
+                    "test timeout exceeded ({:?}); every VM of the file was stopped; op error: {m}",
+                    limit.unwrap_or_default()
+                ));
+            }
             if watchdog.fired.load(Ordering::SeqCst) {
                 if let Outcome::Failed(m) = &outcome {
                     outcome = Outcome::Failed(format!(
@@ -182,11 +226,14 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
             outcome
         };
         let console = match &outcome {
-            Outcome::Failed(_) => excerpt(&lua.app_data_ref::<Scopes>().unwrap()),
+            Outcome::Failed(_) => excerpt(&lua),
             _ => Vec::new(),
         };
         waits::clear_conditions(&lua);
         lab_ud::end_test_scope(&lua);
+        if let Some(b) = &baseline {
+            reset::restore_baseline(&lua, shown, b);
+        }
         let log = std::mem::take(&mut state.borrow_mut().log);
         let t = TestReport { name: def.name, outcome, log, duration: t0.elapsed(), console };
         (env.on_test)(&t);

@@ -88,6 +88,7 @@ pub fn snapshot_path(lua: &Lua, what: &str, v: &Value) -> mlua::Result<PathBuf> 
                 Err(raise(lua, format!("{what}: expected snapshot|string, got userdata")))
             }
         }
+        Value::Integer(_) => Err(raise(lua, format!("{what}: expected snapshot|string, got number"))),
         other => Err(raise(lua, format!("{what}: expected snapshot|string, got {}", other.type_name()))),
     }
 }

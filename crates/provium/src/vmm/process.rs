@@ -4,6 +4,8 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cleanup::{self, ChildGuard};
@@ -31,6 +33,32 @@ pub fn which(binary: &str) -> Option<PathBuf> {
         return Path::new(binary).is_file().then(|| PathBuf::from(binary));
     }
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(binary)).find(|p| p.is_file())
+}
+
+type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
+
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// not the process. So every QEMU is forked by one thread that lasts as long
+/// as provium: a VM booted from a short-lived thread (a parallel
+/// `provium:boot()`) must not die with that thread.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("qemu-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn the QEMU spawner thread");
+        Mutex::new(tx)
+    });
+    let gone = || std::io::Error::other("the QEMU spawner thread is gone");
+    let (reply, answer) = channel();
+    spawner.lock().unwrap_or_else(|p| p.into_inner()).send((cmd, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
 }
 
 pub struct QemuProcess {
@@ -65,7 +93,8 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
+        let child =
+            spawn_from_lasting_thread(cmd).map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
         let registered = cleanup::register_child(child.id() as i32);
         Ok(QemuProcess { child, _registered: registered, stderr_path: stderr_path.to_path_buf(), exited: None })
     }
