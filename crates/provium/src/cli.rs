@@ -2,7 +2,7 @@
 //! exit codes (0 all passed, 1 something failed, 2 provium could not run).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::fixture::{Fixtures, Store};
 use crate::image::Images;
 use crate::report::{human, json, RunSummary};
 use crate::runner::{self, Progress, RunConfig};
@@ -53,6 +54,11 @@ pub enum Command {
     List { paths: Vec<PathBuf> },
     /// Check QEMU, the accelerator and the default guest.
     Doctor,
+    /// Inspect and manage the fixture cache.
+    Fixture {
+        #[command(subcommand)]
+        action: crate::fixture_cli::FixtureAction,
+    },
 }
 
 /// Errors that stop provium before or outside running tests (exit 2).
@@ -64,7 +70,39 @@ pub enum CliError {
     Discover(#[from] runner::DiscoverError),
     #[error("--timeout: {0}")]
     Timeout(units::UnitError),
+    #[error(transparent)]
+    FixtureCache(#[from] crate::fixture::StoreError),
 }
+
+/// Where fixture names are looked up: the config's roots, else the
+/// directories being run (a file's own directory), else `.`.
+fn fixture_roots(cli_paths: &[PathBuf], config: &Config) -> Vec<PathBuf> {
+    if !config.roots.is_empty() {
+        return config.roots.clone();
+    }
+    let mut roots: Vec<PathBuf> = cli_paths
+        .iter()
+        .map(|p| if p.is_dir() { p.clone() } else { p.parent().map(Path::to_path_buf).unwrap_or_default() })
+        .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p })
+        .collect();
+    roots.dedup();
+    if roots.is_empty() {
+        roots.push(PathBuf::from("."));
+    }
+    roots
+}
+
+/// The run's fixture cache; entries beyond the size cap are evicted first.
+fn open_fixtures(cli_paths: &[PathBuf], config: &Config, images: &Images) -> Result<Arc<Fixtures>, CliError> {
+    let store = Store::open(crate::fixture::cache_dir(config.cache_dir.as_deref()))?;
+    for key in store.shrink_to(FIXTURE_CACHE_MAX_BYTES) {
+        eprintln!("provium: fixture cache over {} GiB; evicted {key}", FIXTURE_CACHE_MAX_BYTES >> 30);
+    }
+    Ok(Arc::new(Fixtures::new(store, fixture_roots(cli_paths, config), images.identity())))
+}
+
+/// Least recently used fixture entries go beyond this.
+const FIXTURE_CACHE_MAX_BYTES: u64 = 20 << 30;
 
 fn scan_paths(cli_paths: &[PathBuf], config: &Config) -> Vec<PathBuf> {
     if !cli_paths.is_empty() {
@@ -91,6 +129,13 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let config = Config::load(cli.config.as_deref())?;
     match &cli.command {
         Some(Command::Doctor) => return Ok(doctor::run(&config)),
+        Some(Command::Fixture { action }) => {
+            cleanup::install_signal_handler();
+            let images = Arc::new(Images::new(Arc::new(config.clone())));
+            let fixtures = open_fixtures(&[], &config, &images)?;
+            let accel = choose_accel(&images, cli.verbose);
+            return Ok(crate::fixture_cli::run(action, fixtures, images, accel.accel));
+        }
         Some(Command::List { paths }) => {
             let files = runner::discover(&scan_paths(paths, &config))?;
             for f in &files {
@@ -127,7 +172,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             accel.reason
         );
     }
-    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, roots: config.roots.clone(), timeout, jobs });
+    let fixtures = open_fixtures(&cli.paths, &config, &images)?;
+    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs });
     let (tx, rx) = channel();
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg, tx));
 

@@ -42,6 +42,7 @@ struct RawConfig {
 struct RawProvium {
     #[serde(default)]
     roots: Vec<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +76,8 @@ pub struct Config {
     /// The file it came from, if any.
     pub path: Option<PathBuf>,
     pub roots: Vec<PathBuf>,
+    /// Where fixture snapshots are cached (`[provium] cache_dir`).
+    pub cache_dir: Option<PathBuf>,
     pub profiles: BTreeMap<String, Profile>,
 }
 
@@ -146,7 +149,8 @@ impl Config {
             );
         }
         let roots = raw.provium.roots.into_iter().map(anchor).collect();
-        Ok(Config { path: Some(path.to_path_buf()), roots, profiles })
+        let cache_dir = raw.provium.cache_dir.map(anchor);
+        Ok(Config { path: Some(path.to_path_buf()), roots, cache_dir, profiles })
     }
 
     /// Names every profile a test can use, the built-in one included.

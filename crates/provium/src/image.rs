@@ -119,6 +119,38 @@ impl Images {
         Ok(g)
     }
 
+    /// One line per input that decides what a guest boots into: every
+    /// profile's kernel, initrd and command line (sorted by name), the
+    /// default guest's cache key, and the agent. Fixture cache keys include
+    /// these, so changing any of them rebuilds every fixture (deliberately
+    /// coarse: a fixture may boot any profile).
+    pub fn identity(&self) -> Vec<String> {
+        let stamp = |p: &Path| match std::fs::metadata(p) {
+            Ok(md) => {
+                let mtime = md.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                format!("{}@{}:{}", p.display(), md.len(), mtime.map(|d| d.as_nanos()).unwrap_or(0))
+            }
+            Err(_) => format!("{}@missing", p.display()),
+        };
+        let mut lines = vec![format!("agent={:x}", Sha256::digest(AGENT))];
+        for (name, p) in &self.config.profiles {
+            lines.push(format!("profile={name}"));
+            lines.push(format!("kernel={}", stamp(&p.kernel)));
+            if let Some(i) = &p.initrd {
+                lines.push(format!("initrd={}", stamp(i)));
+            }
+            if let Some(f) = &p.cmdline_file {
+                lines.push(format!("cmdline_file={}", stamp(f)));
+            }
+            lines.push(format!("cmdline={} inject_agent={}", p.cmdline, p.inject_agent));
+        }
+        match self.default_guest() {
+            Ok(g) => lines.push(format!("default_guest={}", g.key)),
+            Err(_) => lines.push("default_guest=unavailable".into()),
+        }
+        lines
+    }
+
     pub fn resolve(&self, name: &str) -> Result<BootImage, ImageError> {
         if let Some(p) = self.config.profiles.get(name) {
             return self.resolve_profile(p);

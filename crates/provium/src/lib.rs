@@ -21,6 +21,8 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod fixture;
+pub mod fixture_cli;
 pub mod guest;
 pub mod image;
 pub mod lua;

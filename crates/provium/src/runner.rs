@@ -95,7 +95,7 @@ pub fn default_jobs() -> usize {
 pub struct RunConfig {
     pub images: Arc<Images>,
     pub accel: Accel,
-    pub roots: Vec<PathBuf>,
+    pub fixtures: Arc<crate::fixture::Fixtures>,
     pub timeout: Option<Duration>,
     pub jobs: usize,
 }
@@ -139,7 +139,7 @@ fn run_one(file: &TestFile, cfg: &RunConfig, progress: &Sender<Progress>) -> Fil
     let env = FileEnv {
         images: cfg.images.clone(),
         accel: cfg.accel,
-        roots: cfg.roots.clone(),
+        fixtures: cfg.fixtures.clone(),
         timeout: cfg.timeout,
         on_test: &on_test,
     };

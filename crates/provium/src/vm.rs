@@ -368,10 +368,17 @@ impl Vm {
         if !matches!(self.state, VmState::Booted | VmState::Paused) {
             return Err(self.wrong_state("snapshot"));
         }
-        let (files, streams) =
-            (self.resources.count(crate::resources::Class::File), self.resources.count(crate::resources::Class::Stream));
+        let (files, streams) = (
+            self.resources.count(crate::resources::Class::File),
+            self.resources.count(crate::resources::Class::Stream),
+        );
         if files + streams > 0 {
-            return Err(VmError::NotQuiescent { vm: self.name.clone(), files, streams, list: self.resources.describe() });
+            return Err(VmError::NotQuiescent {
+                vm: self.name.clone(),
+                files,
+                streams,
+                list: self.resources.describe(),
+            });
         }
         let meta = self.running_as.clone().expect("a booted VM records how it runs");
         let inst = self.instance.as_ref().expect("a booted VM has an instance");
@@ -389,8 +396,8 @@ impl Vm {
                 reason: "restore needs a created, shut down or dead VM; call vm:shutdown() first",
             });
         }
-        let meta = snapfile::read_header(path)
-            .map_err(|source| VmError::SnapshotFile { vm: self.name.clone(), source })?;
+        let meta =
+            snapfile::read_header(path).map_err(|source| VmError::SnapshotFile { vm: self.name.clone(), source })?;
         if meta.accel != self.accel.as_str() {
             return Err(VmError::AccelMismatch {
                 vm: self.name.clone(),

@@ -7,89 +7,13 @@
 //! kernel). They use TCG (`PROVIUM_ACCEL=tcg`), like CI.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use provium::guest::CpioWriter;
 
-struct Suite {
-    dir: tempfile::TempDir,
-}
-
-impl Suite {
-    fn new() -> Suite {
-        Suite { dir: tempfile::tempdir().expect("tempdir") }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmpdir(&self) -> PathBuf {
-        let t = self.path().join("tmp");
-        std::fs::create_dir_all(&t).unwrap();
-        t
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_provium"));
-        c.args(args).current_dir(self.path()).env("TMPDIR", self.tmpdir()).env("PROVIUM_ACCEL", "tcg");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("run provium");
-        eprintln!(
-            "--- provium {args:?} exit={:?}\n{}\n--- stderr\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// The scratch directories and QEMU processes left by provium `pid`.
-    fn leftovers(&self, pid: u32) -> Vec<String> {
-        let mut found = Vec::new();
-        let root = self.tmpdir().join(format!("provium-{}", unsafe { libc::getuid() }));
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{pid}-")) {
-                    found.push(format!("scratch dir {name}"));
-                }
-            }
-        }
-        let marker = root.display().to_string();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains("qemu-system") && cmd.contains(&marker) {
-                    found.push(format!("process {}: {cmd}", e.file_name().to_string_lossy()));
-                }
-            }
-        }
-        found
-    }
-}
-
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
-}
-
-fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_json::Value {
-    reports
-        .iter()
-        .find(|r| r["path"].as_str().unwrap().ends_with(suffix))
-        .unwrap_or_else(|| panic!("no report for {suffix}"))
-}
+mod common;
+use common::{file, json_lines, vmlinux, Suite};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().unwrap()
@@ -107,10 +31,6 @@ fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
     let path = dir.join("custom-initrd.cpio");
     std::fs::write(&path, bytes).unwrap();
     path
-}
-
-fn vmlinux() -> PathBuf {
-    provium::image::Images::new(Default::default()).default_guest().unwrap().vmlinux
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub struct FileCtx {
     pub accel: Accel,
     /// Every VM's kill switch, for the file and test watchdogs.
     pub kill_switches: Arc<Mutex<Vec<KillSwitch>>>,
+    pub fixtures: Arc<crate::fixture::Fixtures>,
 }
 
 /// The file's root lab and the running test's scope lab.
@@ -237,8 +238,7 @@ impl UserData for LabUd {
             Ok(())
         });
         methods.add_method("pause", |lua, this, ()| batch(lua, "pause", &this.in_state(VmState::Booted), Vm::pause));
-        methods
-            .add_method("resume", |lua, this, ()| batch(lua, "resume", &this.in_state(VmState::Paused), Vm::resume));
+        methods.add_method("resume", |lua, this, ()| batch(lua, "resume", &this.in_state(VmState::Paused), Vm::resume));
         methods.add_method("snapshot", |lua, this, dir: Option<String>| {
             let (dir, given) = match dir {
                 Some(d) => (std::path::PathBuf::from(d), true),
@@ -257,6 +257,14 @@ impl UserData for LabUd {
         methods.add_method("restore", |lua, this, snap: Value| {
             let dir = super::snapshot_ud::snapshot_path(lua, "lab:restore", &snap)?;
             super::lab_snapshot::restore(lua, &this.0, &dir)
+        });
+        methods.add_method("vm_fixture", |lua, _, name: Value| {
+            let name = fixture_name(lua, "vm_fixture", name)?;
+            super::fixtures::vm_fixture(lua, &name)
+        });
+        methods.add_method("lab_fixture", |lua, _, name: Value| {
+            let name = fixture_name(lua, "lab_fixture", name)?;
+            super::fixtures::lab_fixture(lua, &name)
         });
         methods.add_method("vm_names", |_, this, ()| Ok(names(&this.0.borrow().vms)));
         methods.add_method("sub_lab_names", |_, this, ()| Ok(names(&this.0.borrow().labs)));
@@ -294,6 +302,19 @@ fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
         "reset_between_tests" => return Ok(Value::Boolean(config.reset_between_tests)),
         "timeout" => return Ok(config.timeout.map(|d| Value::Number(d.as_secs_f64())).unwrap_or(Value::Nil)),
         "pack" | "unpack" => return lua.globals().get::<mlua::Table>("string")?.get(key.as_str()),
+        // `provium.vm_fixture("x")` (dot call) works like the method form.
+        "vm_fixture" => {
+            return Ok(Value::Function(lua.create_function(|lua, name: Value| {
+                let name = fixture_name(lua, "vm_fixture", name)?;
+                super::fixtures::vm_fixture(lua, &name)
+            })?))
+        }
+        "lab_fixture" => {
+            return Ok(Value::Function(lua.create_function(|lua, name: Value| {
+                let name = fixture_name(lua, "lab_fixture", name)?;
+                super::fixtures::lab_fixture(lua, &name)
+            })?))
+        }
         _ => {}
     }
     let (vm, lab) = {
@@ -307,6 +328,13 @@ fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
         return Ok(Value::UserData(lua.create_userdata(LabUd(lab))?));
     }
     Ok(Value::Nil)
+}
+
+fn fixture_name(lua: &Lua, what: &str, v: Value) -> mlua::Result<String> {
+    match v {
+        Value::String(s) => Ok(s.to_str()?.to_string()),
+        _ => Err(raise(lua, format!("provium:{what}(name): name must be a string"))),
+    }
 }
 
 fn set_config(lua: &Lua, this: &LabUd, key: &str, value: Value) -> mlua::Result<()> {

@@ -10,6 +10,7 @@ pub mod clock_ud;
 pub mod console_ud;
 pub mod errors;
 pub mod file_ud;
+pub mod fixtures;
 pub mod framework;
 pub mod jobs;
 pub mod lab;
@@ -47,8 +48,8 @@ pub const CONSOLE_EXCERPT_LINES: usize = 20;
 pub struct FileEnv<'a> {
     pub images: Arc<Images>,
     pub accel: Accel,
-    /// Extra `package.path` roots (the config's roots).
-    pub roots: Vec<PathBuf>,
+    /// The run's fixtures; their roots are also `package.path` roots.
+    pub fixtures: Arc<crate::fixture::Fixtures>,
     /// Per-file wall-clock limit.
     pub timeout: Option<Duration>,
     /// Called as each test finishes (for live progress).
@@ -80,7 +81,11 @@ struct Watchdog {
 impl Watchdog {
     /// Arms a watchdog that sets `fired` and kills every VM of the file
     /// when `timeout` passes before the watchdog drops.
-    fn start(timeout: Option<Duration>, kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>>, fired: Arc<AtomicBool>) -> Watchdog {
+    fn start(
+        timeout: Option<Duration>,
+        kills: Arc<Mutex<Vec<crate::vm::KillSwitch>>>,
+        fired: Arc<AtomicBool>,
+    ) -> Watchdog {
         let Some(timeout) = timeout else {
             return Watchdog { fired, stop: None, thread: None };
         };
@@ -130,6 +135,16 @@ fn test_timeout(lua: &Lua, meta: Option<&Table>) -> mlua::Result<Option<Duration
     Ok(lab_ud::file_config(lua).timeout)
 }
 
+/// Installs provium's Lua API into a fresh state for the file at `path`
+/// (a test file or a fixture builder).
+pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileCtx) -> mlua::Result<()> {
+    set_package_path(lua, path, roots)?;
+    framework::install(lua)?;
+    jobs::install(lua)?;
+    waits::install(lua)?;
+    lab_ud::install(lua, ctx)
+}
+
 /// Runs one test file to completion and reports how it went.
 pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     let started = Instant::now();
@@ -139,11 +154,13 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
     let test_fired: Arc<AtomicBool> = Arc::default();
     let lua = Lua::new();
     let setup = (|| -> mlua::Result<()> {
-        set_package_path(&lua, path, &env.roots)?;
-        framework::install(&lua)?;
-        jobs::install(&lua)?;
-        waits::install(&lua)?;
-        lab_ud::install(&lua, FileCtx { images: env.images.clone(), accel: env.accel, kill_switches: kills.clone() })?;
+        let ctx = FileCtx {
+            images: env.images.clone(),
+            accel: env.accel,
+            kill_switches: kills.clone(),
+            fixtures: env.fixtures.clone(),
+        };
+        install_api(&lua, path, &env.fixtures.roots, ctx)?;
         let fired = watchdog.fired.clone();
         let test_fired = test_fired.clone();
         let limit = env.timeout.unwrap_or_default();

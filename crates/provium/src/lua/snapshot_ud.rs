@@ -67,7 +67,8 @@ pub fn default_path(lua: &Lua, stem: &str, suffix: &str) -> mlua::Result<PathBuf
     }
     let mut sd = lua.app_data_mut::<SnapshotDir>().expect("just installed");
     if sd.dir.is_none() {
-        let dir = ScratchDir::new("snapshots").map_err(|e| raise(lua, format!("cannot create a snapshot directory: {e}")))?;
+        let dir =
+            ScratchDir::new("snapshots").map_err(|e| raise(lua, format!("cannot create a snapshot directory: {e}")))?;
         sd.dir = Some(dir);
     }
     sd.next += 1;

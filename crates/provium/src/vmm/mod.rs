@@ -155,14 +155,18 @@ fn exited(qemu: &mut QemuProcess, paths: &VmPaths) -> LaunchError {
     let status = qemu.exit_status().map(|s| s.to_string()).unwrap_or_else(|| "killed".into());
     let stderr = qemu.stderr();
     let stderr = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
-    LaunchError::QemuExited { status, stderr, console: format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES)) }
+    LaunchError::QemuExited {
+        status,
+        stderr,
+        console: format_console(&tail_of(&paths.console_log, CONSOLE_TAIL_BYTES)),
+    }
 }
 
 impl Started {
     /// Connects to the agent and waits for its handshake.
     fn handshake(mut self, label: &str, agent_timeout: Duration) -> Result<Instance, LaunchError> {
-        let agent =
-            AgentClient::connect(&self.paths.agent, self.start + Duration::from_secs(10)).map_err(LaunchError::Agent)?;
+        let agent = AgentClient::connect(&self.paths.agent, self.start + Duration::from_secs(10))
+            .map_err(LaunchError::Agent)?;
         let qemu = &self.qemu;
         let alive = || if qemu.has_exited() { Err("QEMU exited".to_string()) } else { Ok(()) };
         let hello = match agent.handshake(agent_timeout, &alive) {

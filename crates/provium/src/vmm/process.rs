@@ -93,8 +93,8 @@ impl QemuProcess {
                 Ok(())
             });
         }
-        let child =
-            spawn_from_lasting_thread(cmd).map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
+        let child = spawn_from_lasting_thread(cmd)
+            .map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
         let registered = cleanup::register_child(child.id() as i32);
         Ok(QemuProcess { child, _registered: registered, stderr_path: stderr_path.to_path_buf(), exited: None })
     }
