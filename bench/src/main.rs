@@ -1,7 +1,7 @@
 //! `provium-bench`: what provium costs on this host, with the default guest.
 //!
 //! Boots real VMs through the `provium` library (the same path tests take)
-//! and measures cold boot, exec and ping round trips, file transfer
+//! and measures cold boot, snapshot and restore, exec and ping round trips, file transfer
 //! throughput, port-open → `wait_port` latency, process stdout stream
 //! throughput (and the host memory a slow reader of it holds) and idle host
 //! memory per VM. Progress goes to stderr; the
@@ -13,6 +13,7 @@
 mod measure;
 mod port;
 mod report;
+mod snapshot;
 mod stream;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ struct Args {
     /// Cold boots to time.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     boots: u64,
+    /// Snapshots taken and restores timed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    restores: u64,
     /// Exec and ping round trips to time (each).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     runs: u64,
@@ -105,6 +109,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.reason);
     let bench = Bench { images, accel: choice.accel };
     let cold_boot = bench.cold_boot(args.boots as usize)?;
+    let snapshot = bench.snapshot_restore(args.restores as usize, cold_boot.cold.median_ms)?;
     let warm = bench.warm(args.runs as usize, (args.file_mib << 20) as usize, args.port_trials as usize)?;
     let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;
     Ok(Report {
@@ -116,6 +121,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             kernel_release: guest.kernel_release,
         },
         cold_boot,
+        snapshot,
         round_trip: warm.round_trip,
         file_io: warm.file_io,
         port_latency: warm.port,

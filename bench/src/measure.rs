@@ -72,7 +72,7 @@ pub struct Bench {
     pub accel: Accel,
 }
 
-fn step<T>(step: impl Into<String>, r: Result<T, VmError>) -> Result<T, BenchError> {
+pub(crate) fn step<T>(step: impl Into<String>, r: Result<T, VmError>) -> Result<T, BenchError> {
     r.map_err(|source| BenchError::Vm { step: step.into(), source: Box::new(source) })
 }
 
@@ -85,22 +85,22 @@ fn exec_true() -> ExecRequest {
     ExecRequest { argv: vec!["true".into()], ..Default::default() }
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 impl Bench {
-    fn vm(&self, name: &str) -> Vm {
+    pub(crate) fn vm(&self, name: &str) -> Vm {
         Vm::new(name, "default", BootOpts::default(), self.images.clone(), self.accel)
     }
 
-    fn boot(&self, name: &str) -> Result<Vm, BenchError> {
+    pub(crate) fn boot(&self, name: &str) -> Result<Vm, BenchError> {
         let mut vm = self.vm(name);
         step(format!("boot of `{name}`"), vm.boot(&BootOpts::default()))?;
         Ok(vm)
     }
 
-    fn run_true(vm: &mut Vm, what: &str) -> Result<(), BenchError> {
+    pub(crate) fn run_true(vm: &mut Vm, what: &str) -> Result<(), BenchError> {
         let out = step(what, vm.exec(exec_true(), b""))?;
         match out.status {
             provium_protocol::ExitStatus::Exited(0) => Ok(()),

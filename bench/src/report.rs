@@ -14,6 +14,7 @@ use serde::Serialize;
 pub struct Report {
     pub host: Host,
     pub cold_boot: ColdBoot,
+    pub snapshot: SnapshotRestore,
     pub round_trip: RoundTrip,
     pub file_io: FileIo,
     pub port_latency: PortLatency,
@@ -73,6 +74,22 @@ pub struct ColdBoot {
     pub handshake: Summary,
     /// Median cold boot over median kernel boot.
     pub cold_over_kernel: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotRestore {
+    pub what: &'static str,
+    pub save: Summary,
+    /// Restore → first command result.
+    pub restore: Summary,
+    /// Median restore over median cold boot (same run).
+    pub restore_over_cold: f64,
+    pub snapshot_bytes: u64,
+    pub snapshot_allocated: u64,
+    /// zstd-compressed fixture cache entry.
+    pub cache_entry_bytes: u64,
+    pub compress_ms: f64,
+    pub extract_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +232,7 @@ impl Report {
     pub fn to_table(&self) -> String {
         let h = &self.host;
         let c = &self.cold_boot;
+        let sr = &self.snapshot;
         let r = &self.round_trip;
         let f = &self.file_io;
         let m = &self.idle_memory;
@@ -243,6 +261,28 @@ impl Report {
                 "  cold / kernel".into(),
                 format!("{:.2}×", c.cold_over_kernel),
                 "median cold boot over median kernel boot".into(),
+            ),
+            (
+                "restore".into(),
+                format!("{} median, {} p90", secs(sr.restore.median_ms), secs(sr.restore.p90_ms)),
+                format!("vm:restore() → first exec `true`, {} trials", sr.restore.n),
+            ),
+            (
+                "  restore / cold".into(),
+                format!("{:.1} %", sr.restore_over_cold * 100.0),
+                "median restore over median cold boot, same run (target ≤ 10 %)".into(),
+            ),
+            (
+                "  snapshot".into(),
+                format!("{} median", secs(sr.save.median_ms)),
+                format!(
+                    "vm:snapshot() of the booted guest: {:.1} MiB file; fixture cache entry {:.1} MiB (zstd, {}), \
+                     extracted in {}",
+                    sr.snapshot_bytes as f64 / (1 << 20) as f64,
+                    sr.cache_entry_bytes as f64 / (1 << 20) as f64,
+                    secs(sr.compress_ms),
+                    secs(sr.extract_ms)
+                ),
             ),
             (
                 "exec `true`".into(),

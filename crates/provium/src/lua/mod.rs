@@ -211,19 +211,18 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
         } else if let Some(reason) = framework::meta_skip(meta.as_ref()) {
             Outcome::Skipped(reason)
         } else {
-            let limit = match test_timeout(&lua, meta.as_ref()) {
-                Ok(l) => l,
-                Err(e) => {
-                    report.chunk_error = Some(errors::message(&e));
-                    break;
-                }
+            // A bad meta.timeout fails its own test, before the body runs.
+            let (limit, bad_meta) = match test_timeout(&lua, meta.as_ref()) {
+                Ok(l) => (l, None),
+                Err(e) => (None, Some(errors::message(&e))),
             };
             test_fired.store(false, Ordering::SeqCst);
             let test_dog = Watchdog::start(limit, kills.clone(), test_fired.clone());
             let func: mlua::Function = lua.registry_value(&def.func).expect("registered test function");
-            let mut outcome = match lab_ud::begin_test_scope(&lua, &def.name) {
-                Ok(()) => framework::run_test(&lua, &func, &TestCtx(state.clone())),
-                Err(e) => Outcome::Failed(errors::message(&e)),
+            let mut outcome = match (bad_meta, lab_ud::begin_test_scope(&lua, &def.name)) {
+                (Some(why), _) => Outcome::Failed(format!("test `{}`: {why}", def.name)),
+                (None, Ok(())) => framework::run_test(&lua, &func, &TestCtx(state.clone())),
+                (None, Err(e)) => Outcome::Failed(errors::message(&e)),
             };
             drop(test_dog);
             if let (true, Outcome::Failed(m)) = (test_fired.load(Ordering::SeqCst), &outcome) {

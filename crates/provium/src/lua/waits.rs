@@ -180,6 +180,16 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
         lua.create_function(|lua, (f, o): (Function, Option<Table>)| wait_until(lua, "wait_until", f, o, RETRY))?,
     )?;
     g.set("polling_condition", lua.create_function(polling_condition)?)?;
+    // Host wall-clock helpers (seconds, fractional): what wait_until uses.
+    let epoch = std::time::Instant::now();
+    g.set("_provium_now", lua.create_function(move |_, ()| Ok(epoch.elapsed().as_secs_f64()))?)?;
+    g.set(
+        "_provium_sleep",
+        lua.create_function(|lua, secs: Value| {
+            std::thread::sleep(opts::duration(lua, "_provium_sleep", &secs)?);
+            Ok(())
+        })?,
+    )?;
     Ok(())
 }
 

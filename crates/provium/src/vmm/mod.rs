@@ -164,9 +164,22 @@ fn exited(qemu: &mut QemuProcess, paths: &VmPaths) -> LaunchError {
 
 impl Started {
     /// Connects to the agent and waits for its handshake.
-    fn handshake(mut self, label: &str, agent_timeout: Duration) -> Result<Instance, LaunchError> {
-        let agent = AgentClient::connect(&self.paths.agent, self.start + Duration::from_secs(10))
-            .map_err(LaunchError::Agent)?;
+    fn connect_agent(&self) -> Result<AgentClient, LaunchError> {
+        AgentClient::connect(&self.paths.agent, self.start + Duration::from_secs(10)).map_err(LaunchError::Agent)
+    }
+
+    /// Says Hello on `agent` (connected now if `None`) and waits for the
+    /// answer.
+    fn handshake(
+        mut self,
+        label: &str,
+        agent: Option<AgentClient>,
+        agent_timeout: Duration,
+    ) -> Result<Instance, LaunchError> {
+        let agent = match agent {
+            Some(a) => a,
+            None => self.connect_agent()?,
+        };
         let qemu = &self.qemu;
         let alive = || if qemu.has_exited() { Err("QEMU exited".to_string()) } else { Ok(()) };
         let hello = match agent.handshake(agent_timeout, &alive) {
@@ -199,7 +212,7 @@ impl Instance {
         files: Option<Vec<u8>>,
         agent_timeout: Duration,
     ) -> Result<Instance, LaunchError> {
-        start(label, spec, files)?.handshake(label, agent_timeout)
+        start(label, spec, files)?.handshake(label, None, agent_timeout)
     }
 
     /// Starts a new QEMU from a snapshot file (see [`snapshot`]) and returns
@@ -213,6 +226,11 @@ impl Instance {
     ) -> Result<Instance, LaunchError> {
         spec.incoming = true;
         let mut st = start(label, spec, None)?;
+        tracing::debug!(vm = label, after = ?st.start.elapsed(), "QEMU answers on QMP; loading the snapshot");
+        // Connected before the state loads, the port looks to the guest as
+        // it did when saved (host connected): no close/open events for the
+        // agent to go through, and the Hello is read as soon as it runs.
+        let agent = st.connect_agent()?;
         let channels = snapshot::file_channel(snapshot);
         if let Err(e) = st.qmp.execute("migrate-incoming", Some(channels), QMP_TIMEOUT) {
             return Err(LaunchError::Restore(e.to_string()));
@@ -234,7 +252,7 @@ impl Instance {
         }
         st.qmp.execute("cont", None, QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
         tracing::debug!(vm = label, loaded_after = ?st.start.elapsed(), "snapshot loaded; guest continues");
-        st.handshake(label, agent_timeout)
+        st.handshake(label, Some(agent), agent_timeout)
     }
 
     /// Drops the agent connection and opens a new one with a fresh Hello
