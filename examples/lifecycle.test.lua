@@ -56,3 +56,36 @@ test("the guest clock can be read, set and moved", function(t)
   t:assert(clock:get() < 1700000010)
   t:assert_contains(t:assert_raises(function() clock:set(0/0) end), "finite")
 end)
+
+-- Seed 001's creation options, as written (with the default profile).
+local pubkey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIProviumExampleKeyOnlyForTests test@provium"
+test("creation options: memory, cpus, cmdline, rng_seed, initial_time, files", function(t)
+  local vm = provium:vm("v", "default", {
+    memory = "2G",
+    cpus = 4,
+    kernel_cmdline = "console=hvc0 quiet earlyprintk=hvc0",
+    rng_seed = 0xdeadbeef,
+    initial_time = 1700000000,
+    files = {
+      {path = "/etc/hostname", content = "v"},
+      {path = "/root/.ssh/authorized_keys", content = pubkey},
+    },
+  }):boot()
+  t:assert_eq(vm:read_file("/etc/hostname"), "v")
+  t:assert_eq(vm:read_file("/root/.ssh/authorized_keys"), pubkey)
+  t:assert_eq(vm:run("nproc").stdout, "4\n")
+  local kib = tonumber(vm:run("awk '/MemTotal/ {print $2}' /proc/meminfo").stdout)
+  t:assert(kib > 1900000 and kib <= 2097152, "MemTotal " .. kib .. " kB for 2G")
+  t:assert_contains(vm:read_file("/proc/cmdline"), "earlyprintk=hvc0")
+  local now = tonumber(vm:run("date +%s").stdout)
+  t:assert(math.abs(now - 1700000000) <= 2, "guest clock " .. now)
+end)
+
+test("per-boot options merge over creation options", function(t)
+  local vm = provium:vm("m", "default", {memory = "256M", files = {{path = "/etc/who", content = "creation"}}})
+  vm:boot({files = {{path = "/etc/who", content = "boot"}}, cpus = 2})
+  t:assert_eq(vm:read_file("/etc/who"), "boot")
+  t:assert_eq(vm:run("nproc").stdout, "2\n")
+  local kib = tonumber(vm:run("awk '/MemTotal/ {print $2}' /proc/meminfo").stdout)
+  t:assert(kib <= 262144, "256M from the creation options, got " .. kib .. " kB")
+end)

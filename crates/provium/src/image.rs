@@ -78,16 +78,27 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The default guest's kernel command line. `tsc=reliable`: under load on
-/// an emulated CPU the clocksource watchdog otherwise declares the TSC
-/// unstable and the guest falls back to jiffies (4 ms steps).
+/// The default guest's kernel command line (what `kernel_cmdline`
+/// replaces).
 pub fn default_cmdline() -> String {
-    let mut c =
-        String::from("console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on tsc=reliable");
+    String::from("console=ttyS0 quiet cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on")
+}
+
+/// What every guest on provium's machine needs on its command line, added
+/// unless the command line sets the same parameter:
+/// - `panic=-1`: a panicking kernel ends QEMU at once (the boot error then
+///   quotes the panic) instead of hanging until the agent timeout;
+/// - `tsc=reliable`: under load on an emulated CPU the clocksource watchdog
+///   otherwise declares the TSC unstable and the guest falls back to jiffies
+///   (4 ms steps);
+/// - `tsc_early_khz`: spares the TSC calibration that sometimes hangs a
+///   microvm boot.
+pub fn machine_cmdline() -> Vec<String> {
+    let mut v = vec!["panic=-1".to_string(), "tsc=reliable".to_string()];
     if let Some(khz) = host_tsc_khz() {
-        c.push_str(&format!(" tsc_early_khz={khz}"));
+        v.push(format!("tsc_early_khz={khz}"));
     }
-    c
+    v
 }
 
 /// Resolves profiles to boot images; shared by all test files of a run.

@@ -317,8 +317,8 @@ impl Vm {
         let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
         // With a seeded hwrng, keep the kernel's hwrng thread from reading
         // it in the background, so what a test reads is the same each boot.
-        let extra_cmdline: Vec<String> =
-            opts.rng_seed.map(|_| "rng_core.default_quality=0".to_string()).into_iter().collect();
+        let mut extra_cmdline = crate::image::machine_cmdline();
+        extra_cmdline.extend(opts.rng_seed.map(|_| "rng_core.default_quality=0".to_string()));
         let spec = LaunchSpec {
             accel: self.accel,
             memory_mib: spec_memory_mib(&opts),

@@ -204,12 +204,18 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     v
 }
 
-/// The kernel command line: the profile's, then what provium needs.
+/// The kernel command line: the profile's, then `extra` parameters the
+/// profile does not set itself, then what provium needs.
 /// `console=ttyS0` is added unless present (the serial port is what we log);
 /// `rdinit=` when the agent is injected.
 pub fn kernel_cmdline(base: &str, inject_agent: bool, extra: &[String]) -> String {
     let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
-    parts.extend(extra.iter().cloned());
+    let key = |p: &str| p.split('=').next().unwrap_or(p).to_string();
+    for e in extra {
+        if !parts.iter().any(|p| key(p) == key(e)) {
+            parts.push(e.clone());
+        }
+    }
     if !parts.iter().any(|p| p == "console=ttyS0" || p.starts_with("console=ttyS0,")) {
         parts.push(s("console=ttyS0"));
     }
@@ -295,5 +301,9 @@ mod tests {
             "console=ttyS0,115200 rdinit=/sbin/provium-agent x=1"
         );
         assert_eq!(kernel_cmdline("", false, &[]), "console=ttyS0");
+        assert_eq!(
+            kernel_cmdline("panic=5", false, &[s("panic=-1"), s("tsc=reliable")]),
+            "panic=5 tsc=reliable console=ttyS0"
+        );
     }
 }
