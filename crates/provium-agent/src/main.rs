@@ -24,6 +24,7 @@ mod init;
 mod inotify;
 mod kmod;
 mod log;
+mod pool;
 mod port;
 mod power;
 mod proc;

@@ -34,6 +34,20 @@ pub fn scratch_root() -> PathBuf {
     std::env::temp_dir().join(format!("provium-{uid}"))
 }
 
+/// Where guest RAM files go: `/dev/shm/provium-<uid>` when `/dev/shm` is a
+/// writable directory (RAM files must live in memory, not on a disk), else
+/// `None`.
+pub fn shm_root() -> Option<PathBuf> {
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let root = Path::new("/dev/shm").join(format!("provium-{uid}"));
+        std::fs::create_dir_all(&root).ok().map(|_| root)
+    })
+    .clone()
+}
+
 /// A temporary directory removed on drop (and on Ctrl-C). Its name embeds
 /// our pid so a later run can tell whether its owner is still alive.
 #[derive(Debug)]
@@ -44,8 +58,12 @@ pub struct ScratchDir {
 
 impl ScratchDir {
     pub fn new(label: &str) -> std::io::Result<ScratchDir> {
-        let root = scratch_root();
-        std::fs::create_dir_all(&root)?;
+        ScratchDir::new_in(&scratch_root(), label)
+    }
+
+    /// A scratch directory under `root` (e.g. [`shm_root`]).
+    pub fn new_in(root: &Path, label: &str) -> std::io::Result<ScratchDir> {
+        std::fs::create_dir_all(root)?;
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let clean: String =
             label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(16).collect();
@@ -121,9 +139,17 @@ pub fn install_signal_handler() {
     });
 }
 
-/// Removes scratch directories left by provium processes that no longer run.
+/// Removes scratch directories (and RAM files) left by provium processes
+/// that no longer run.
 pub fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir(scratch_root()) else {
+    sweep_root(&scratch_root());
+    if let Some(shm) = shm_root() {
+        sweep_root(&shm);
+    }
+}
+
+fn sweep_root(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
     for entry in entries.flatten() {

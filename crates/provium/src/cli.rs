@@ -98,7 +98,9 @@ fn open_fixtures(cli_paths: &[PathBuf], config: &Config, images: &Images) -> Res
     for key in store.shrink_to(FIXTURE_CACHE_MAX_BYTES) {
         eprintln!("provium: fixture cache over {} GiB; evicted {key}", FIXTURE_CACHE_MAX_BYTES >> 30);
     }
-    Ok(Arc::new(Fixtures::new(store, fixture_roots(cli_paths, config), images.identity())))
+    let mut environment = images.identity();
+    environment.push(format!("snapshot_format={}", crate::vmm::snapshot::FORMAT));
+    Ok(Arc::new(Fixtures::new(store, fixture_roots(cli_paths, config), environment)))
 }
 
 /// Least recently used fixture entries go beyond this.

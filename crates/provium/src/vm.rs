@@ -21,7 +21,7 @@ use crate::agent::{AgentClient, AgentError};
 use crate::image::{ImageError, Images};
 use crate::resources::Registry;
 use crate::vmm::snapshot::{self as snapfile, SaveError, SnapshotFileError, SnapshotMeta};
-use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec};
+use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec, Ram};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmState {
@@ -323,6 +323,7 @@ impl Vm {
             accel: self.accel,
             memory_mib: spec_memory_mib(&opts),
             cpus: opts.cpus.unwrap_or(1),
+            ram: Ram::Anonymous,
             incoming: false,
             kernel: image.kernel,
             initrd: image.initrd,
@@ -355,6 +356,7 @@ impl Vm {
             cpus: opts.cpus.unwrap_or(1),
             rng_seed: opts.rng_seed,
             initial_time: opts.initial_time,
+            ram: None,
         });
         self.instance = Some(inst);
         self.state = VmState::Booted;
@@ -406,10 +408,15 @@ impl Vm {
                 here: self.accel.as_str().to_string(),
             });
         }
+        let ram = match meta.ram {
+            Some(image) => Ram::Image { path: path.to_path_buf(), offset: image.offset },
+            None => Ram::Anonymous,
+        };
         let spec = LaunchSpec {
             accel: self.accel,
             memory_mib: meta.memory_mib,
             cpus: meta.cpus,
+            ram,
             kernel: Default::default(),
             initrd: Default::default(),
             cmdline: String::new(),
@@ -431,7 +438,7 @@ impl Vm {
             }
         }
         self.profile = meta.profile.clone();
-        self.running_as = Some(meta);
+        self.running_as = Some(SnapshotMeta { ram: None, ..meta });
         self.last_boot = None;
         self.instance = Some(inst);
         self.state = VmState::Booted;

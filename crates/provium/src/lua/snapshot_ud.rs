@@ -26,7 +26,8 @@ pub struct LabSnapshotUd {
 impl UserData for SnapshotUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("path", |_, this, ()| Ok(this.path.display().to_string()));
-        methods.add_method("size", |_, this, ()| Ok(std::fs::metadata(&this.path).map(|m| m.len()).unwrap_or(0)));
+        // Bytes on disk: a snapshot's RAM image is mostly holes.
+        methods.add_method("size", |_, this, ()| Ok(crate::vmm::snapshot::disk_bytes(&this.path)));
         methods.add_method("delete", |_, this, ()| {
             let _ = std::fs::remove_file(&this.path);
             Ok(())
@@ -47,10 +48,10 @@ impl UserData for LabSnapshotUd {
     }
 }
 
-/// The sum of the sizes of the files directly in `dir` (0 if missing).
+/// The bytes on disk of the files directly in `dir` (0 if missing).
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| crate::vmm::snapshot::disk_bytes(&p)).sum()
 }
 
 /// The file's snapshot directory (created on first use) and a counter.

@@ -20,11 +20,25 @@ impl Accel {
     }
 }
 
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ram {
+    /// Anonymous memory: snapshots carry the RAM in QEMU's stream.
+    Anonymous,
+    /// A shared file (in `/dev/shm`): a snapshot copies the file next to a
+    /// stream that skips RAM (`x-ignore-shared`), which is much faster.
+    SharedFile(PathBuf),
+    /// A private, copy-on-write mapping of the RAM image stored in a
+    /// snapshot file at `offset`: a restore loads no RAM at all.
+    Image { path: PathBuf, offset: u64 },
+}
+
 /// Everything that decides one QEMU invocation.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub accel: Accel,
     pub memory_mib: u64,
+    pub ram: Ram,
     pub cpus: u32,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -71,9 +85,19 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// A path inside a QEMU `key=value,…` option: commas doubled.
+fn opt_path(p: &Path) -> String {
+    path(p).replace(',', ",,")
+}
+
 /// `-machine`, `-accel`, `-cpu`: microvm is the fastest machine to boot.
 pub fn machine_args(accel: Accel) -> Vec<String> {
-    let mut v = vec![s("-machine"), s("microvm,acpi=on,pit=off,pic=off,rtc=on"), s("-accel"), s(accel.as_str())];
+    let mut v = vec![
+        s("-machine"),
+        s("microvm,acpi=on,pit=off,pic=off,rtc=on,memory-backend=mem"),
+        s("-accel"),
+        s(accel.as_str()),
+    ];
     if accel == Accel::Kvm {
         v.extend([s("-cpu"), s("host")]);
     }
@@ -82,6 +106,20 @@ pub fn machine_args(accel: Accel) -> Vec<String> {
 
 pub fn resources_args(memory_mib: u64, cpus: u32) -> Vec<String> {
     vec![s("-m"), format!("{memory_mib}M"), s("-smp"), cpus.to_string()]
+}
+
+/// The RAM backend the machine's `memory-backend=mem` names.
+pub fn ram_args(ram: &Ram, memory_mib: u64) -> Vec<String> {
+    let backend = match ram {
+        Ram::Anonymous => format!("memory-backend-ram,id=mem,size={memory_mib}M"),
+        Ram::SharedFile(p) => {
+            format!("memory-backend-file,id=mem,size={memory_mib}M,mem-path={},share=on", opt_path(p))
+        }
+        Ram::Image { path: p, offset } => {
+            format!("memory-backend-file,id=mem,size={memory_mib}M,mem-path={},offset={offset},share=off", opt_path(p))
+        }
+    };
+    vec![s("-object"), backend]
 }
 
 /// No default devices, no graphics, and a guest reboot ends QEMU.
@@ -184,6 +222,7 @@ pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     let mut v = Vec::new();
     v.extend(machine_args(spec.accel));
     v.extend(resources_args(spec.memory_mib, spec.cpus));
+    v.extend(ram_args(&spec.ram, spec.memory_mib));
     v.extend(base_args());
     if spec.incoming {
         // The stream overwrites RAM and CPU state: loading a kernel first
@@ -233,6 +272,7 @@ mod tests {
         LaunchSpec {
             accel: Accel::Tcg,
             memory_mib: 256,
+            ram: Ram::SharedFile(PathBuf::from("/dev/shm/provium-0/1-2-a/ram")),
             cpus: 1,
             kernel: PathBuf::from("/cache/vmlinux"),
             initrd: PathBuf::from("/cache/initrd.cpio"),
@@ -284,6 +324,16 @@ mod tests {
         assert!(!v.iter().any(|a| a == "-kernel" || a == "-initrd" || a == "-append"));
         let i = v.iter().position(|a| a == "-incoming").unwrap();
         assert_eq!(v[i + 1], "defer");
+    }
+
+    #[test]
+    fn ram_backends() {
+        assert_eq!(ram_args(&Ram::Anonymous, 512), ["-object", "memory-backend-ram,id=mem,size=512M"]);
+        let image = Ram::Image { path: PathBuf::from("/s/x,1.snap"), offset: 2 << 20 };
+        assert_eq!(
+            ram_args(&image, 256)[1],
+            "memory-backend-file,id=mem,size=256M,mem-path=/s/x,,1.snap,offset=2097152,share=off"
+        );
     }
 
     #[test]

@@ -10,14 +10,16 @@ pub mod argv;
 pub mod process;
 pub mod qmp;
 pub mod snapshot;
+pub mod sparse;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use provium_protocol::HelloOk;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::cleanup::ScratchDir;
-pub use argv::{Accel, LaunchSpec, VmPaths};
+pub use argv::{Accel, LaunchSpec, Ram, VmPaths};
 use process::{QemuProcess, SpawnError};
 use qmp::{Qmp, QmpError};
 
@@ -66,6 +68,8 @@ pub struct Instance {
     /// The transport id: unique among this process's VM instances.
     pub id: u64,
     scratch: ScratchDir,
+    /// The guest's shared RAM file and its directory in `/dev/shm`.
+    ram: Option<(PathBuf, ScratchDir)>,
 }
 
 /// Connects to a Unix socket QEMU is about to create, retrying until
@@ -78,7 +82,7 @@ pub fn connect_when_ready(
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
@@ -111,7 +115,15 @@ struct Started {
     qmp: Qmp,
     paths: VmPaths,
     scratch: ScratchDir,
+    ram: Option<(PathBuf, ScratchDir)>,
     start: Instant,
+}
+
+/// A RAM file in shared memory for a new guest, when the host has
+/// `/dev/shm` (`None`: the guest gets anonymous memory).
+fn shared_ram(label: &str) -> Option<(PathBuf, ScratchDir)> {
+    let dir = ScratchDir::new_in(&crate::cleanup::shm_root()?, label).ok()?;
+    Some((dir.path().join("ram"), dir))
 }
 
 /// Creates the scratch directory and what goes in it, spawns QEMU and
@@ -133,6 +145,13 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
         std::fs::write(&merged, initrd).map_err(LaunchError::Files)?;
         spec.initrd = merged;
     }
+    let ram = match spec.ram {
+        Ram::Anonymous => shared_ram(label),
+        _ => None,
+    };
+    if let Some((file, _)) = &ram {
+        spec.ram = Ram::SharedFile(file.clone());
+    }
     let paths = VmPaths::in_dir(scratch.path());
     let argv = argv::launch_argv(&spec);
     tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
@@ -147,7 +166,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
             return Err(LaunchError::Qmp(e));
         }
     };
-    Ok(Started { qemu, qmp, paths, scratch, start })
+    Ok(Started { qemu, qmp, paths, scratch, ram, start })
 }
 
 /// The error for a QEMU that exited before the guest was ready.
@@ -198,8 +217,8 @@ impl Started {
         let boot_time = self.start.elapsed();
         tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Started { qemu, qmp, paths, scratch, .. } = self;
-        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch })
+        let Started { qemu, qmp, paths, scratch, ram, .. } = self;
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch, ram })
     }
 }
 
@@ -225,7 +244,11 @@ impl Instance {
         agent_timeout: Duration,
     ) -> Result<Instance, LaunchError> {
         spec.incoming = true;
+        // A RAM image in the file is mapped, not streamed: the stream was
+        // written without RAM, and this end must read it the same way.
+        let image = matches!(spec.ram, Ram::Image { .. });
         let mut st = start(label, spec, None)?;
+        snapshot::set_ignore_shared(&st.qmp, image).map_err(LaunchError::Qmp)?;
         tracing::debug!(vm = label, after = ?st.start.elapsed(), "QEMU answers on QMP; loading the snapshot");
         // Connected before the state loads, the port looks to the guest as
         // it did when saved (host connected): no close/open events for the
@@ -270,7 +293,7 @@ impl Instance {
 
     /// Saves the guest into `path` (see [`snapshot`]); returns its size.
     pub fn save(&self, path: &std::path::Path, meta: &snapshot::SnapshotMeta) -> Result<u64, snapshot::SaveError> {
-        snapshot::save(&self.qmp, path, meta)
+        snapshot::save(&self.qmp, path, meta, self.ram.as_ref().map(|(f, _)| f.as_path()))
     }
 
     /// Freezes the vCPUs (QMP `stop`).

@@ -4,12 +4,18 @@
 //! ```text
 //! offset 0     "PROVSNP1" | u32 LE length | JSON (SnapshotMeta) | zero padding
 //! offset 4096  QEMU migration stream (`migrate file:<path>,offset=4096`)
+//! [RAM_ALIGN-aligned: the guest RAM image, sparse]
 //! ```
 //!
 //! One self-describing file, so `vm:restore("/path")` needs nothing else:
 //! the header says how big the guest was, which accelerator ran it and how
 //! its seeded RNG was fed, which the new QEMU must reproduce for the stream
 //! to load.
+//!
+//! When the guest's RAM is a shared file (`/dev/shm`), the stream skips RAM
+//! (`x-ignore-shared`) and the RAM file is copied, holes kept, behind it: a
+//! save takes milliseconds, and a restore maps that image copy-on-write
+//! instead of loading anything. Otherwise the RAM travels in the stream.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +31,17 @@ pub const STREAM_OFFSET: u64 = 4096;
 const MAGIC: &[u8; 8] = b"PROVSNP1";
 
 /// The snapshot format this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
+
+/// Alignment of the RAM image in the file (mappable; huge-page friendly).
+pub const RAM_ALIGN: u64 = 2 << 20;
+
+/// Where the RAM image sits in the file, when it is not in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RamImage {
+    pub offset: u64,
+    pub size: u64,
+}
 
 /// What a restore must reproduce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +57,9 @@ pub struct SnapshotMeta {
     /// Set when the VM booted with `initial_time`: the guest clock then
     /// continues from the saved moment instead of jumping to the host's.
     pub initial_time: Option<f64>,
+    /// The RAM image behind the stream (`None`: RAM is in the stream).
+    #[serde(default)]
+    pub ram: Option<RamImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +108,10 @@ pub fn file_channel(path: &Path) -> Value {
 const QMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Saves the guest behind `qmp` into `path`. A running guest is stopped for
-/// the save and continues afterwards; a paused one stays paused. Returns the
-/// file's size.
-pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta) -> Result<u64, SaveError> {
+/// the save and continues afterwards; a paused one stays paused. `ram_file`
+/// is the guest's shared RAM file, if it has one. Returns the bytes the file
+/// takes on disk.
+pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>) -> Result<u64, SaveError> {
     let dest = |why: String| SaveError::Destination { path: path.to_path_buf(), why };
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
@@ -105,17 +125,48 @@ pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta) -> Result<u64, SaveErro
     }
     // The default bandwidth cap (128 MiB/s) would make a save take 10× longer.
     qmp.execute("migrate-set-parameters", Some(json!({"max-bandwidth": 1u64 << 40})), QMP_TIMEOUT)?;
+    set_ignore_shared(qmp, ram_file.is_some())?;
     let running = qmp.execute("query-status", None, QMP_TIMEOUT)?["running"] == true;
     if running {
         qmp.execute("stop", None, QMP_TIMEOUT)?;
     }
-    let outcome = migrate(qmp, path);
+    // The RAM file must be copied while the guest is stopped.
+    let outcome = migrate(qmp, path).and_then(|()| match ram_file {
+        Some(ram) => append_ram(path, ram).map(Some),
+        None => Ok(None),
+    });
     if running {
         qmp.execute("cont", None, QMP_TIMEOUT)?;
     }
-    outcome?;
-    write_header(path, meta).map_err(|source| SaveError::Header { path: path.to_path_buf(), source })?;
-    Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+    let meta = SnapshotMeta { ram: outcome?, ..meta.clone() };
+    write_header(path, &meta).map_err(|source| SaveError::Header { path: path.to_path_buf(), source })?;
+    Ok(disk_bytes(path))
+}
+
+/// Bytes a file takes on disk (holes excluded).
+pub fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+}
+
+/// The `x-ignore-shared` migration capability: on, a stream leaves out RAM
+/// held in shared files. Both ends of a migration must agree.
+pub fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
+    let caps = json!({"capabilities": [{"capability": "x-ignore-shared", "state": on}]});
+    qmp.execute("migrate-set-capabilities", Some(caps), QMP_TIMEOUT).map(drop)
+}
+
+/// Copies the RAM file behind the stream in `path`, at the next
+/// [`RAM_ALIGN`] boundary, skipping holes.
+fn append_ram(path: &Path, ram: &Path) -> Result<RamImage, SaveError> {
+    let failed = |why: String| SaveError::Migration { path: path.to_path_buf(), why };
+    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| failed(e.to_string()))?;
+    let src = std::fs::File::open(ram).map_err(|e| failed(format!("cannot read the RAM file: {e}")))?;
+    let stream_end = dst.metadata().map_err(|e| failed(e.to_string()))?.len();
+    let offset = stream_end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
+    let size = src.metadata().map_err(|e| failed(e.to_string()))?.len();
+    super::sparse::copy_data(&src, &dst, offset, size).map_err(|e| failed(format!("copying guest RAM: {e}")))?;
+    Ok(RamImage { offset, size })
 }
 
 fn migrate(qmp: &Qmp, path: &Path) -> Result<(), SaveError> {
@@ -197,6 +248,7 @@ mod tests {
             cpus: 1,
             rng_seed: Some(7),
             initial_time: None,
+            ram: Some(RamImage { offset: RAM_ALIGN, size: 1 << 20 }),
         }
     }
 
