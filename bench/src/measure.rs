@@ -219,27 +219,31 @@ impl Bench {
         eprintln!("idle memory: {n} VMs up; idling {idle:?}");
         // A deliberate idle period, not a wait for a condition.
         std::thread::sleep(idle);
-        let (mut rss, mut anon) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut rss, mut anon, mut shmem) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
         for vm in &vms {
             let pid = vm.qemu_pid().ok_or_else(|| BenchError::NoPid(vm.name().to_string()))?;
             rss.push(status_kib(pid, "VmRSS")? as f64 / 1024.0);
             anon.push(status_kib(pid, "RssAnon")? as f64 / 1024.0);
+            shmem.push(status_kib(pid, "RssShmem")? as f64 / 1024.0);
         }
         for mut vm in vms {
             vm.shutdown();
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        eprintln!("idle memory: VmRSS {rss:.1?} MiB, RssAnon {anon:.1?} MiB");
+        eprintln!("idle memory: VmRSS {rss:.1?} MiB, RssAnon {anon:.1?} MiB, RssShmem {shmem:.1?} MiB");
         Ok(IdleMemory {
             what: "VmRSS of each QEMU process with an idle booted guest (host memory per VM), \
-                   and its anonymous part RssAnon (VmRSS also counts the mapped vmlinux, \
-                   page cache shared by all VMs), beside the guest memory configured",
+                   its anonymous part RssAnon (QEMU's heap, the TCG code cache) and RssShmem (the guest \
+                   RAM the guest touched, in its /dev/shm file; VmRSS also counts the mapped vmlinux, page \
+                   cache shared by all VMs), beside the guest memory configured",
             vms: n,
             idle_secs: idle.as_secs_f64(),
             mean_rss_mib: mean(&rss),
             mean_anon_mib: mean(&anon),
+            mean_shmem_mib: mean(&shmem),
             rss_mib: rss,
             anon_mib: anon,
+            shmem_mib: shmem,
             configured_mib: DEFAULT_MEMORY >> 20,
         })
     }

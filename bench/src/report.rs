@@ -201,6 +201,9 @@ pub struct IdleMemory {
     /// `RssAnon`: guest RAM touched, TCG code cache, QEMU's heap.
     pub anon_mib: Vec<f64>,
     pub mean_anon_mib: f64,
+    /// `RssShmem`: guest RAM touched, when it lives in a `/dev/shm` file.
+    pub shmem_mib: Vec<f64>,
+    pub mean_shmem_mib: f64,
     pub configured_mib: u64,
 }
 
@@ -265,7 +268,7 @@ impl Report {
             (
                 "restore".into(),
                 format!("{} median, {} p90", secs(sr.restore.median_ms), secs(sr.restore.p90_ms)),
-                format!("vm:restore() → first exec `true`, {} trials", sr.restore.n),
+                format!("vm:restore() → first exec `true`, {} trials (RAM image mapped copy-on-write)", sr.restore.n),
             ),
             (
                 "  restore / cold".into(),
@@ -276,8 +279,9 @@ impl Report {
                 "  snapshot".into(),
                 format!("{} median", secs(sr.save.median_ms)),
                 format!(
-                    "vm:snapshot() of the booted guest: {:.1} MiB file; fixture cache entry {:.1} MiB (zstd, {}), \
-                     extracted in {}",
+                    "vm:snapshot() of the booted guest: {:.1} MiB on disk ({:.0} MiB with holes); fixture cache \
+                     entry {:.1} MiB (zstd, {}), extracted in {}",
+                    sr.snapshot_allocated as f64 / (1 << 20) as f64,
                     sr.snapshot_bytes as f64 / (1 << 20) as f64,
                     sr.cache_entry_bytes as f64 / (1 << 20) as f64,
                     secs(sr.compress_ms),
@@ -390,9 +394,10 @@ impl Report {
             ),
             (
                 "idle QEMU RSS".into(),
-                format!("{:.1} MiB mean ({:.1} anon)", m.mean_rss_mib, m.mean_anon_mib),
+                format!("{:.1} MiB mean ({:.1} anon, {:.1} shmem)", m.mean_rss_mib, m.mean_anon_mib, m.mean_shmem_mib),
                 format!(
-                    "VmRSS (RssAnon) of each of {} idle QEMUs after {:.0} s ({}); guest memory configured: {} MiB",
+                    "VmRSS (RssAnon) of each of {} idle QEMUs after {:.0} s ({}); guest RAM in /dev/shm counts as \
+                     shmem; guest memory configured: {} MiB",
                     m.vms,
                     m.idle_secs,
                     m.rss_mib

@@ -119,11 +119,35 @@ struct Started {
     start: Instant,
 }
 
-/// A RAM file in shared memory for a new guest, when the host has
-/// `/dev/shm` (`None`: the guest gets anonymous memory).
-fn shared_ram(label: &str) -> Option<(PathBuf, ScratchDir)> {
-    let dir = ScratchDir::new_in(&crate::cleanup::shm_root()?, label).ok()?;
+/// A RAM file in shared memory for a new guest, when the host has a
+/// `/dev/shm` with room for all of it and `PROVIUM_SHM` is not `off`.
+/// `None`: the guest gets anonymous memory (snapshots then carry RAM in the
+/// stream: slower, same result). The room matters: a guest touching memory
+/// past a full tmpfs would crash QEMU.
+fn shared_ram(label: &str, memory_mib: u64) -> Option<(PathBuf, ScratchDir)> {
+    if std::env::var("PROVIUM_SHM").is_ok_and(|v| v == "off" || v == "0") {
+        return None;
+    }
+    let root = crate::cleanup::shm_root()?;
+    if free_bytes(&root)? < (memory_mib << 20) + (256 << 20) {
+        tracing::debug!(vm = label, "not enough room in /dev/shm for guest RAM; using anonymous memory");
+        return None;
+    }
+    let dir = ScratchDir::new_in(&root, label).ok()?;
     Some((dir.path().join("ram"), dir))
+}
+
+/// Bytes free for unprivileged users on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid
+    // NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Creates the scratch directory and what goes in it, spawns QEMU and
@@ -146,7 +170,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
         spec.initrd = merged;
     }
     let ram = match spec.ram {
-        Ram::Anonymous => shared_ram(label),
+        Ram::Anonymous => shared_ram(label, spec.memory_mib),
         _ => None,
     };
     if let Some((file, _)) = &ram {

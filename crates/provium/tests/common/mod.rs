@@ -52,12 +52,17 @@ impl Suite {
     /// The scratch directories and QEMU processes left by provium `pid`.
     pub fn leftovers(&self, pid: u32) -> Vec<String> {
         let mut found = Vec::new();
-        let root = self.tmpdir().join(format!("provium-{}", unsafe { libc::getuid() }));
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{pid}-")) {
-                    found.push(format!("scratch dir {name}"));
+        let uid = unsafe { libc::getuid() };
+        let root = self.tmpdir().join(format!("provium-{uid}"));
+        // Scratch directories, and the guest RAM files in /dev/shm.
+        let shm = PathBuf::from(format!("/dev/shm/provium-{uid}"));
+        for (dir, what) in [(&root, "scratch dir"), (&shm, "RAM dir")] {
+            if let Ok(rd) = std::fs::read_dir(dir) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&format!("{pid}-")) {
+                        found.push(format!("{what} {name}"));
+                    }
                 }
             }
         }
