@@ -117,7 +117,7 @@ test("the console: log, expect, and a stream of new output", function(t)
   -- expect counts only what appears after the call.
   vm:run("(sleep 0.3; echo 'first line' > /dev/ttyS0) &")
   console:expect("first line", "5s")
-  t:assert_contains(console:read_log(), "first line\n")
+  t:assert_contains(console:read_log(), "first line") -- the newline may still be on its way
   local s = console:read()
   vm:run("echo 'hello console' > /dev/ttyS0")
   s:expect("hello console", "5s")
