@@ -100,6 +100,7 @@ fn open_fixtures(cli_paths: &[PathBuf], config: &Config, images: &Images) -> Res
     }
     let mut environment = images.identity();
     environment.push(format!("snapshot_format={}", crate::vmm::snapshot::FORMAT));
+    environment.push(format!("cache_entry_format={}", crate::fixture::entry_format()));
     Ok(Arc::new(Fixtures::new(store, fixture_roots(cli_paths, config), environment)))
 }
 
