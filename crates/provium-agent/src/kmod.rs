@@ -13,7 +13,7 @@ use crate::log;
 
 const DEFAULT_WANTED: &[&str] = &["virtio_mmio", "virtio_pci", "virtio_console", "virtio_rng"];
 
-fn kernel_release() -> String {
+pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 

@@ -46,7 +46,11 @@ fn main() {
     if mode == init::Mode::Standalone {
         power::start();
     }
-    let info = session::AgentInfo { start_uptime_ms, standalone: mode == init::Mode::Standalone };
+    let info = session::AgentInfo {
+        start_uptime_ms,
+        standalone: mode == init::Mode::Standalone,
+        kernel: kmod::kernel_release(),
+    };
     loop {
         match port::open(PORT_NAME) {
             Ok(port) => session::serve(port, &info),

@@ -30,6 +30,8 @@ use crate::{exec, files, fsops, handles, log, proc, stream, waits};
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
     pub standalone: bool,
+    /// The kernel release, read once (every Hello reports it).
+    pub kernel: String,
 }
 
 /// What the reader routes to a channel's handler.
@@ -253,7 +255,7 @@ fn hello(body: &[u8], writer: &Arc<Writer>, channels: &Channels, info: &AgentInf
     let ok = HelloOk {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        kernel: info.kernel.clone(),
         agent_start_uptime_ms: info.start_uptime_ms,
         standalone: info.standalone,
     };
