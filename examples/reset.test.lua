@@ -5,6 +5,7 @@
 provium.reset_between_tests = true
 local vm = provium:vm("v", "default"):boot()
 vm:write_file("/etc/motd", "baseline\n")
+local spare = provium:vm("spare", "default", {memory = "256M"}) -- declared, not booted
 
 test("a test changes the guest", function(t)
   t:assert_eq(vm:read_file("/etc/motd"), "baseline\n")
@@ -24,4 +25,13 @@ end)
 test("...like this", function(t)
   t:assert_eq(vm:state(), "booted")
   t:assert_eq(vm:read_file("/etc/motd"), "baseline\n")
+end)
+
+test("a test may boot a VM the baseline only declared", function(t)
+  spare:boot()
+  spare:run("true"):assert_ok()
+end)
+
+test("...and the next test finds it created again", function(t)
+  t:assert_eq(spare:state(), "created")
 end)

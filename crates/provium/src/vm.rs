@@ -445,6 +445,15 @@ impl Vm {
         Ok(())
     }
 
+    /// Stops QEMU if it runs and puts the VM back in `created`, as if it
+    /// had never booted (what a lab restore does to a VM that was not
+    /// running when the lab was saved).
+    pub fn forget_run(&mut self) {
+        self.shutdown();
+        self.state = VmState::Created;
+        self.running_as = None;
+    }
+
     /// Stops QEMU (from any state); idempotent.
     pub fn shutdown(&mut self) {
         if let Some(inst) = self.instance.take() {

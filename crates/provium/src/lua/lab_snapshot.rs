@@ -31,7 +31,9 @@ struct LabFile {
 struct VmEntry {
     name: String,
     profile: String,
-    snapshot: String,
+    /// `None`: the VM was declared but not running (created or shut down);
+    /// a restore puts it back in `created`.
+    snapshot: Option<String>,
 }
 
 fn lock(vm: &VmRef) -> std::sync::MutexGuard<'_, crate::vm::Vm> {
@@ -80,14 +82,17 @@ fn save_tree(lua: &Lua, lab: &LabNode, dir: &Path) -> mlua::Result<()> {
     });
     batch(lua, "resume", &running, |vm| vm.resume())?;
     result?;
-    let vms = saved
+    let mut vms: Vec<VmEntry> = saved
         .iter()
         .map(|(name, vm)| VmEntry {
             name: name.clone(),
             profile: lock(vm).profile().to_string(),
-            snapshot: format!("{name}.snap"),
+            snapshot: Some(format!("{name}.snap")),
         })
         .collect();
+    for (name, vm) in in_state(VmState::Created).into_iter().chain(in_state(VmState::Shutdown)) {
+        vms.push(VmEntry { name, profile: lock(&vm).profile().to_string(), snapshot: None });
+    }
     let mut labs = Vec::new();
     for (name, sub) in &lab.labs {
         save_tree(lua, &sub.borrow(), &dir.join(name))?;
@@ -114,13 +119,20 @@ pub fn restore(lua: &Lua, lab: &LabRef, dir: &Path) -> mlua::Result<()> {
             lab.borrow_mut().vms.push((entry.name.clone(), vm.clone()));
             vm
         });
-        targets.push((entry.name.clone(), vm));
+        match &entry.snapshot {
+            Some(file) => targets.push((entry.name.clone(), vm, dir.join(file))),
+            // Not running when saved: not running after the restore either.
+            None => lock(&vm).forget_run(),
+        }
     }
-    batch(lua, "restore", &targets, |vm| {
+    let vms: Vec<(String, VmRef)> = targets.iter().map(|(n, vm, _)| (n.clone(), vm.clone())).collect();
+    let files: std::collections::HashMap<String, std::path::PathBuf> =
+        targets.into_iter().map(|(n, _, f)| (n, f)).collect();
+    batch(lua, "restore", &vms, |vm| {
         if !matches!(vm.state(), VmState::Created | VmState::Shutdown) {
             vm.shutdown();
         }
-        vm.restore(&dir.join(format!("{}.snap", vm.name())))
+        vm.restore(&files[vm.name()])
     })?;
     for name in &spec.labs {
         let existing = lab.borrow().own_lab(name);
