@@ -93,13 +93,21 @@ fn fixture_roots(cli_paths: &[PathBuf], config: &Config) -> Vec<PathBuf> {
 }
 
 /// The run's fixture cache; entries beyond the size cap are evicted first.
-fn open_fixtures(cli_paths: &[PathBuf], config: &Config, images: &Images) -> Result<Arc<Fixtures>, CliError> {
+/// A snapshot only restores under the accelerator that took it, so the
+/// accelerator is part of every key.
+fn open_fixtures(
+    cli_paths: &[PathBuf],
+    config: &Config,
+    images: &Images,
+    accel: vmm::Accel,
+) -> Result<Arc<Fixtures>, CliError> {
     let store = Store::open(crate::fixture::cache_dir(config.cache_dir.as_deref()))?;
     for key in store.shrink_to(FIXTURE_CACHE_MAX_BYTES) {
         eprintln!("provium: fixture cache over {} GiB; evicted {key}", FIXTURE_CACHE_MAX_BYTES >> 30);
     }
     let mut environment = images.identity();
     environment.push(format!("snapshot_format={}", crate::vmm::snapshot::FORMAT));
+    environment.push(format!("accel={}", accel.as_str()));
     environment.push(format!("cache_entry_format={}", crate::fixture::entry_format()));
     Ok(Arc::new(Fixtures::new(store, fixture_roots(cli_paths, config), environment)))
 }
@@ -135,8 +143,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Some(Command::Fixture { action }) => {
             cleanup::install_signal_handler();
             let images = Arc::new(Images::new(Arc::new(config.clone())));
-            let fixtures = open_fixtures(&[], &config, &images)?;
             let accel = choose_accel(&images, cli.verbose);
+            let fixtures = open_fixtures(&[], &config, &images, accel.accel)?;
             return Ok(crate::fixture_cli::run(action, fixtures, images, accel.accel));
         }
         Some(Command::List { paths }) => {
@@ -175,7 +183,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             accel.reason
         );
     }
-    let fixtures = open_fixtures(&cli.paths, &config, &images)?;
+    let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel)?;
     let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs });
     let (tx, rx) = channel();
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg, tx));

@@ -437,6 +437,8 @@ impl Vm {
                 return Err(VmError::Agent { vm: self.name.clone(), op: "restore (clock)", source: e });
             }
         }
+        // Handles of an earlier run (one that died with them open) are gone.
+        self.resources = Arc::default();
         self.profile = meta.profile.clone();
         self.running_as = Some(SnapshotMeta { ram: None, ..meta });
         self.last_boot = None;

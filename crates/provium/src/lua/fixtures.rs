@@ -171,7 +171,8 @@ fn build(lua: &Lua, name: &str, key: &str, path: &Path) -> mlua::Result<EntryKin
     eprintln!("provium: building fixture `{name}` ({})", path.display());
     let started = Instant::now();
     let builder = Lua::new();
-    let kills = Arc::default();
+    // The builder's VMs answer to the requesting file's watchdogs.
+    let kills = lua.app_data_ref::<FileCtx>().expect("file context installed").kill_switches.clone();
     let ctx = FileCtx { images, accel, kill_switches: kills, fixtures: fixtures.clone() };
     let shown = format!("{name}.fixture.lua");
     let result = (|| -> Result<(EntryKind, u64), String> {

@@ -75,13 +75,21 @@ fn save_tree(lua: &Lua, lab: &LabNode, dir: &Path) -> mlua::Result<()> {
     let running = in_state(VmState::Booted);
     let mut saved = running.clone();
     saved.extend(in_state(VmState::Paused));
-    batch(lua, "pause", &running, |vm| vm.pause())?;
-    let result = batch(lua, "snapshot", &saved, |vm| {
-        let path = dir.join(format!("{}.snap", vm.name()));
-        vm.snapshot(&path).map(drop)
+    // A stale lab.json must not describe the new snapshots if this fails.
+    let _ = std::fs::remove_file(dir.join(LAB_FILE));
+    let paused = batch(lua, "pause", &running, |vm| vm.pause());
+    let result = paused.and_then(|()| {
+        batch(lua, "snapshot", &saved, |vm| {
+            let path = dir.join(format!("{}.snap", vm.name()));
+            vm.snapshot(&path).map(drop)
+        })
     });
-    batch(lua, "resume", &running, |vm| vm.resume())?;
+    // Resume whatever paused, whatever happened.
+    let paused_now: Vec<(String, VmRef)> =
+        running.iter().filter(|(_, vm)| lock(vm).state() == VmState::Paused).cloned().collect();
+    let resumed = batch(lua, "resume", &paused_now, |vm| vm.resume());
     result?;
+    resumed?;
     let mut vms: Vec<VmEntry> = saved
         .iter()
         .map(|(name, vm)| VmEntry {
@@ -111,6 +119,10 @@ pub fn restore(lua: &Lua, lab: &LabRef, dir: &Path) -> mlua::Result<()> {
     })?;
     let spec: LabFile = serde_json::from_slice(&text)
         .map_err(|e| raise(lua, format!("lab:restore: `{}` is corrupt: {e}", file.display())))?;
+    let names = spec.vms.iter().map(|v| v.name.as_str()).chain(spec.labs.iter().map(String::as_str));
+    if let Some(bad) = names.into_iter().find(|n| !super::lab_ud::valid_name(n)) {
+        return Err(raise(lua, format!("lab:restore: `{}` is corrupt: bad name `{bad}`", file.display())));
+    }
     let mut targets = Vec::new();
     for entry in &spec.vms {
         let existing = lab.borrow().own_vm(&entry.name);

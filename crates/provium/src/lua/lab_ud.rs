@@ -111,8 +111,24 @@ pub fn new_vm(lua: &Lua, name: &str, profile: &str, opts: BootOpts) -> VmRef {
     Arc::new(Mutex::new(vm))
 }
 
-/// Rejects a name this lab or a parent scope already uses.
+/// Whether `name` can name a VM or lab: it also names files and
+/// directories of lab snapshots.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Rejects a malformed name, or one this lab or a parent scope already uses.
 fn check_new_name(lua: &Lua, lab: &LabNode, what: &str, name: &str) -> mlua::Result<()> {
+    if !valid_name(name) {
+        return Err(raise(
+            lua,
+            format!(
+                "provium:{what}(\"{name}\", …): a name is letters, digits, `_`, `-` and `.`, not starting with `.`"
+            ),
+        ));
+    }
     if let Some(parent) = lab.declared_above(name) {
         return Err(raise(
             lua,

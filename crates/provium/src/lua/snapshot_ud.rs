@@ -48,10 +48,14 @@ impl UserData for LabSnapshotUd {
     }
 }
 
-/// The bytes on disk of the files directly in `dir` (0 if missing).
+/// The bytes on disk of the files in `dir`, sub-labs' included (0 if
+/// missing).
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).map(|p| crate::vmm::snapshot::disk_bytes(&p)).sum()
+    rd.flatten()
+        .map(|e| e.path())
+        .map(|p| if p.is_dir() { dir_size(&p) } else { crate::vmm::snapshot::disk_bytes(&p) })
+        .sum()
 }
 
 /// The file's snapshot directory (created on first use) and a counter.

@@ -272,7 +272,17 @@ impl Instance {
         // written without RAM, and this end must read it the same way.
         let image = matches!(spec.ram, Ram::Image { .. });
         let mut st = start(label, spec, None)?;
-        snapshot::set_ignore_shared(&st.qmp, image).map_err(LaunchError::Qmp)?;
+        // A QEMU that cannot load the stream exits; its stderr says why.
+        let qmp_failed = |st: &mut Started, e: QmpError| {
+            if st.qemu.wait_exit(Duration::from_millis(300)) {
+                exited(&mut st.qemu, &st.paths)
+            } else {
+                LaunchError::Restore(format!("`{}`: {e}", snapshot.display()))
+            }
+        };
+        if let Err(e) = snapshot::set_ignore_shared(&st.qmp, image) {
+            return Err(qmp_failed(&mut st, e));
+        }
         tracing::debug!(vm = label, after = ?st.start.elapsed(), "QEMU answers on QMP; loading the snapshot");
         // Connected before the state loads, the port looks to the guest as
         // it did when saved (host connected): no close/open events for the
@@ -280,7 +290,7 @@ impl Instance {
         let agent = st.connect_agent()?;
         let channels = snapshot::file_channel(snapshot);
         if let Err(e) = st.qmp.execute("migrate-incoming", Some(channels), QMP_TIMEOUT) {
-            return Err(LaunchError::Restore(e.to_string()));
+            return Err(qmp_failed(&mut st, e));
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -288,7 +298,10 @@ impl Instance {
                 st.qemu.wait_exit(Duration::from_millis(100));
                 return Err(exited(&mut st.qemu, &st.paths));
             }
-            let status = st.qmp.execute("query-status", None, QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+            let status = match st.qmp.execute("query-status", None, QMP_TIMEOUT) {
+                Ok(s) => s,
+                Err(e) => return Err(qmp_failed(&mut st, e)),
+            };
             if status["status"] != "inmigrate" {
                 break;
             }
@@ -298,7 +311,9 @@ impl Instance {
             // With the RAM mapped, only device state loads: about a millisecond.
             std::thread::sleep(Duration::from_micros(500));
         }
-        st.qmp.execute("cont", None, QMP_TIMEOUT).map_err(LaunchError::Qmp)?;
+        if let Err(e) = st.qmp.execute("cont", None, QMP_TIMEOUT) {
+            return Err(qmp_failed(&mut st, e));
+        }
         tracing::debug!(vm = label, loaded_after = ?st.start.elapsed(), "snapshot loaded; guest continues");
         st.handshake(label, Some(agent), agent_timeout)
     }

@@ -135,10 +135,17 @@ pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>
         Some(ram) => append_ram(path, ram).map(Some),
         None => Ok(None),
     });
-    if running {
-        qmp.execute("cont", None, QMP_TIMEOUT)?;
-    }
-    let meta = SnapshotMeta { ram: outcome?, ..meta.clone() };
+    let resumed = if running { qmp.execute("cont", None, QMP_TIMEOUT).map(drop) } else { Ok(()) };
+    let ram = match outcome {
+        Ok(ram) => ram,
+        Err(e) => {
+            // No half-written snapshot at the user's path.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    };
+    resumed?;
+    let meta = SnapshotMeta { ram, ..meta.clone() };
     write_header(path, &meta).map_err(|source| SaveError::Header { path: path.to_path_buf(), source })?;
     Ok(disk_bytes(path))
 }
