@@ -247,7 +247,8 @@ pub fn run_file(path: &Path, shown: &str, env: &FileEnv) -> FileReport {
         };
         waits::clear_conditions(&lua);
         lab_ud::end_test_scope(&lua);
-        if let Some(b) = &baseline {
+        // After the file's time is up, no test runs again: nothing to reset.
+        if let (Some(b), false) = (&baseline, watchdog.fired.load(Ordering::SeqCst)) {
             reset::restore_baseline(&lua, shown, b);
         }
         let log = std::mem::take(&mut state.borrow_mut().log);
