@@ -20,6 +20,7 @@ mod exec;
 mod files;
 mod fsops;
 mod handles;
+mod hwrng;
 mod init;
 mod inotify;
 mod kmod;
@@ -41,6 +42,7 @@ fn main() {
     let start_uptime_ms = init::boottime_ms();
     let mode = init::become_init();
     kmod::load_wanted();
+    hwrng::quiet_kernel_reader_if_asked();
     init::bring_up_loopback();
     reaper::start();
     if mode == init::Mode::Standalone {

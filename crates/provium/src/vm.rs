@@ -315,10 +315,11 @@ impl Vm {
         let image =
             self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
         let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
-        // With a seeded hwrng, keep the kernel's hwrng thread from reading
-        // it in the background, so what a test reads is the same each boot.
+        // With a seeded hwrng, the agent stops the kernel's hwrng thread
+        // after its first read, so what a test reads is the same each boot
+        // (provium-agent's hwrng module).
         let mut extra_cmdline = crate::image::machine_cmdline();
-        extra_cmdline.extend(opts.rng_seed.map(|_| "rng_core.default_quality=0".to_string()));
+        extra_cmdline.extend(opts.rng_seed.map(|_| "provium.hwrng=quiet".to_string()));
         let spec = LaunchSpec {
             accel: self.accel,
             memory_mib: spec_memory_mib(&opts),
