@@ -34,3 +34,15 @@ test("files are in place before init runs", function(t)
   end)
   t:assert_contains(err, "without `.` or `..`")
 end)
+
+test("restores of a seeded snapshot read the same hardware random bytes", function(t)
+  local vm = provium:vm("seeded", "default", {rng_seed = 7}):boot()
+  local s = vm:snapshot()
+  local seen = {}
+  for i = 1, 2 do
+    vm:shutdown()
+    vm:restore(s)
+    seen[i] = vm:run("head -c 32 /dev/hwrng | md5sum").stdout
+  end
+  t:assert_eq(seen[1], seen[2])
+end)

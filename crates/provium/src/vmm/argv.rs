@@ -161,38 +161,55 @@ pub fn qmp_args(p: &VmPaths) -> Vec<String> {
     vec![s("-qmp"), format!("unix:{},server=on,wait=off", path(&p.qmp))]
 }
 
-/// The file (in the scratch directory) a seeded virtio-rng reads from.
-pub const RNG_FILE: &str = "rng.bin";
+/// The socket (in the scratch directory) a seeded virtio-rng asks for
+/// bytes on; provium answers (see [`super::rng`]).
+pub const RNG_SOCKET: &str = "rng.sock";
 
-/// A seeded virtio-rng: `/dev/hwrng` reads [`RNG_FILE`], whose bytes come
-/// from the seed, so the same seed gives the same bytes whatever else QEMU
-/// does; `-seed` makes QEMU's own guest-visible randomness repeat too.
+/// A seeded virtio-rng: `/dev/hwrng` reads bytes from the seed, served by
+/// provium over [`RNG_SOCKET`] (QEMU's EGD protocol), so the same seed gives
+/// the same bytes whatever else QEMU does; `-seed` makes QEMU's own
+/// guest-visible randomness repeat too.
 pub fn rng_args(seed: u64, scratch: &Path) -> Vec<String> {
     vec![
         s("-seed"),
         seed.to_string(),
+        s("-chardev"),
+        format!("socket,id=rngsrc,path={}", path(&scratch.join(RNG_SOCKET))),
         s("-object"),
-        format!("rng-random,id=rng0,filename={}", path(&scratch.join(RNG_FILE))),
+        s("rng-egd,id=rng0,chardev=rngsrc"),
         s("-device"),
         s("virtio-rng-device,rng=rng0"),
     ]
 }
 
-/// `len` pseudo-random bytes from `seed` (xorshift64*; not cryptographic).
+/// The seeded byte stream, taken a piece at a time.
+pub struct SeededStream {
+    x: u64,
+    pending: Vec<u8>,
+}
+
+impl SeededStream {
+    pub fn new(seed: u64) -> SeededStream {
+        let x = seed ^ 0x9e37_79b9_7f4a_7c15;
+        SeededStream { x: if x == 0 { 1 } else { x }, pending: Vec::new() }
+    }
+
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.pending.len() < n {
+            // xorshift64*: not cryptographic, and need not be.
+            self.x ^= self.x >> 12;
+            self.x ^= self.x << 25;
+            self.x ^= self.x >> 27;
+            self.pending.extend_from_slice(&self.x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        self.pending.drain(..n).collect()
+    }
+}
+
+/// `len` pseudo-random bytes from `seed` (the start of its [`SeededStream`]).
 pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
-    if x == 0 {
-        x = 1;
-    }
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    SeededStream::new(seed).take(len)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for epoch seconds.
@@ -300,14 +317,16 @@ mod tests {
         sp.rng_seed = Some(42);
         sp.initial_time = Some(1_700_000_000);
         let v = launch_argv(&sp);
-        let tail = &v[v.len() - 8..];
+        let tail = &v[v.len() - 10..];
         assert_eq!(
             tail,
             [
                 "-seed",
                 "42",
+                "-chardev",
+                "socket,id=rngsrc,path=/tmp/provium-0/1-1-a/rng.sock",
                 "-object",
-                "rng-random,id=rng0,filename=/tmp/provium-0/1-1-a/rng.bin",
+                "rng-egd,id=rng0,chardev=rngsrc",
                 "-device",
                 "virtio-rng-device,rng=rng0",
                 "-rtc",

@@ -9,6 +9,7 @@ pub mod accel;
 pub mod argv;
 pub mod process;
 pub mod qmp;
+pub mod rng;
 pub mod snapshot;
 pub mod sparse;
 
@@ -156,9 +157,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
     let scratch = ScratchDir::new(label).map_err(LaunchError::Scratch)?;
     spec.scratch = scratch.path().to_path_buf();
     if let Some(seed) = spec.rng_seed {
-        // 8 MiB: far more than a guest reads from its hwrng in a test.
-        std::fs::write(scratch.path().join(argv::RNG_FILE), argv::seeded_bytes(seed, 8 << 20))
-            .map_err(LaunchError::Scratch)?;
+        rng::serve(&scratch.path().join(argv::RNG_SOCKET), seed).map_err(LaunchError::Scratch)?;
     }
     if let Some(files) = files {
         let mut initrd = std::fs::read(&spec.initrd).map_err(LaunchError::Files)?;
