@@ -59,7 +59,8 @@ prep.stamp(vm)
 return vm:snapshot()
 "#,
     );
-    s.write("helpers/prep.lua", "return { stamp = function(vm) vm:write_file('/etc/stamp', 'v1') end }\n");
+    s.write("helpers/prep.lua", "return { stamp = function(vm) vm:push_file('stamp.txt', '/etc/stamp') end }\n");
+    s.write("helpers/stamp.txt", "v1");
     for i in 1..=3 {
         s.write(
             &format!("use{i}.test.lua"),
@@ -91,12 +92,20 @@ end)
     );
     run_all_pass(&s, &args);
     assert_eq!(builds(&s), 2, "builder edited");
-    s.write("helpers/prep.lua", "return { stamp = function(vm) vm:write_file('/etc/stamp', 'v1') end } -- edited\n");
+    s.write(
+        "helpers/prep.lua",
+        "return { stamp = function(vm) vm:push_file('stamp.txt', '/etc/stamp') end } -- edited\n",
+    );
     run_all_pass(&s, &args);
     assert_eq!(builds(&s), 3, "helper edited");
     set_mtime(&kernel, SystemTime::now() - Duration::from_secs(3600));
     run_all_pass(&s, &args);
     assert_eq!(builds(&s), 4, "kernel changed");
+    // A host file the helper pushes (a literal path) is an input too.
+    s.write("helpers/stamp.txt", "v1");
+    set_mtime(&s.path().join("helpers/stamp.txt"), SystemTime::now() - Duration::from_secs(7200));
+    run_all_pass(&s, &args);
+    assert_eq!(builds(&s), 5, "pushed file changed");
 
     // A corrupt entry is evicted and rebuilt; the run still passes.
     let cache = s.path().join("cache");
@@ -110,7 +119,7 @@ end)
     assert!(corrupted > 0);
     let stderr = run_all_pass(&s, &["--json", "use1.test.lua"]);
     assert!(stderr.contains("evicting and rebuilding"), "{stderr}");
-    assert_eq!(builds(&s), 5, "rebuilt after corruption");
+    assert_eq!(builds(&s), 6, "rebuilt after corruption");
 }
 
 #[test]

@@ -38,6 +38,21 @@ pub fn creation_site(lua: &Lua) -> Option<crate::resources::Site> {
     None
 }
 
+/// The directory of the innermost Lua file on the stack (its `@path` chunk
+/// name), where relative host paths in that file resolve; `None` outside
+/// any file.
+pub fn calling_dir(lua: &Lua) -> Option<std::path::PathBuf> {
+    for level in 1..64 {
+        let dbg = lua.inspect_stack(level)?;
+        let src = dbg.source();
+        if let Some(name) = src.source.as_deref().and_then(|s| s.strip_prefix('@')) {
+            let dir = std::path::Path::new(name).parent()?;
+            return Some(if dir.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { dir.to_path_buf() });
+        }
+    }
+    None
+}
+
 /// The error and its `source()` chain, joined with `: `.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

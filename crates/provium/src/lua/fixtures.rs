@@ -174,7 +174,8 @@ fn build(lua: &Lua, name: &str, key: &str, path: &Path) -> mlua::Result<EntryKin
     // The builder's VMs answer to the requesting file's watchdogs.
     let kills = lua.app_data_ref::<FileCtx>().expect("file context installed").kill_switches.clone();
     let ctx = FileCtx { images, accel, kill_switches: kills, fixtures: fixtures.clone() };
-    let shown = format!("{name}.fixture.lua");
+    // The real path: relative host paths in the builder resolve against it.
+    let shown = path.display().to_string();
     let result = (|| -> Result<(EntryKind, u64), String> {
         super::install_api(&builder, path, &fixtures.roots, ctx).map_err(|e| message(&e))?;
         let src = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;

@@ -282,6 +282,14 @@ impl UserData for LabUd {
             let name = fixture_name(lua, "lab_fixture", name)?;
             super::fixtures::lab_fixture(lua, &name)
         });
+        // Only the fixture key scanner reads it: the file becomes part of the
+        // key of any fixture that calls this with a literal path.
+        methods.add_method("depends_on_file", |lua, _, path: Value| match path {
+            Value::String(_) => Ok(()),
+            other => {
+                Err(raise(lua, format!("lab:depends_on_file(path): path must be a string, got {}", other.type_name())))
+            }
+        });
         methods.add_method("vm_names", |_, this, ()| Ok(names(&this.0.borrow().vms)));
         methods.add_method("sub_lab_names", |_, this, ()| Ok(names(&this.0.borrow().labs)));
         methods.add_method("members", |lua, this, ()| {

@@ -96,6 +96,23 @@ impl UserData for VmUd {
             };
             this.lock().mkdir(&path, parents, perm).lua(lua)
         });
+        methods.add_method("push_file", |lua, this, (host, guest, o): (String, String, Option<mlua::Table>)| {
+            // `{auto_dep = false}` only matters to the fixture key scanner.
+            if let Some(t) = &o {
+                opts::check_keys(lua, "vm:push_file", t, &["auto_dep"])?;
+            }
+            let mut path = std::path::PathBuf::from(&host);
+            if path.is_relative() {
+                if let Some(dir) = super::errors::calling_dir(lua) {
+                    path = dir.join(path);
+                }
+            }
+            let data = std::fs::read(&path)
+                .map_err(|e| raise(lua, format!("vm:push_file: read `{}` failed: {e}", path.display())))?;
+            let perm =
+                std::fs::metadata(&path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+            this.lock().write_file(&guest, &data, perm.unwrap_or(0o644)).lua(lua)
+        });
         methods.add_method("unlink", |lua, this, path: String| this.lock().unlink(&path).lua(lua));
         methods.add_method("rename", |lua, this, (from, to): (String, String)| this.lock().rename(&from, &to).lua(lua));
         methods.add_method("open_stream_count", |_, this, ()| Ok(this.lock().resources().count(Class::Stream)));
