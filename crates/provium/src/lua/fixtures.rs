@@ -123,17 +123,29 @@ fn obtain(
     if let Some(p) = staged(fixtures)? {
         return Ok(p);
     }
+    build_once(lua, fixtures, name, key, path, || Ok(staged(fixtures)?.is_some()))?;
+    // Checks the kind of what was built, too.
+    staged(fixtures)?.ok_or_else(|| raise(lua, format!("fixture `{name}`: the entry just built cannot be read back")))
+}
+
+/// Builds the fixture under its key's lock, unless `cached()` finds that
+/// another file or process built it while this one waited for the lock.
+fn build_once(
+    lua: &Lua,
+    fixtures: &Fixtures,
+    name: &str,
+    key: &str,
+    path: &Path,
+    cached: impl Fn() -> mlua::Result<bool>,
+) -> mlua::Result<()> {
     let _lock = fixtures
         .store
         .lock(key, |holder| eprintln!("provium: fixture `{name}` is being built by {holder}; waiting for it"))
         .lua(lua)?;
-    // Someone may have built it while we waited for the lock.
-    if let Some(p) = staged(fixtures)? {
-        return Ok(p);
+    if cached()? {
+        return Ok(());
     }
-    let kind = build(lua, name, key, path)?;
-    check_kind(kind)?;
-    staged(fixtures)?.ok_or_else(|| raise(lua, format!("fixture `{name}`: the entry just built cannot be read back")))
+    build(lua, name, key, path)
 }
 
 /// `provium fixture build|rebuild`: builds `name` unless cached, from a
@@ -149,24 +161,14 @@ pub fn build_from_cli(
     let ctx = FileCtx { images, accel, kill_switches: Arc::default(), fixtures: fixtures.clone() };
     super::install_api(&lua, &here, &fixtures.roots, ctx).map_err(|e| message(&e))?;
     let key = fixtures.key(name).map_err(|e| super::errors::chain(&e))?;
-    let result = if fixtures.store.lookup(&key.hex).is_some() {
-        Ok(())
-    } else {
-        let lock = fixtures
-            .store
-            .lock(&key.hex, |holder| eprintln!("provium: fixture `{name}` is being built by {holder}; waiting for it"));
-        match lock {
-            Err(e) => Err(super::errors::chain(&e)),
-            Ok(_lock) if fixtures.store.lookup(&key.hex).is_some() => Ok(()),
-            Ok(_lock) => build(&lua, name, &key.hex, &key.path).map(drop).map_err(|e| message(&e)),
-        }
-    };
+    let cached = || Ok(fixtures.store.lookup(&key.hex).is_some());
+    let result = build_once(&lua, &fixtures, name, &key.hex, &key.path, cached).map_err(|e| message(&e));
     lab_ud::end_file_scope(&lua);
     result
 }
 
 /// Runs the builder and installs what it returns into the cache.
-fn build(lua: &Lua, name: &str, key: &str, path: &Path) -> mlua::Result<EntryKind> {
+fn build(lua: &Lua, name: &str, key: &str, path: &Path) -> mlua::Result<()> {
     let (fixtures, images, accel) = ctx_parts(lua);
     eprintln!("provium: building fixture `{name}` ({})", path.display());
     let started = Instant::now();
@@ -176,35 +178,35 @@ fn build(lua: &Lua, name: &str, key: &str, path: &Path) -> mlua::Result<EntryKin
     let ctx = FileCtx { images, accel, kill_switches: kills, fixtures: fixtures.clone() };
     // The real path: relative host paths in the builder resolve against it.
     let shown = path.display().to_string();
-    let result = (|| -> Result<(EntryKind, u64), String> {
+    let result = (|| -> Result<u64, String> {
         super::install_api(&builder, path, &fixtures.roots, ctx).map_err(|e| message(&e))?;
         let src = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
         let returned: Value = builder.load(src).set_name(format!("@{shown}")).eval().map_err(|e| message(&e))?;
-        let (kind, stored) = match &returned {
+        let stored = match &returned {
             Value::UserData(ud) if ud.is::<SnapshotUd>() => {
                 let snap = ud.borrow::<SnapshotUd>().map_err(|e| e.to_string())?.path.clone();
-                (EntryKind::Vm, fixtures.store.install_vm(key, &snap))
+                fixtures.store.install_vm(key, &snap)
             }
             Value::UserData(ud) if ud.is::<LabSnapshotUd>() => {
                 let dir = ud.borrow::<LabSnapshotUd>().map_err(|e| e.to_string())?.dir.clone();
-                (EntryKind::Lab, fixtures.store.install_lab(key, &dir))
+                fixtures.store.install_lab(key, &dir)
             }
             other => {
                 let what = if other.is_integer() { "number" } else { other.type_name() };
                 return Err(format!("must return vm:snapshot() or provium:snapshot(), but returned {what}"));
             }
         };
-        Ok((kind, stored.map_err(|e| super::errors::chain(&e))?))
+        stored.map_err(|e| super::errors::chain(&e))
     })();
     lab_ud::end_file_scope(&builder);
     match result {
-        Ok((kind, stored)) => {
+        Ok(stored) => {
             eprintln!(
                 "provium: built fixture `{name}` in {:.1}s ({:.1} MiB in the cache)",
                 started.elapsed().as_secs_f64(),
                 stored as f64 / (1 << 20) as f64
             );
-            Ok(kind)
+            Ok(())
         }
         Err(why) => Err(raise(lua, format!("fixture `{name}` failed to build: {why}"))),
     }

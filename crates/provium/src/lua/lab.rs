@@ -108,6 +108,12 @@ impl LabNode {
         format!("__lab_{n}")
     }
 
+    /// This lab's own VMs that are in `state`.
+    pub fn vms_in(&self, state: crate::vm::VmState) -> Vec<(String, VmRef)> {
+        let is = |vm: &VmRef| vm.lock().unwrap_or_else(|p| p.into_inner()).state() == state;
+        self.vms.iter().filter(|(_, vm)| is(vm)).cloned().collect()
+    }
+
     /// Every VM of this lab and its sub-labs (not its parents).
     pub fn all_vms(&self) -> Vec<(String, VmRef)> {
         let mut v = self.vms.clone();

@@ -69,12 +69,9 @@ pub fn save(lua: &Lua, lab: &LabRef, dir: &Path) -> mlua::Result<()> {
 fn save_tree(lua: &Lua, lab: &LabNode, dir: &Path) -> mlua::Result<()> {
     std::fs::create_dir_all(dir)
         .map_err(|e| raise(lua, format!("lab:snapshot: cannot create `{}`: {e}", dir.display())))?;
-    let in_state = |s: VmState| -> Vec<(String, VmRef)> {
-        lab.vms.iter().filter(|(_, vm)| lock(vm).state() == s).cloned().collect()
-    };
-    let running = in_state(VmState::Booted);
+    let running = lab.vms_in(VmState::Booted);
     let mut saved = running.clone();
-    saved.extend(in_state(VmState::Paused));
+    saved.extend(lab.vms_in(VmState::Paused));
     // A stale lab.json must not describe the new snapshots if this fails.
     let _ = std::fs::remove_file(dir.join(LAB_FILE));
     let paused = batch(lua, "pause", &running, |vm| vm.pause());
@@ -98,7 +95,7 @@ fn save_tree(lua: &Lua, lab: &LabNode, dir: &Path) -> mlua::Result<()> {
             snapshot: Some(format!("{name}.snap")),
         })
         .collect();
-    for (name, vm) in in_state(VmState::Created).into_iter().chain(in_state(VmState::Shutdown)) {
+    for (name, vm) in lab.vms_in(VmState::Created).into_iter().chain(lab.vms_in(VmState::Shutdown)) {
         vms.push(VmEntry { name, profile: lock(&vm).profile().to_string(), snapshot: None });
     }
     let mut labs = Vec::new();

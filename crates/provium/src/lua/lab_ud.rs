@@ -195,8 +195,7 @@ impl LabUd {
     }
 
     fn in_state(&self, state: VmState) -> Vec<(String, VmRef)> {
-        let is = |vm: &VmRef| vm.lock().unwrap_or_else(|p| p.into_inner()).state() == state;
-        self.direct_vms().into_iter().filter(|(_, vm)| is(vm)).collect()
+        self.0.borrow().vms_in(state)
     }
 }
 
@@ -274,14 +273,8 @@ impl UserData for LabUd {
             let dir = super::snapshot_ud::snapshot_path(lua, "lab:restore", &snap)?;
             super::lab_snapshot::restore(lua, &this.0, &dir)
         });
-        methods.add_method("vm_fixture", |lua, _, name: Value| {
-            let name = fixture_name(lua, "vm_fixture", name)?;
-            super::fixtures::vm_fixture(lua, &name)
-        });
-        methods.add_method("lab_fixture", |lua, _, name: Value| {
-            let name = fixture_name(lua, "lab_fixture", name)?;
-            super::fixtures::lab_fixture(lua, &name)
-        });
+        methods.add_method("vm_fixture", |lua, _, name: Value| vm_fixture(lua, name));
+        methods.add_method("lab_fixture", |lua, _, name: Value| lab_fixture(lua, name));
         // Only the fixture key scanner reads it: the file becomes part of the
         // key of any fixture that calls this with a literal path.
         methods.add_method("depends_on_file", |lua, _, path: Value| match path {
@@ -327,18 +320,8 @@ fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
         "timeout" => return Ok(config.timeout.map(|d| Value::Number(d.as_secs_f64())).unwrap_or(Value::Nil)),
         "pack" | "unpack" => return lua.globals().get::<mlua::Table>("string")?.get(key.as_str()),
         // `provium.vm_fixture("x")` (dot call) works like the method form.
-        "vm_fixture" => {
-            return Ok(Value::Function(lua.create_function(|lua, name: Value| {
-                let name = fixture_name(lua, "vm_fixture", name)?;
-                super::fixtures::vm_fixture(lua, &name)
-            })?))
-        }
-        "lab_fixture" => {
-            return Ok(Value::Function(lua.create_function(|lua, name: Value| {
-                let name = fixture_name(lua, "lab_fixture", name)?;
-                super::fixtures::lab_fixture(lua, &name)
-            })?))
-        }
+        "vm_fixture" => return Ok(Value::Function(lua.create_function(vm_fixture)?)),
+        "lab_fixture" => return Ok(Value::Function(lua.create_function(lab_fixture)?)),
         _ => {}
     }
     let (vm, lab) = {
@@ -359,6 +342,16 @@ fn fixture_name(lua: &Lua, what: &str, v: Value) -> mlua::Result<String> {
         Value::String(s) => Ok(s.to_str()?.to_string()),
         _ => Err(raise(lua, format!("provium:{what}(name): name must be a string"))),
     }
+}
+
+/// `provium:vm_fixture(name)`, also reached as `provium.vm_fixture(name)`.
+fn vm_fixture(lua: &Lua, name: Value) -> mlua::Result<VmUd> {
+    super::fixtures::vm_fixture(lua, &fixture_name(lua, "vm_fixture", name)?)
+}
+
+/// `provium:lab_fixture(name)`, also reached as `provium.lab_fixture(name)`.
+fn lab_fixture(lua: &Lua, name: Value) -> mlua::Result<LabUd> {
+    super::fixtures::lab_fixture(lua, &fixture_name(lua, "lab_fixture", name)?)
 }
 
 fn set_config(lua: &Lua, this: &LabUd, key: &str, value: Value) -> mlua::Result<()> {
