@@ -69,36 +69,10 @@ pub fn cache_root() -> PathBuf {
     home.join(".cache").join("provium")
 }
 
-/// The host's TSC frequency in kHz, from `/proc/cpuinfo`. Passing it as
-/// `tsc_early_khz` spares the guest a TSC calibration that sometimes hangs
-/// under emulation.
-pub fn host_tsc_khz() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
-    Some((mhz * 1000.0) as u64)
-}
-
 /// The default guest's kernel command line (what `kernel_cmdline`
 /// replaces).
 pub fn default_cmdline() -> String {
     String::from("console=ttyS0 quiet cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on")
-}
-
-/// What every guest on provium's machine needs on its command line, added
-/// unless the command line sets the same parameter:
-/// - `panic=-1`: a panicking kernel ends QEMU at once (the boot error then
-///   quotes the panic) instead of hanging until the agent timeout;
-/// - `tsc=reliable`: under load on an emulated CPU the clocksource watchdog
-///   otherwise declares the TSC unstable and the guest falls back to jiffies
-///   (4 ms steps);
-/// - `tsc_early_khz`: spares the TSC calibration that sometimes hangs a
-///   microvm boot.
-pub fn machine_cmdline() -> Vec<String> {
-    let mut v = vec!["panic=-1".to_string(), "tsc=reliable".to_string()];
-    if let Some(khz) = host_tsc_khz() {
-        v.push(format!("tsc_early_khz={khz}"));
-    }
-    v
 }
 
 /// Resolves profiles to boot images; shared by all test files of a run.

@@ -27,7 +27,7 @@ pub mod guest;
 pub mod image;
 pub mod lua;
 pub mod report;
-pub mod resources;
+
 pub mod runner;
 pub mod units;
 pub mod vm;

@@ -432,3 +432,22 @@ fn snapshots_work_without_shared_memory() {
     assert_eq!(reports[0]["passed"], true, "{:#}", reports[0]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// The KVM probe's command line is the real launch builder's: the same argv
+/// with `-accel tcg` in place of `-accel kvm -cpu host` boots the real guest
+/// to its power-off. Machines without KVM (CI) would otherwise never notice a
+/// probe argv QEMU rejects, and every KVM host would silently use TCG.
+#[test]
+fn the_kvm_probe_argv_boots_under_tcg() {
+    use provium::vmm::accel::{probe, probe_spec};
+    use provium::vmm::{argv::launch_argv, Accel};
+    let s = Suite::new();
+    let images = provium::image::Images::new(Default::default());
+    let guest = images.default_guest().expect("default guest (run scripts/setup)");
+    let kvm = launch_argv(&probe_spec(Accel::Kvm, &guest.vmlinux, &guest.initrd, s.path())).join(" ");
+    let tcg = launch_argv(&probe_spec(Accel::Tcg, &guest.vmlinux, &guest.initrd, s.path())).join(" ");
+    assert_eq!(kvm.replace("-accel kvm -cpu host", "-accel tcg"), tcg);
+    let qemu = provium::vmm::process::qemu_binary();
+    let took = probe(&qemu, Accel::Tcg, &guest.vmlinux, &guest.initrd, Duration::from_secs(120));
+    assert!(took.is_ok(), "the probe's argv does not boot under TCG: {took:?}");
+}

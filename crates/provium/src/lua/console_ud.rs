@@ -17,7 +17,7 @@ use super::opts;
 use super::stream_ud::{ChunkSource, StreamUd};
 use super::vm_ud::VmRef;
 use crate::agent::Chunk;
-use crate::resources::Class;
+use crate::vm::resources::Class;
 use crate::vm::VmState;
 
 /// How often the console log is looked at for new bytes.

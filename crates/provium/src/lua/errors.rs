@@ -25,14 +25,14 @@ pub fn location(lua: &Lua) -> String {
 
 /// The innermost frame of a `*.test.lua` / `*.fixture.lua` file on the
 /// stack: where a test author opened something.
-pub fn creation_site(lua: &Lua) -> Option<crate::resources::Site> {
+pub fn creation_site(lua: &Lua) -> Option<crate::vm::resources::Site> {
     for level in 1..64 {
         let dbg = lua.inspect_stack(level)?;
         let src = dbg.source();
         // The full chunk name (`@path`), not `short_src`, which Lua cuts.
         let Some(name) = src.source.as_deref().and_then(|s| s.strip_prefix('@')) else { continue };
         if name.ends_with(".test.lua") || name.ends_with(".fixture.lua") {
-            return Some(crate::resources::Site { file: name.to_string(), line: dbg.curr_line() as i64 });
+            return Some(crate::vm::resources::Site { file: name.to_string(), line: dbg.curr_line() as i64 });
         }
     }
     None

@@ -10,7 +10,7 @@ use provium_protocol::{StreamSource, TailStart, Whence};
 use super::errors::{creation_site, raise, LuaResultExt};
 use super::vm_ud::VmRef;
 use crate::agent::{AgentClient, AgentError};
-use crate::resources::{Class, ResourceGuard};
+use crate::vm::resources::{Class, ResourceGuard};
 use crate::vm::VmError;
 
 pub struct FileInner {

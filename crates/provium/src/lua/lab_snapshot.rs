@@ -15,7 +15,7 @@ use super::errors::raise;
 use super::lab::{LabNode, LabRef};
 use super::lab_ud::{batch, new_vm};
 use super::vm_ud::VmRef;
-use crate::resources::Class;
+use crate::vm::resources::Class;
 use crate::vm::{BootOpts, VmState};
 
 const LAB_FILE: &str = "lab.json";

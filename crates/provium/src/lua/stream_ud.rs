@@ -14,7 +14,7 @@ use mlua::{Lua, UserData, UserDataMethods, Value};
 use super::errors::raise;
 use super::opts;
 use crate::agent::{AgentStream, Chunk};
-use crate::resources::{ResourceGuard, Site};
+use crate::vm::resources::{ResourceGuard, Site};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);

@@ -16,7 +16,7 @@ use super::proc_ud::ProcUd;
 use super::stream_ud::StreamUd;
 use super::vm_ud::{VmRef, VmUd};
 use crate::agent::DEFAULT_WINDOW;
-use crate::resources::Class;
+use crate::vm::resources::Class;
 
 /// Opens an agent stream on `vm` and wraps it as a tracked Lua stream.
 pub fn open_stream(

@@ -8,7 +8,7 @@ use mlua::{AnyUserData, Lua, Table, UserData, UserDataMethods, Value};
 use super::errors::{raise, LuaResultExt};
 use super::opts;
 use super::result_ud::RunResult;
-use crate::resources::Class;
+use crate::vm::resources::Class;
 use crate::vm::Vm;
 
 /// Shared ownership of one VM (scopes, handles and the watchdog hold it).

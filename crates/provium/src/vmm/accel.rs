@@ -9,8 +9,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::argv::{self, Accel};
+use super::argv;
 use super::process::QemuProcess;
+use super::spec::{Accel, Boot, LaunchSpec, Machine, Ram};
 
 /// The accelerator and a sentence saying why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,11 +31,16 @@ fn kvm_openable() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
-fn cache_file(qemu: &str) -> std::path::PathBuf {
+/// Where the verdict for this host boot, this QEMU and this probe command
+/// line is kept: a changed probe (a fixed argv) probes again.
+fn cache_file(qemu: &str, kernel: &Path, initrd: &Path) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let tag: String =
-        format!("{}-{qemu}", boot_id.trim()).chars().filter(|c| c.is_ascii_alphanumeric()).take(48).collect();
-    crate::cleanup::scratch_root().join(format!("accel-{tag}"))
+    let argv = argv::launch_argv(&probe_spec(Accel::Kvm, kernel, initrd, Path::new("")));
+    let probe = Sha256::digest(format!("{qemu}\0{}", argv.join("\0")));
+    let tag: String = boot_id.trim().chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+    let probe: String = probe.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    crate::cleanup::scratch_root().join(format!("accel-{tag}-{probe}"))
 }
 
 /// Picks the accelerator for guests booted from `kernel` + `initrd` (an
@@ -48,14 +54,14 @@ pub fn choose(qemu: &str, kernel: &Path, initrd: &Path) -> AccelChoice {
     if let Err(e) = kvm_openable() {
         return AccelChoice { accel: Accel::Tcg, reason: format!("KVM unavailable ({e}); using TCG emulation") };
     }
-    let cache = cache_file(qemu);
+    let cache = cache_file(qemu, kernel, initrd);
     if let Ok(text) = std::fs::read_to_string(&cache) {
         if let Some((accel, reason)) = text.split_once('\n') {
             let accel = if accel == "kvm" { Accel::Kvm } else { Accel::Tcg };
             return AccelChoice { accel, reason: format!("{reason} (cached probe)") };
         }
     }
-    let choice = match probe(qemu, kernel, initrd) {
+    let choice = match probe(qemu, Accel::Kvm, kernel, initrd, PROBE_TIMEOUT) {
         Ok(took) => AccelChoice { accel: Accel::Kvm, reason: format!("KVM probe booted a guest in {took:.1?}") },
         Err(why) => AccelChoice {
             accel: Accel::Tcg,
@@ -67,17 +73,45 @@ pub fn choose(qemu: &str, kernel: &Path, initrd: &Path) -> AccelChoice {
     choice
 }
 
-fn probe(qemu: &str, kernel: &Path, initrd: &Path) -> Result<Duration, String> {
-    let scratch = crate::cleanup::ScratchDir::new("kvm-probe").map_err(|e| e.to_string())?;
-    let mut argv = argv::machine_args(Accel::Kvm);
-    argv.extend(argv::resources_args(128, 1));
-    argv.extend(argv::base_args());
-    argv.extend(argv::kernel_args(kernel, initrd, "console=ttyS0 quiet panic=-1 rdinit=/sbin/poweroff -- -f"));
+/// The kernel command line of the probe guest: busybox powers it off as
+/// soon as the kernel has booted. provium's machine parameters are added
+/// as for every guest (without `tsc_early_khz` the guest can hang
+/// calibrating its TSC).
+const PROBE_CMDLINE: &str = "console=ttyS0 quiet rdinit=/sbin/poweroff";
+
+/// What the probe starts: a small guest of the same machine type, memory
+/// backend and console as every VM (the same argv builder), under `accel`.
+/// Tests run it with [`Accel::Tcg`] to prove the command line is valid on
+/// machines without KVM.
+pub fn probe_spec(accel: Accel, kernel: &Path, initrd: &Path, scratch: &Path) -> LaunchSpec {
+    LaunchSpec {
+        accel,
+        machine: Machine { memory_mib: 128, cpus: 1, devices: vec![super::spec::Device::Console] },
+        ram: Ram::Anonymous,
+        boot: Boot::Kernel {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            // `--` ends the kernel's parameters: `-f` goes to poweroff.
+            cmdline: format!("{} -- -f", argv::kernel_cmdline(PROBE_CMDLINE, false, &argv::machine_cmdline())),
+            rtc_base: None,
+        },
+        scratch: scratch.to_path_buf(),
+    }
+}
+
+/// Boots the probe guest under `accel`; how long it took to power off, or
+/// why it did not.
+pub fn probe(qemu: &str, accel: Accel, kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Duration, String> {
+    let scratch = crate::cleanup::ScratchDir::new("accel-probe").map_err(|e| e.to_string())?;
+    let argv = argv::launch_argv(&probe_spec(accel, kernel, initrd, scratch.path()));
     let start = Instant::now();
     let mut qemu = QemuProcess::spawn(qemu, &argv, &scratch.path().join("stderr")).map_err(|e| e.to_string())?;
-    if !qemu.wait_exit(PROBE_TIMEOUT) {
+    if !qemu.wait_exit(timeout) {
         qemu.stop(Duration::from_millis(100));
-        return Err(format!("no power-off within {PROBE_TIMEOUT:?}"));
+        return Err(format!(
+            "the probe guest did not power off within {timeout:?}: KVM runs it far slower than expected (a nested or \
+             PVM host?)"
+        ));
     }
     match qemu.exit_status() {
         Some(s) if s.success() => Ok(start.elapsed()),
@@ -85,5 +119,23 @@ fn probe(qemu: &str, kernel: &Path, initrd: &Path) -> Result<Duration, String> {
             let err = qemu.stderr();
             Err(err.lines().last().unwrap_or("QEMU failed").to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_uses_the_launch_argv_with_its_memory_backend() {
+        let spec = probe_spec(Accel::Kvm, Path::new("/k"), Path::new("/i"), Path::new("/s"));
+        let argv = argv::launch_argv(&spec);
+        let joined = argv.join(" ");
+        // The machine names `memory-backend=mem`; the backend must be there.
+        assert!(joined.contains("memory-backend=mem"), "{joined}");
+        assert!(joined.contains("-object memory-backend-ram,id=mem,size=128M"), "{joined}");
+        assert!(joined.contains("-accel kvm -cpu host"), "{joined}");
+        assert!(joined.contains(PROBE_CMDLINE) && joined.contains("tsc=reliable"), "{joined}");
+        assert!(joined.ends_with("-- -f -chardev") || joined.contains(" -- -f "), "{joined}");
     }
 }

@@ -1,58 +1,12 @@
-//! QEMU's command line, built by small pure functions that each return the
-//! arguments for one concern. Nothing here touches the file system or spawns
-//! anything, so the whole command line is snapshot-tested.
+//! QEMU's command line, built from a [`LaunchSpec`] by small pure functions
+//! that each return the arguments for one concern. Every QEMU provium starts
+//! (a boot, a restore, the KVM probe) gets its argv from [`launch_argv`].
+//! Nothing here touches the file system or spawns anything, so the whole
+//! command line is snapshot-tested.
 
 use std::path::{Path, PathBuf};
 
-/// Which accelerator runs the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
-/// Where guest RAM lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ram {
-    /// Anonymous memory: snapshots carry the RAM in QEMU's stream.
-    Anonymous,
-    /// A shared file (in `/dev/shm`): a snapshot copies the file next to a
-    /// stream that skips RAM (`x-ignore-shared`), which is much faster.
-    SharedFile(PathBuf),
-    /// A private, copy-on-write mapping of the RAM image stored in a
-    /// snapshot file at `offset`: a restore loads no RAM at all.
-    Image { path: PathBuf, offset: u64 },
-}
-
-/// Everything that decides one QEMU invocation.
-#[derive(Debug, Clone)]
-pub struct LaunchSpec {
-    pub accel: Accel,
-    pub memory_mib: u64,
-    pub ram: Ram,
-    pub cpus: u32,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub cmdline: String,
-    /// Directory holding the sockets and the console log.
-    pub scratch: PathBuf,
-    /// Seeds QEMU's randomness and adds a virtio-rng device fed from it.
-    pub rng_seed: Option<u64>,
-    /// The guest's RTC (and so its wall clock) starts here (epoch seconds).
-    pub initial_time: Option<i64>,
-    /// Start with no kernel, waiting for a migration stream (a restore)
-    /// instead of booting.
-    pub incoming: bool,
-}
+use super::spec::{Accel, Boot, Device, LaunchSpec, Ram};
 
 /// The sockets and logs of one VM inside its scratch directory.
 #[derive(Debug, Clone)]
@@ -233,29 +187,60 @@ pub fn rtc_args(secs: i64) -> Vec<String> {
     vec![s("-rtc"), format!("base={},clock=vm", iso8601(secs))]
 }
 
+/// The arguments for one device.
+fn device_args(device: &Device, paths: &VmPaths, scratch: &Path) -> Vec<String> {
+    match device {
+        Device::Console => console_args(paths),
+        Device::Agent => agent_args(paths),
+        Device::SeededRng { seed } => rng_args(*seed, scratch),
+    }
+}
+
 /// The whole command line (without the program name).
 pub fn launch_argv(spec: &LaunchSpec) -> Vec<String> {
     let paths = VmPaths::in_dir(&spec.scratch);
+    let m = &spec.machine;
     let mut v = Vec::new();
     v.extend(machine_args(spec.accel));
-    v.extend(resources_args(spec.memory_mib, spec.cpus));
-    v.extend(ram_args(&spec.ram, spec.memory_mib));
+    v.extend(resources_args(m.memory_mib, m.cpus));
+    v.extend(ram_args(&spec.ram, m.memory_mib));
     v.extend(base_args());
-    if spec.incoming {
-        // The stream overwrites RAM and CPU state: loading a kernel first
-        // would only cost time, and the kernel file need not exist anymore.
-        v.extend([s("-incoming"), s("defer")]);
-    } else {
-        v.extend(kernel_args(&spec.kernel, &spec.initrd, &spec.cmdline));
+    match &spec.boot {
+        Boot::Kernel { kernel, initrd, cmdline, .. } => v.extend(kernel_args(kernel, initrd, cmdline)),
+        Boot::Incoming => v.extend([s("-incoming"), s("defer")]),
     }
-    v.extend(console_args(&paths));
-    v.extend(agent_args(&paths));
+    for d in &m.devices {
+        v.extend(device_args(d, &paths, &spec.scratch));
+    }
     v.extend(qmp_args(&paths));
-    if let Some(seed) = spec.rng_seed {
-        v.extend(rng_args(seed, &spec.scratch));
+    if let Boot::Kernel { rtc_base: Some(t), .. } = &spec.boot {
+        v.extend(rtc_args(*t));
     }
-    if let Some(t) = spec.initial_time {
-        v.extend(rtc_args(t));
+    v
+}
+
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo`. Passing it as
+/// `tsc_early_khz` spares the guest a TSC calibration that sometimes hangs
+/// under emulation.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// What every guest on provium's machine needs on its command line, added
+/// unless the command line sets the same parameter:
+/// - `panic=-1`: a panicking kernel ends QEMU at once (the boot error then
+///   quotes the panic) instead of hanging until the agent timeout;
+/// - `tsc=reliable`: under load on an emulated CPU the clocksource watchdog
+///   otherwise declares the TSC unstable and the guest falls back to jiffies
+///   (4 ms steps);
+/// - `tsc_early_khz`: spares the TSC calibration that sometimes hangs a
+///   microvm boot.
+pub fn machine_cmdline() -> Vec<String> {
+    let mut v = vec!["panic=-1".to_string(), "tsc=reliable".to_string()];
+    if let Some(khz) = host_tsc_khz() {
+        v.push(format!("tsc_early_khz={khz}"));
     }
     v
 }
@@ -285,19 +270,20 @@ pub fn kernel_cmdline(base: &str, inject_agent: bool, extra: &[String]) -> Strin
 mod tests {
     use super::*;
 
+    use crate::vmm::spec::Machine;
+
     fn spec() -> LaunchSpec {
         LaunchSpec {
             accel: Accel::Tcg,
-            memory_mib: 256,
+            machine: Machine::standard(256, 1),
             ram: Ram::SharedFile(PathBuf::from("/dev/shm/provium-0/1-2-a/ram")),
-            cpus: 1,
-            kernel: PathBuf::from("/cache/vmlinux"),
-            initrd: PathBuf::from("/cache/initrd.cpio"),
-            cmdline: s("console=ttyS0 quiet"),
+            boot: Boot::Kernel {
+                kernel: PathBuf::from("/cache/vmlinux"),
+                initrd: PathBuf::from("/cache/initrd.cpio"),
+                cmdline: s("console=ttyS0 quiet"),
+                rtc_base: None,
+            },
             scratch: PathBuf::from("/tmp/provium-0/1-1-a"),
-            rng_seed: None,
-            initial_time: None,
-            incoming: false,
         }
     }
 
@@ -314,10 +300,13 @@ mod tests {
         assert_eq!(seeded_bytes(42, 100), seeded_bytes(42, 100));
         assert_ne!(seeded_bytes(42, 100), seeded_bytes(43, 100));
         let mut sp = spec();
-        sp.rng_seed = Some(42);
-        sp.initial_time = Some(1_700_000_000);
+        sp.machine.devices.push(Device::SeededRng { seed: 42 });
+        if let Boot::Kernel { rtc_base, .. } = &mut sp.boot {
+            *rtc_base = Some(1_700_000_000);
+        }
         let v = launch_argv(&sp);
-        let tail = &v[v.len() - 10..];
+        let rng = v.iter().position(|a| a == "-seed").unwrap();
+        let tail: Vec<&String> = v[rng..rng + 8].iter().chain(&v[v.len() - 2..]).collect();
         assert_eq!(
             tail,
             [
@@ -338,7 +327,7 @@ mod tests {
     #[test]
     fn a_restore_waits_for_the_stream_instead_of_loading_a_kernel() {
         let mut sp = spec();
-        sp.incoming = true;
+        sp.boot = Boot::Incoming;
         let v = launch_argv(&sp);
         assert!(!v.iter().any(|a| a == "-kernel" || a == "-initrd" || a == "-append"));
         let i = v.iter().position(|a| a == "-incoming").unwrap();

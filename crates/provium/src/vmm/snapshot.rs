@@ -8,9 +8,9 @@
 //! ```
 //!
 //! One self-describing file, so `vm:restore("/path")` needs nothing else:
-//! the header says how big the guest was, which accelerator ran it and how
-//! its seeded RNG was fed, which the new QEMU must reproduce for the stream
-//! to load.
+//! the header records the guest's whole machine (memory, CPUs, devices, how
+//! its seeded RNG was fed) and which accelerator ran it, which the new QEMU
+//! must reproduce for the stream to load.
 //!
 //! When the guest's RAM is a shared file (`/dev/shm`), the stream skips RAM
 //! (`x-ignore-shared`) and the RAM file is copied, holes kept, behind it: a
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::qmp::{Qmp, QmpError};
+use super::spec::Machine;
 
 /// Where QEMU's stream starts in the file.
 pub const STREAM_OFFSET: u64 = 4096;
@@ -31,7 +32,8 @@ pub const STREAM_OFFSET: u64 = 4096;
 const MAGIC: &[u8; 8] = b"PROVSNP1";
 
 /// The snapshot format this build writes and reads.
-pub const FORMAT: u32 = 2;
+/// 3: the header records the guest's whole [`Machine`] (devices included).
+pub const FORMAT: u32 = 3;
 
 /// Alignment of the RAM image in the file (mappable; huge-page friendly).
 pub const RAM_ALIGN: u64 = 2 << 20;
@@ -51,9 +53,9 @@ pub struct SnapshotMeta {
     pub protocol: u32,
     pub profile: String,
     pub accel: String,
-    pub memory_mib: u64,
-    pub cpus: u32,
-    pub rng_seed: Option<u64>,
+    /// The saved guest's hardware, which the restoring QEMU must reproduce
+    /// exactly for the stream to load.
+    pub machine: Machine,
     /// Set when the VM booted with `initial_time`: the guest clock then
     /// continues from the saved moment instead of jumping to the host's.
     pub initial_time: Option<f64>,
@@ -251,9 +253,15 @@ mod tests {
             protocol: provium_protocol::PROTOCOL_VERSION,
             profile: "default".into(),
             accel: "tcg".into(),
-            memory_mib: 512,
-            cpus: 1,
-            rng_seed: Some(7),
+            machine: Machine {
+                memory_mib: 512,
+                cpus: 1,
+                devices: vec![
+                    super::super::spec::Device::Console,
+                    super::super::spec::Device::Agent,
+                    super::super::spec::Device::SeededRng { seed: 7 },
+                ],
+            },
             initial_time: None,
             ram: Some(RamImage { offset: RAM_ALIGN, size: 1 << 20 }),
         }

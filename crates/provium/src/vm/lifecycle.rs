@@ -1,188 +1,21 @@
-//! A VM as test authors see it: a name, a profile, a state, and operations
-//! that check the state first.
-//!
-//! ```text
-//! created ──boot()──► booted ──shutdown()──► shutdown
-//!                        │
-//!                        └── QEMU or the agent connection dies ──► dead
-//! ```
-//!
-//! Every wrong-state call fails with the VM's name, its state and what to do.
-//! This type has no Lua in it: the Lua adapter (`lua::vm_ud`) only converts
-//! arguments and results.
+//! [`Vm`]: a name, a profile, a state (see [`super::state`]), and
+//! operations that check the state first. Every wrong-state call fails with
+//! the VM's name, its state and what to do.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpErrorKind};
 
+use super::error::VmError;
+use super::kill::KillSwitch;
+use super::opts::{files_cpio, spec_memory_mib, BootOpts};
+use super::resources::Registry;
+use super::state::VmState;
 use crate::agent::{AgentClient, AgentError};
-use crate::image::{ImageError, Images};
-use crate::resources::Registry;
-use crate::vmm::snapshot::{self as snapfile, SaveError, SnapshotFileError, SnapshotMeta};
-use crate::vmm::{self, argv, Accel, Instance, LaunchError, LaunchSpec, Ram};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmState {
-    Created,
-    Booted,
-    Paused,
-    Shutdown,
-    Dead,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Booted => "booted",
-            VmState::Paused => "paused",
-            VmState::Shutdown => "shutdown",
-            VmState::Dead => "dead",
-        }
-    }
-
-    /// Why an operation cannot run in this state, and what to do instead.
-    fn refusal(self) -> &'static str {
-        match self {
-            VmState::Created => "VM not booted; call vm:boot() first",
-            VmState::Booted => "VM already booted",
-            VmState::Paused => "VM is paused; use resume()",
-            VmState::Shutdown => "VM is shut down; create a new one",
-            VmState::Dead => "VM died; create a new one (its console tail is in the test report)",
-        }
-    }
-}
-
-/// Options for one boot; per-boot options merge over creation-time ones.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BootOpts {
-    pub memory: Option<u64>,
-    pub cpus: Option<u32>,
-    pub kernel_cmdline: Option<String>,
-    pub agent_timeout: Option<Duration>,
-    pub rng_seed: Option<u64>,
-    /// Epoch seconds the guest's wall clock starts at.
-    pub initial_time: Option<f64>,
-    /// Files put into the initramfs before init runs: (path, content, mode).
-    pub files: Option<Vec<(String, Vec<u8>, u32)>>,
-}
-
-impl BootOpts {
-    /// `self` with every unset field taken from `base`.
-    pub fn over(&self, base: &BootOpts) -> BootOpts {
-        BootOpts {
-            memory: self.memory.or(base.memory),
-            cpus: self.cpus.or(base.cpus),
-            kernel_cmdline: self.kernel_cmdline.clone().or_else(|| base.kernel_cmdline.clone()),
-            agent_timeout: self.agent_timeout.or(base.agent_timeout),
-            rng_seed: self.rng_seed.or(base.rng_seed),
-            initial_time: self.initial_time.or(base.initial_time),
-            files: self.files.clone().or_else(|| base.files.clone()),
-        }
-    }
-}
-
-pub const DEFAULT_MEMORY: u64 = 512 << 20;
-
-fn spec_memory_mib(opts: &BootOpts) -> u64 {
-    opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20)
-}
-
-/// A newc archive of boot-option files (parents created 0755).
-fn files_cpio(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
-    let mut w = crate::guest::CpioWriter::new();
-    for (path, content, mode) in files {
-        w.file(path, *mode, content);
-    }
-    w.finish()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("vm `{vm}`: {reason} (cannot {action})")]
-    WrongState { vm: String, action: &'static str, reason: &'static str },
-    #[error("vm `{vm}`: cannot boot")]
-    Image {
-        vm: String,
-        #[source]
-        source: ImageError,
-    },
-    #[error("vm `{vm}`: boot failed")]
-    Launch {
-        vm: String,
-        #[source]
-        source: LaunchError,
-    },
-    #[error("vm `{vm}`: {op} failed")]
-    Agent {
-        vm: String,
-        op: &'static str,
-        #[source]
-        source: AgentError,
-    },
-    #[error("vm `{vm}`: {op}: {message}")]
-    Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
-    #[error("vm `{vm}`: the guest did not power off within 60s of the power button; it was stopped")]
-    PowerButtonIgnored { vm: String },
-    #[error("vm `{vm}`: {op} failed")]
-    Qmp {
-        vm: String,
-        op: &'static str,
-        #[source]
-        source: crate::vmm::qmp::QmpError,
-    },
-    /// A wait done by the agent ran out of time.
-    #[error("vm `{vm}`: {op}: {message}")]
-    TimedOut { vm: String, op: &'static str, message: String },
-    #[error("vm `{vm}` died during {op}: {why}{console}")]
-    Died { vm: String, op: &'static str, why: String, console: String },
-    #[error(
-        "vm:snapshot() failed for `{vm}`: {files} open file handle(s), {streams} open stream(s)\n{}\n  Close \
-         streams and files before snapshotting.",
-        list.iter().map(|l| format!("  - {l}")).collect::<Vec<_>>().join("\n")
-    )]
-    NotQuiescent { vm: String, files: usize, streams: usize, list: Vec<String> },
-    #[error("vm `{vm}`: snapshot failed")]
-    Save {
-        vm: String,
-        #[source]
-        source: SaveError,
-    },
-    #[error("vm `{vm}`: cannot restore")]
-    SnapshotFile {
-        vm: String,
-        #[source]
-        source: SnapshotFileError,
-    },
-    #[error("vm `{vm}`: cannot restore `{path}`: it was saved under {saved}, and this run uses {here}")]
-    AccelMismatch { vm: String, path: String, saved: String, here: String },
-}
-
-/// A handle the watchdog can use to kill a VM's QEMU without taking the
-/// VM's lock (which a blocked operation may hold).
-#[derive(Debug, Clone, Default)]
-pub struct KillSwitch(Arc<AtomicU32>);
-
-impl KillSwitch {
-    fn arm(&self, pid: u32) {
-        self.0.store(pid, Ordering::SeqCst);
-    }
-
-    fn disarm(&self) {
-        self.0.store(0, Ordering::SeqCst);
-    }
-
-    /// SIGKILLs the QEMU process, if one runs.
-    pub fn kill(&self) {
-        let pid = self.0.load(Ordering::SeqCst);
-        if pid != 0 {
-            // SAFETY: signalling a QEMU child of this process.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-}
+use crate::image::Images;
+use crate::vmm::snapshot::{self as snapfile, SnapshotMeta};
+use crate::vmm::{self, argv, Accel, Boot, Device, Instance, LaunchSpec, Machine, Ram};
 
 pub struct Vm {
     name: String,
@@ -278,7 +111,7 @@ impl Vm {
     pub fn reset(&mut self) -> Result<(), VmError> {
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         let r = self.running("reset", VmState::Booted)?.reset(timeout);
-        r.map_err(|source| VmError::Launch { vm: self.name.clone(), source })
+        r.map_err(|source| VmError::Launch { vm: self.name.clone(), action: "reset", source })
     }
 
     /// Presses the ACPI power button; the guest shuts down gracefully and the
@@ -318,25 +151,29 @@ impl Vm {
         // With a seeded hwrng, the agent stops the kernel's hwrng thread
         // after its first read, so what a test reads is the same each boot
         // (provium-agent's hwrng module).
-        let mut extra_cmdline = crate::image::machine_cmdline();
+        let mut extra_cmdline = argv::machine_cmdline();
         extra_cmdline.extend(opts.rng_seed.map(|_| "provium.hwrng=quiet".to_string()));
+        let mut machine = Machine::standard(spec_memory_mib(&opts), opts.cpus.unwrap_or(1));
+        machine.devices.extend(opts.rng_seed.map(|seed| Device::SeededRng { seed }));
         let spec = LaunchSpec {
             accel: self.accel,
-            memory_mib: spec_memory_mib(&opts),
-            cpus: opts.cpus.unwrap_or(1),
+            machine: machine.clone(),
             ram: Ram::Anonymous,
-            incoming: false,
-            kernel: image.kernel,
-            initrd: image.initrd,
-            cmdline: argv::kernel_cmdline(&base, image.inject_agent, &extra_cmdline),
+            boot: Boot::Kernel {
+                kernel: image.kernel,
+                initrd: image.initrd,
+                cmdline: argv::kernel_cmdline(&base, image.inject_agent, &extra_cmdline),
+                rtc_base: opts.initial_time.map(|t| t.floor() as i64),
+            },
             scratch: Default::default(),
-            rng_seed: opts.rng_seed,
-            initial_time: opts.initial_time.map(|t| t.floor() as i64),
         };
         let files = opts.files.as_ref().map(|f| files_cpio(f));
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
-        let inst = Instance::launch(&self.name, spec, files, timeout)
-            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
+        let inst = Instance::launch(&self.name, spec, files, timeout).map_err(|source| VmError::Launch {
+            vm: self.name.clone(),
+            action: "boot",
+            source,
+        })?;
         self.kill_switch.arm(inst.qemu.pid());
         if let Some(t) = opts.initial_time {
             // The RTC started at `t` when QEMU did; set it again now so the
@@ -344,6 +181,8 @@ impl Vm {
             let ns = (t * 1e9).round() as i64;
             if let Err(e) = inst.agent.set_time(ns) {
                 inst.stop();
+                // QEMU is gone and its pid may be reused: nothing to kill.
+                self.kill_switch.disarm();
                 return Err(VmError::Agent { vm: self.name.clone(), op: "boot (initial_time)", source: e });
             }
         }
@@ -353,9 +192,7 @@ impl Vm {
             protocol: provium_protocol::PROTOCOL_VERSION,
             profile: self.profile.clone(),
             accel: self.accel.as_str().to_string(),
-            memory_mib: spec_memory_mib(&opts),
-            cpus: opts.cpus.unwrap_or(1),
-            rng_seed: opts.rng_seed,
+            machine,
             initial_time: opts.initial_time,
             ram: None,
         });
@@ -372,8 +209,8 @@ impl Vm {
             return Err(self.wrong_state("snapshot"));
         }
         let (files, streams) = (
-            self.resources.count(crate::resources::Class::File),
-            self.resources.count(crate::resources::Class::Stream),
+            self.resources.count(crate::vm::resources::Class::File),
+            self.resources.count(crate::vm::resources::Class::Stream),
         );
         if files + streams > 0 {
             return Err(VmError::NotQuiescent {
@@ -413,22 +250,20 @@ impl Vm {
             Some(image) => Ram::Image { path: path.to_path_buf(), offset: image.offset },
             None => Ram::Anonymous,
         };
+        // The saved machine, replayed whole; the stream brings the rest.
         let spec = LaunchSpec {
             accel: self.accel,
-            memory_mib: meta.memory_mib,
-            cpus: meta.cpus,
+            machine: meta.machine.clone(),
             ram,
-            kernel: Default::default(),
-            initrd: Default::default(),
-            cmdline: String::new(),
+            boot: Boot::Incoming,
             scratch: Default::default(),
-            rng_seed: meta.rng_seed,
-            initial_time: None,
-            incoming: true,
         };
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
-        let inst = Instance::restore(&self.name, spec, path, timeout)
-            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })?;
+        let inst = Instance::restore(&self.name, spec, path, timeout).map_err(|source| VmError::Launch {
+            vm: self.name.clone(),
+            action: "restore",
+            source,
+        })?;
         self.kill_switch.arm(inst.qemu.pid());
         if meta.initial_time.is_none() {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -543,8 +378,11 @@ impl Vm {
             return Err(self.wrong_state("reconnect"));
         }
         let inst = self.instance.as_mut().expect("booted VM has an instance");
-        inst.reconnect_agent(Duration::from_secs(10))
-            .map_err(|source| VmError::Launch { vm: self.name.clone(), source })
+        inst.reconnect_agent(Duration::from_secs(10)).map_err(|source| VmError::Launch {
+            vm: self.name.clone(),
+            action: "reconnect",
+            source,
+        })
     }
 
     /// A clone of the live agent connection (for concurrent use).

@@ -1,0 +1,71 @@
+//! What a VM operation can fail with. Every variant names the VM; causes are
+//! kept as `#[source]` so the whole chain reads in one line.
+
+use crate::agent::AgentError;
+use crate::image::ImageError;
+use crate::vmm::snapshot::{SaveError, SnapshotFileError};
+use crate::vmm::LaunchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("vm `{vm}`: {reason} (cannot {action})")]
+    WrongState { vm: String, action: &'static str, reason: &'static str },
+    #[error("vm `{vm}`: cannot boot")]
+    Image {
+        vm: String,
+        #[source]
+        source: ImageError,
+    },
+    /// Starting or restarting QEMU or the agent failed; `action` is what
+    /// was being done (`boot`, `restore`, `reset`, `reconnect`).
+    #[error("vm `{vm}`: {action} failed")]
+    Launch {
+        vm: String,
+        action: &'static str,
+        #[source]
+        source: LaunchError,
+    },
+    #[error("vm `{vm}`: {op} failed")]
+    Agent {
+        vm: String,
+        op: &'static str,
+        #[source]
+        source: AgentError,
+    },
+    #[error("vm `{vm}`: {op}: {message}")]
+    Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
+    #[error("vm `{vm}`: the guest did not power off within 60s of the power button; it was stopped")]
+    PowerButtonIgnored { vm: String },
+    #[error("vm `{vm}`: {op} failed")]
+    Qmp {
+        vm: String,
+        op: &'static str,
+        #[source]
+        source: crate::vmm::qmp::QmpError,
+    },
+    /// A wait done by the agent ran out of time.
+    #[error("vm `{vm}`: {op}: {message}")]
+    TimedOut { vm: String, op: &'static str, message: String },
+    #[error("vm `{vm}` died during {op}: {why}{console}")]
+    Died { vm: String, op: &'static str, why: String, console: String },
+    #[error(
+        "vm:snapshot() failed for `{vm}`: {files} open file handle(s), {streams} open stream(s)\n{}\n  Close \
+         streams and files before snapshotting.",
+        list.iter().map(|l| format!("  - {l}")).collect::<Vec<_>>().join("\n")
+    )]
+    NotQuiescent { vm: String, files: usize, streams: usize, list: Vec<String> },
+    #[error("vm `{vm}`: snapshot failed")]
+    Save {
+        vm: String,
+        #[source]
+        source: SaveError,
+    },
+    #[error("vm `{vm}`: cannot restore")]
+    SnapshotFile {
+        vm: String,
+        #[source]
+        source: SnapshotFileError,
+    },
+    #[error("vm `{vm}`: cannot restore `{path}`: it was saved under {saved}, and this run uses {here}")]
+    AccelMismatch { vm: String, path: String, saved: String, here: String },
+}

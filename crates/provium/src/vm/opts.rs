@@ -1,0 +1,48 @@
+//! Boot options: what `provium:vm(name, profile, opts)` and `vm:boot(opts)`
+//! set, merged per boot over the creation-time ones.
+
+use std::time::Duration;
+
+/// Options for one boot; per-boot options merge over creation-time ones.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BootOpts {
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+    pub kernel_cmdline: Option<String>,
+    pub agent_timeout: Option<Duration>,
+    pub rng_seed: Option<u64>,
+    /// Epoch seconds the guest's wall clock starts at.
+    pub initial_time: Option<f64>,
+    /// Files put into the initramfs before init runs: (path, content, mode).
+    pub files: Option<Vec<(String, Vec<u8>, u32)>>,
+}
+
+impl BootOpts {
+    /// `self` with every unset field taken from `base`.
+    pub fn over(&self, base: &BootOpts) -> BootOpts {
+        BootOpts {
+            memory: self.memory.or(base.memory),
+            cpus: self.cpus.or(base.cpus),
+            kernel_cmdline: self.kernel_cmdline.clone().or_else(|| base.kernel_cmdline.clone()),
+            agent_timeout: self.agent_timeout.or(base.agent_timeout),
+            rng_seed: self.rng_seed.or(base.rng_seed),
+            initial_time: self.initial_time.or(base.initial_time),
+            files: self.files.clone().or_else(|| base.files.clone()),
+        }
+    }
+}
+
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+
+pub(super) fn spec_memory_mib(opts: &BootOpts) -> u64 {
+    opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20)
+}
+
+/// A newc archive of boot-option files (parents created 0755).
+pub(super) fn files_cpio(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
+    let mut w = crate::guest::CpioWriter::new();
+    for (path, content, mode) in files {
+        w.file(path, *mode, content);
+    }
+    w.finish()
+}

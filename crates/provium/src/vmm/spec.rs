@@ -1,0 +1,115 @@
+//! What one QEMU invocation is: the accelerator, the guest hardware
+//! ([`Machine`]: memory, CPUs, the device list), where RAM lives, and how the
+//! guest starts ([`Boot`]: a kernel, or a migration stream to load).
+//!
+//! [`Machine`] is what a snapshot records whole (see `snapshot::SnapshotMeta`)
+//! and what a restore replays, so a device added here (a NIC, a disk) reaches
+//! the command line, the snapshot header and the restore through this one
+//! type. Nothing here names a path inside the scratch directory: those are
+//! derived when the command line is built (`argv`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which accelerator runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// One guest device and the host end it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Device {
+    /// The serial console: a host socket for live access, logged to a file.
+    Console,
+    /// The agent's virtio-serial port, backed by a host socket.
+    Agent,
+    /// A virtio-rng fed from a seeded stream provium serves; `-seed` makes
+    /// QEMU's own guest-visible randomness repeat too.
+    SeededRng { seed: u64 },
+}
+
+/// The guest's hardware: what a snapshot records and a restore reproduces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub devices: Vec<Device>,
+}
+
+impl Machine {
+    /// A guest with the devices every provium VM has (console, agent).
+    pub fn standard(memory_mib: u64, cpus: u32) -> Machine {
+        Machine { memory_mib, cpus, devices: vec![Device::Console, Device::Agent] }
+    }
+
+    /// The seed of its seeded RNG, if it has one.
+    pub fn rng_seed(&self) -> Option<u64> {
+        self.devices.iter().find_map(|d| match d {
+            Device::SeededRng { seed } => Some(*seed),
+            _ => None,
+        })
+    }
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ram {
+    /// Anonymous memory: snapshots carry the RAM in QEMU's stream.
+    Anonymous,
+    /// A shared file (in `/dev/shm`): a snapshot copies the file next to a
+    /// stream that skips RAM (`x-ignore-shared`), which is much faster.
+    SharedFile(PathBuf),
+    /// A private, copy-on-write mapping of the RAM image stored in a
+    /// snapshot file at `offset`: a restore loads no RAM at all.
+    Image { path: PathBuf, offset: u64 },
+}
+
+/// How the guest starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Boot a kernel with an initramfs.
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+        /// The guest's RTC (and so its wall clock) starts here (epoch
+        /// seconds) and runs with the VM.
+        rtc_base: Option<i64>,
+    },
+    /// Start with no kernel, waiting for a migration stream (a restore).
+    /// The stream overwrites RAM and CPU state, so nothing is loaded first,
+    /// and the saved guest's kernel file need not exist anymore.
+    Incoming,
+}
+
+/// Everything that decides one QEMU invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub accel: Accel,
+    pub machine: Machine,
+    pub ram: Ram,
+    pub boot: Boot,
+    /// Directory holding the sockets and the console log.
+    pub scratch: PathBuf,
+}
+
+impl LaunchSpec {
+    /// The seed of the guest's seeded RNG, if it has one.
+    pub fn rng_seed(&self) -> Option<u64> {
+        self.machine.rng_seed()
+    }
+}
