@@ -167,8 +167,7 @@ fn decode_lz4_legacy(payload: &[u8]) -> Result<Vec<u8>, Fault> {
             .ok_or_else(|| Fault::Corrupt(pos, format!("block of {size} bytes runs past the end")))?;
         let start = out.len();
         out.resize(start + LZ4_LEGACY_BLOCK, 0);
-        let n = lz4_flex::block::decompress_into(block, &mut out[start..])
-            .map_err(|e| Fault::Decompress(pos, e))?;
+        let n = lz4_flex::block::decompress_into(block, &mut out[start..]).map_err(|e| Fault::Decompress(pos, e))?;
         out.truncate(start + n);
         pos += 4 + size;
     }
