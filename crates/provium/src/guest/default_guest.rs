@@ -28,7 +28,7 @@ pub const MODULE_LIST_PATH: &str = "/etc/provium/modules";
 
 /// Bump when the initramfs layout changes so old cache entries are not reused.
 const FORMAT_VERSION: &str = "provium-default-guest-3";
-const DEFAULT_BUSYBOX: &str = "/bin/busybox";
+pub(super) const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 /// Cache entries of other keys unused for this long are removed on the next build.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
 
@@ -346,10 +346,27 @@ fn prune(root: &Path, keep: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::guest::cpio::tests::names;
     use std::time::Instant;
+
+    /// The kernel and busybox `scripts/setup` installs, located as provium locates them
+    /// (`$PROVIUM_GUEST_DIR`, else `~/.cache/provium/guest`). Fails the test when they are
+    /// missing: a test that quietly passed without them would prove nothing.
+    pub(in crate::guest) fn setup_inputs() -> GuestInputs {
+        GuestInputs::locate().unwrap_or_else(|e| {
+            panic!("the guest inputs `scripts/setup` installs are missing: {}", crate::lua::errors::chain(&e))
+        })
+    }
+
+    /// The static busybox `scripts/setup` installs (package busybox-static); fails the test
+    /// when it is missing.
+    pub(in crate::guest) fn setup_busybox() -> PathBuf {
+        let path = Path::new(DEFAULT_BUSYBOX);
+        assert!(path.is_file(), "`{DEFAULT_BUSYBOX}` is missing; run `scripts/setup` (it installs busybox-static)");
+        path.to_owned()
+    }
 
     #[test]
     fn missing_inputs_point_at_setup() {
@@ -362,10 +379,10 @@ mod tests {
 
     #[test]
     fn busybox_static_check() {
-        let busybox = std::fs::read(DEFAULT_BUSYBOX).unwrap_or_default();
-        if busybox.starts_with(b"\x7fELF") {
-            assert!(!has_interpreter(&busybox), "{DEFAULT_BUSYBOX} should be static");
-        }
+        let path = setup_busybox();
+        let busybox = std::fs::read(&path).unwrap();
+        assert!(busybox.starts_with(b"\x7fELF"), "`{}` is not an ELF file", path.display());
+        assert!(!has_interpreter(&busybox), "`{}` should be static (busybox-static)", path.display());
         let this_test = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert!(has_interpreter(&this_test), "test binaries are dynamically linked");
     }
@@ -377,26 +394,9 @@ mod tests {
         assert_eq!(overlay.len() % 4, 0);
     }
 
-    /// The inputs `scripts/setup` installed, or the unpacked package in /tmp/k/x.
-    fn real_inputs() -> Option<GuestInputs> {
-        if let Ok(inputs) = GuestInputs::locate() {
-            return Some(inputs);
-        }
-        let release = "6.1.0-56-cloud-amd64".to_owned();
-        let inputs = GuestInputs {
-            kernel_dir: PathBuf::from("/tmp/k/x"),
-            busybox: PathBuf::from(DEFAULT_BUSYBOX),
-            kernel_release: release,
-        };
-        (inputs.vmlinuz().exists() && inputs.busybox.exists()).then_some(inputs)
-    }
-
     #[test]
     fn prepare_builds_once_then_reuses() {
-        let Some(inputs) = real_inputs() else {
-            eprintln!("note: no guest kernel (run scripts/setup); skipping");
-            return;
-        };
+        let inputs = setup_inputs();
         let cache = tempfile::tempdir().unwrap();
         let t = Instant::now();
         let first = prepare(&inputs, b"agent-1", cache.path()).unwrap();
