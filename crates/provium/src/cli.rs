@@ -1,19 +1,20 @@
 //! The command line: arguments, sub-commands, and the mapping of outcomes to
 //! exit codes (0 all passed, 1 something failed, 2 provium could not run).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::channel;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::events::{ChannelSink, Event, Events};
 use crate::fixture::{Fixtures, Store};
 use crate::image::Images;
-use crate::report::{human, json, RunSummary};
-use crate::runner::{self, Progress, RunConfig};
+use crate::report::{exit_code, human, json, progress, Reporter, RunEnd, RunSummary};
+use crate::runner::{self, RunConfig};
 use crate::{cleanup, doctor, units, vmm};
 
 #[derive(Debug, Parser)]
@@ -100,10 +101,12 @@ fn open_fixtures(
     config: &Config,
     images: &Images,
     accel: vmm::Accel,
+    events: &Events,
 ) -> Result<Arc<Fixtures>, CliError> {
     let store = Store::open(crate::fixture::cache_dir(config.cache_dir.as_deref()))?;
     for key in store.shrink_to(FIXTURE_CACHE_MAX_BYTES) {
-        eprintln!("provium: fixture cache over {} GiB; evicted {key}", FIXTURE_CACHE_MAX_BYTES >> 30);
+        let reason = format!("is beyond the cache's {} GiB cap (least recently used)", FIXTURE_CACHE_MAX_BYTES >> 30);
+        events.emit(Event::FixtureEvicted { file: None, key, reason, rebuilding: false });
     }
     let mut environment = images.identity();
     environment.push(format!("snapshot_format={}", crate::vmm::snapshot::FORMAT));
@@ -130,10 +133,24 @@ pub fn main_with(cli: Cli) -> i32 {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("provium: {}", crate::lua::errors::chain(&e));
-            2
+            eprintln!("provium: {}", crate::errors::chain(&e));
+            exit_code(RunEnd::CouldNotRun)
         }
     }
+}
+
+/// A renderer thread's end of the event stream: notes on stderr as they
+/// come, for the commands that run no tests.
+fn notes_printer() -> (Events, std::thread::JoinHandle<()>) {
+    let (tx, rx) = channel::<Event>();
+    let printer = std::thread::spawn(move || {
+        for e in rx {
+            if let Some(line) = human::note(&e) {
+                eprintln!("{line}");
+            }
+        }
+    });
+    (Events::new(Arc::new(ChannelSink::new(tx))), printer)
 }
 
 fn run(cli: Cli) -> Result<i32, CliError> {
@@ -144,8 +161,11 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             cleanup::install_signal_handler();
             let images = Arc::new(Images::new(Arc::new(config.clone())));
             let accel = choose_accel(&images, cli.verbose);
-            let fixtures = open_fixtures(&[], &config, &images, accel.accel)?;
-            return Ok(crate::fixture_cli::run(action, fixtures, images, accel.accel));
+            let (events, printer) = notes_printer();
+            let code = open_fixtures(&[], &config, &images, accel.accel, &events)
+                .map(|fixtures| crate::fixture_cli::run(action, fixtures, images, accel.accel, events));
+            let _ = printer.join();
+            return Ok(code?);
         }
         Some(Command::List { paths }) => {
             let files = runner::discover(&scan_paths(paths, &config))?;
@@ -165,28 +185,25 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     }
     if files.is_empty() {
         println!("provium: no *.test.lua files found");
-        return Ok(0);
+        return Ok(exit_code(RunEnd::NothingToRun));
     }
 
     cleanup::install_signal_handler();
     cleanup::sweep_stale();
-    let started = Instant::now();
     let images = Arc::new(Images::new(Arc::new(config.clone())));
     let accel = choose_accel(&images, cli.verbose);
     let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
-    if !cli.json && !cli.quiet {
-        eprintln!(
-            "provium: {} file(s), {} at a time, accelerator {} ({})",
-            files.len(),
-            jobs,
-            accel.accel.as_str(),
-            accel.reason
-        );
-    }
-    let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel)?;
-    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs });
     let (tx, rx) = channel();
-    let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg, tx));
+    let events = Events::new(Arc::new(ChannelSink::new(tx)));
+    events.emit(Event::RunStarted {
+        files: files.len(),
+        jobs,
+        accel: accel.accel.as_str().to_string(),
+        accel_reason: accel.reason.clone(),
+    });
+    let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel, &events)?;
+    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events });
+    let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
 
     let verbosity = if cli.verbose {
         human::Verbosity::Verbose
@@ -195,38 +212,22 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     } else {
         human::Verbosity::Normal
     };
+    let mut reporter: Box<dyn Reporter> = if cli.json {
+        Box::new(json::JsonReporter::new(std::io::stdout(), std::io::stderr()))
+    } else {
+        let live = progress::wanted(std::io::stderr().is_terminal(), cli.json, cli.quiet);
+        Box::new(human::HumanReporter::new(verbosity, live, std::io::stdout(), std::io::stderr()))
+    };
     let mut summary = RunSummary::default();
-    let stdout = std::io::stdout();
-    let live = std::io::stderr().is_terminal() && !cli.json && !cli.quiet;
     for event in rx {
-        match event {
-            Progress::Test { file, test } => {
-                if live {
-                    eprint!("\r\x1b[2K  {file}: {} done", test.name);
-                }
-            }
-            Progress::File(report) => {
-                if live {
-                    eprint!("\r\x1b[2K");
-                }
-                summary.add(&report);
-                let mut out = stdout.lock();
-                let text = if cli.json {
-                    format!("{}\n", json::file_json(&report))
-                } else {
-                    human::render_file(&report, verbosity)
-                };
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
+        summary.record(&event);
+        reporter.event(&event);
+        if matches!(event, Event::RunFinished { .. }) {
+            break;
         }
     }
     let _ = runner_thread.join();
-    summary.duration = started.elapsed();
-    if !cli.json {
-        print!("\n{}", human::render_summary(&summary));
-    }
-    Ok(if summary.failed_files > 0 { 1 } else { 0 })
+    Ok(exit_code(RunEnd::Ran(&summary)))
 }
 
 /// KVM only if the probe says so; the probe needs the default guest, and if
@@ -237,7 +238,7 @@ fn choose_accel(images: &Images, verbose: bool) -> vmm::accel::AccelChoice {
         Ok(g) => vmm::accel::choose(&qemu, &g.vmlinux, &g.initrd),
         Err(e) => {
             if verbose {
-                eprintln!("provium: default guest unavailable: {}", crate::lua::errors::chain(&e));
+                eprintln!("provium: default guest unavailable: {}", crate::errors::chain(&e));
             }
             vmm::accel::AccelChoice {
                 accel: vmm::Accel::Tcg,

@@ -43,7 +43,7 @@ pub fn run(config: &Config) -> i32 {
         ),
         Err(e) => {
             healthy = false;
-            line(false, "default guest", &crate::lua::errors::chain(e));
+            line(false, "default guest", &crate::errors::chain(e));
         }
     }
     if let (Ok(g), Some(_)) = (&guest, process::which(&qemu)) {
@@ -59,7 +59,7 @@ pub fn run(config: &Config) -> i32 {
             Ok(img) => line(true, &format!("profile `{name}`"), &img.kernel.display().to_string()),
             Err(e) => {
                 healthy = false;
-                line(false, &format!("profile `{name}`"), &crate::lua::errors::chain(&e));
+                line(false, &format!("profile `{name}`"), &crate::errors::chain(&e));
             }
         }
     }

@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::events::Events;
 use crate::fixture::{EntryKind, Fixtures, KeyError};
 use crate::image::Images;
+use crate::lab::VmContext;
 use crate::vmm::Accel;
 
 #[derive(Debug, clap::Subcommand)]
@@ -57,7 +59,7 @@ fn fixture_names(roots: &[PathBuf]) -> Vec<String> {
 }
 
 /// Runs one action; returns the exit code.
-pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>, accel: Accel) -> i32 {
+pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>, accel: Accel, events: Events) -> i32 {
     let store = &fixtures.store;
     match action {
         FixtureAction::List => {
@@ -83,7 +85,7 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
                         stale += 1;
                     }
                     Ok(_) => {}
-                    Err(e) => println!("  {name} (cannot compute its key: {})", crate::lua::errors::chain(&e)),
+                    Err(e) => println!("  {name} (cannot compute its key: {})", crate::errors::chain(&e)),
                 }
             }
             println!("\n{stale} stale fixture(s)");
@@ -96,7 +98,7 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
             };
             if matches!(action, FixtureAction::Rebuild { .. }) {
                 if let Err(e) = store.evict(&key.hex) {
-                    eprintln!("provium: {}", crate::lua::errors::chain(&e));
+                    eprintln!("provium: {}", crate::errors::chain(&e));
                     return 2;
                 }
                 println!("  evicted cache entry for `{name}`; rebuilding…");
@@ -104,7 +106,8 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
                 println!("  already built: {name}");
                 return 0;
             }
-            match crate::lua::fixtures::build_from_cli(name, fixtures.clone(), images, accel) {
+            let vms = VmContext { images, accel, kill_switches: Default::default(), events };
+            match crate::runner::build_fixture(name, fixtures.clone(), vms) {
                 Ok(()) => {
                     println!("  built: {name}");
                     0
@@ -119,7 +122,7 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
 }
 
 fn key_failed(e: &KeyError) -> i32 {
-    eprintln!("provium: {}", crate::lua::errors::chain(e));
+    eprintln!("provium: {}", crate::errors::chain(e));
     2
 }
 

@@ -21,14 +21,18 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod errors;
+pub mod events;
 pub mod fixture;
 pub mod fixture_cli;
 pub mod guest;
 pub mod image;
+pub mod lab;
 pub mod lua;
 pub mod report;
 
 pub mod runner;
+pub mod sync;
 pub mod units;
 pub mod vm;
 pub mod vmm;

@@ -7,17 +7,18 @@ use mlua::{Lua, UserData, UserDataMethods, Value};
 
 use super::errors::{raise, LuaResultExt};
 use super::opts;
-use super::vm_ud::VmRef;
+use crate::sync::lock;
+use crate::vm::VmRef;
 
 pub struct ClockUd(pub VmRef);
 
 impl ClockUd {
     fn get_ns(&self, lua: &Lua) -> mlua::Result<i64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).with_agent("clock:get", |a| a.get_time()).lua(lua)
+        lock(&self.0).with_agent("clock:get", |a| a.get_time()).lua(lua)
     }
 
     fn set_ns(&self, lua: &Lua, ns: i64) -> mlua::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).with_agent("clock:set", |a| a.set_time(ns)).lua(lua)
+        lock(&self.0).with_agent("clock:set", |a| a.set_time(ns)).lua(lua)
     }
 }
 

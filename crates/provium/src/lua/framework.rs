@@ -11,6 +11,7 @@ use std::rc::Rc;
 use mlua::{Function, Lua, MultiValue, RegistryKey, Table, UserData, UserDataFields, UserDataMethods, Value};
 
 use super::errors::{location, message, raise};
+pub use crate::events::Outcome;
 
 /// Raised by `t:skip()`; never shown to users.
 pub const SKIP_SENTINEL: &str = "__PROVIUM_SKIP__";
@@ -26,14 +27,6 @@ pub struct TestDef {
 #[derive(Default)]
 pub struct Registry {
     pub tests: Vec<TestDef>,
-}
-
-/// How one test ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Passed,
-    Failed(String),
-    Skipped(String),
 }
 
 /// State behind `t`, shared with the runner.

@@ -70,10 +70,7 @@ pub fn install(lua: &Lua) -> mlua::Result<()> {
 pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
     methods.add_method("background", |lua, this, cmd: String| {
         let p = super::vm_streams::spawn(lua, &this.0, "vm:background", &cmd, None)?;
-        let (id, pid) = {
-            let i = p.0.borrow();
-            (i.handle, i.pid)
-        };
+        let (id, pid) = (p.0.handle(), p.0.pid());
         lua.app_data_mut::<Jobs>().expect("jobs installed").0.insert(id, p);
         let t = lua.create_table()?;
         t.set("id", id)?;
@@ -81,7 +78,7 @@ pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
         Ok(t)
     });
     methods.add_method("job_wait", |lua, _, (job, t): (Table, Option<Value>)| {
-        let p = job_of(lua, &job, "vm:job_wait")?;
+        let p = job_of(lua, &job, "vm:job_wait")?.0;
         let timeout = match t {
             None | Some(Value::Nil) => Duration::ZERO,
             Some(v) => opts::duration(lua, "vm:job_wait", &v)?,
@@ -90,14 +87,14 @@ pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
         job_table(lua, &st)
     });
     methods.add_method("job_kill", |lua, _, job: Table| {
-        let p = job_of(lua, &job, "vm:job_kill")?;
+        let p = job_of(lua, &job, "vm:job_kill")?.0;
         p.signal(libc::SIGKILL).lua(lua)?;
         let st = p.wait(Some(Duration::from_secs(5)), true).lua(lua)?;
         job_table(lua, &st)
     });
     methods.add_method("exec", |lua, this, cmd: String| {
         let spec = opts::run_request(lua, "vm:exec", &cmd, None)?;
-        let out = this.0.lock().unwrap_or_else(|e| e.into_inner()).exec(spec.req, &spec.stdin).lua(lua)?;
+        let out = crate::sync::lock(&this.0).exec(spec.req, &spec.stdin).lua(lua)?;
         let t = lua.create_table()?;
         let code = match out.status {
             ExitStatus::Exited(c) => c as i64,

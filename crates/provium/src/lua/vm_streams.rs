@@ -9,14 +9,20 @@ use provium_protocol::{OpenMode, StreamSource, TailStart};
 use super::console_ud::ConsoleUd;
 use super::errors::{creation_site, raise, LuaResultExt};
 use super::file_ud::{self, FileUd};
-use super::lab::Resource;
 use super::lab_ud::track;
 use super::opts;
 use super::proc_ud::ProcUd;
 use super::stream_ud::StreamUd;
-use super::vm_ud::{VmRef, VmUd};
-use crate::agent::DEFAULT_WINDOW;
-use crate::vm::resources::Class;
+use super::vm_ud::VmUd;
+use crate::vm::file::GuestFile;
+use crate::vm::process::GuestProcess;
+use crate::vm::{Stream, VmRef};
+
+/// Makes `stream` the current scope's and wraps it for Lua.
+pub fn tracked(lua: &Lua, stream: Stream) -> StreamUd {
+    track(lua, stream.clone());
+    StreamUd(stream)
+}
 
 /// Opens an agent stream on `vm` and wraps it as a tracked Lua stream.
 pub fn open_stream(
@@ -26,15 +32,8 @@ pub fn open_stream(
     detail: &str,
     source: StreamSource,
 ) -> mlua::Result<StreamUd> {
-    let site = creation_site(lua);
-    let (stream, guard) = {
-        let mut vm = vm.lock().unwrap_or_else(|e| e.into_inner());
-        let s = vm.with_agent(kind, |a| a.open_stream(source, DEFAULT_WINDOW)).lua(lua)?;
-        (s, vm.resources().register(Class::Stream, kind, detail, site.clone()))
-    };
-    let ud = StreamUd::new(Box::new(stream), "stream closed", site, guard);
-    track(lua, Resource::Stream(ud.clone()));
-    Ok(ud)
+    let stream = Stream::open(vm, kind, detail, source, creation_site(lua)).lua(lua)?;
+    Ok(tracked(lua, stream))
 }
 
 /// Starts a background process and tracks it.
@@ -48,19 +47,9 @@ pub fn spawn(lua: &Lua, vm: &VmRef, what: &str, cmd: &str, second: Option<Value>
         }
     }
     let spec = opts::run_request(lua, what, cmd, second)?;
-    let has_stdin = !spec.stdin.is_empty();
-    let (handle, pid) = {
-        let mut g = vm.lock().unwrap_or_else(|e| e.into_inner());
-        let (h, pid) = g.with_agent("run_async", |a| a.spawn(spec.req, true)).lua(lua)?;
-        if has_stdin {
-            g.with_agent("run_async", |a| a.stdin_write(h, &spec.stdin)).lua(lua)?;
-            g.with_agent("run_async", |a| a.stdin_close(h)).lua(lua)?;
-        }
-        (h, pid)
-    };
-    let p = ProcUd::new(vm.clone(), handle, pid, cmd);
-    track(lua, Resource::Proc(p.clone()));
-    Ok(p)
+    let p = GuestProcess::spawn(vm, cmd, spec.req, &spec.stdin).lua(lua)?;
+    track(lua, p.clone());
+    Ok(ProcUd(p))
 }
 
 fn open_mode(lua: &Lua, t: &Table) -> mlua::Result<(OpenMode, u32)> {
@@ -107,15 +96,9 @@ pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
     });
     methods.add_method("open_file", |lua, this, (path, mode): (String, Table)| {
         let (mode, perm) = open_mode(lua, &mode)?;
-        let handle = this
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .with_agent("open_file", |a| a.open_file(&path, mode, perm))
-            .lua(lua)?;
-        let f = FileUd::new(this.0.clone(), &path, handle, file_ud::register(&this.0, lua, &path));
-        track(lua, Resource::File(f.clone()));
-        Ok(f)
+        let f = GuestFile::open(&this.0, &path, mode, perm, creation_site(lua)).lua(lua)?;
+        track(lua, f.clone());
+        Ok(FileUd(f))
     });
     methods.add_method("tail_file", |lua, this, (path, o): (String, Option<Table>)| {
         let start = tail_start(lua, o)?;

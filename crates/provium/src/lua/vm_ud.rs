@@ -1,7 +1,7 @@
 //! The Lua `VM` object: a cheap handle onto a shared [`Vm`]. It converts
 //! arguments and results only; states and errors live in `crate::vm`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use mlua::{AnyUserData, Lua, Table, UserData, UserDataMethods, Value};
 
@@ -9,17 +9,14 @@ use super::errors::{raise, LuaResultExt};
 use super::opts;
 use super::result_ud::RunResult;
 use crate::vm::resources::Class;
-use crate::vm::Vm;
-
-/// Shared ownership of one VM (scopes, handles and the watchdog hold it).
-pub type VmRef = Arc<Mutex<Vm>>;
+use crate::vm::{Vm, VmRef};
 
 #[derive(Clone)]
 pub struct VmUd(pub VmRef);
 
 impl VmUd {
     fn lock(&self) -> MutexGuard<'_, Vm> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 }
 

@@ -14,7 +14,9 @@ use provium_protocol::ExecOutput;
 use super::errors::{message, raise, LuaResultExt};
 use super::opts;
 use super::proc_ud::ProcUd;
-use super::vm_ud::{VmRef, VmUd};
+use super::vm_ud::VmUd;
+use crate::sync::lock;
+use crate::vm::VmRef;
 
 /// Default bound of the NixOS-style waits.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -203,7 +205,7 @@ pub fn clear_conditions(lua: &Lua) {
 fn shell(lua: &Lua, vm: &VmRef, cmd: &str) -> mlua::Result<ExecOutput> {
     check_conditions(lua)?;
     let spec = opts::run_request(lua, "vm:run", cmd, None)?;
-    vm.lock().unwrap_or_else(|e| e.into_inner()).exec(spec.req, &spec.stdin).lua(lua)
+    lock(vm).exec(spec.req, &spec.stdin).lua(lua)
 }
 
 fn describe(cmd: &str, out: &ExecOutput) -> String {
@@ -252,7 +254,7 @@ fn agent_wait(
     f: impl FnOnce(&crate::agent::AgentClient) -> Result<(), crate::agent::AgentError>,
 ) -> mlua::Result<()> {
     check_conditions(lua)?;
-    vm.lock().unwrap_or_else(|e| e.into_inner()).with_agent(op, f).lua(lua)
+    lock(vm).with_agent(op, f).lua(lua)
 }
 
 /// What a daemon is ready on.
@@ -301,8 +303,8 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
     // On a readiness timeout the process keeps running, owned by the scope
     // (which stops it when the test ends); the error quotes its output.
     let fail = |lua: &Lua, proc: &ProcUd, why: String| -> mlua::Error {
-        let pid = proc.0.borrow().pid;
-        let output = proc.poll().ok().map(|s| {
+        let pid = proc.0.pid();
+        let output = proc.0.poll().ok().map(|s| {
             format!(
                 "\nstdout so far: {:?}\nstderr so far: {:?}",
                 String::from_utf8_lossy(&s.stdout),
@@ -313,7 +315,7 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
         raise(lua, format!("vm:daemon `{cmd}`: {why}; it still runs (pid {pid}) until its scope ends{output}"))
     };
     loop {
-        let st = proc.poll().lua(lua)?;
+        let st = proc.0.poll().lua(lua)?;
         // Ready even if it has exited since: it only had to start, or its
         // awaited output is there.
         match &ready {
@@ -335,7 +337,7 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
             Readiness::File(f) => Some(agent_wait(lua, vm, "daemon", |a| a.wait_path(f, true, slice))),
             Readiness::Log(_) => {
                 // Returns as soon as the process exits, else after 20 ms.
-                proc.wait(Some(Duration::from_millis(20)), false).lua(lua)?;
+                proc.0.wait(Some(Duration::from_millis(20)), false).lua(lua)?;
                 None
             }
             Readiness::Func(f) => {
@@ -424,7 +426,7 @@ pub fn add_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
         let find: Function = lua.globals().get::<Table>("string")?.get("find")?;
         let deadline = Instant::now() + timeout;
         loop {
-            let text = this.0.lock().unwrap_or_else(|e| e.into_inner()).console_tail(usize::MAX);
+            let text = lock(&this.0).console_tail(usize::MAX);
             if truthy(&find.call::<Value>((text, pattern.as_str()))?) {
                 return Ok(());
             }

@@ -13,7 +13,8 @@
 
 use std::fmt::Write;
 
-use super::{FileReport, Outcome, RunSummary};
+use super::progress::ProgressLine;
+use super::{Event, FileReport, Outcome, Reporter, RunSummary};
 
 /// How much to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,91 @@ pub enum Verbosity {
 fn indent(out: &mut String, text: &str, by: usize) {
     for line in text.lines() {
         let _ = writeln!(out, "{:by$}{line}", "");
+    }
+}
+
+/// The human-readable line for an event that is not a result (fixture
+/// builds, warnings, the run header), or `None`.
+pub fn note(e: &Event) -> Option<String> {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    Some(match e {
+        Event::RunStarted { files, jobs, accel, accel_reason } => {
+            format!("provium: {files} file(s), {jobs} at a time, accelerator {accel} ({accel_reason})")
+        }
+        Event::FixtureBuilding { name, path, .. } => format!("provium: building fixture `{name}` ({})", path.display()),
+        Event::FixtureWaiting { name, holder, .. } => {
+            format!("provium: fixture `{name}` is being built by {holder}; waiting for it")
+        }
+        Event::FixtureBuilt { name, took, cache_bytes, .. } => format!(
+            "provium: built fixture `{name}` in {:.1}s ({:.1} MiB in the cache)",
+            took.as_secs_f64(),
+            mib(*cache_bytes)
+        ),
+        Event::FixtureEvicted { key, reason, rebuilding, .. } => {
+            let then = if *rebuilding { "evicting and rebuilding" } else { "evicted" };
+            format!("provium: fixture cache entry `{key}` {reason}; {then}")
+        }
+        Event::Warning { file: Some(file), message } => format!("provium: {file}: {message}"),
+        Event::Warning { file: None, message } => format!("provium: {message}"),
+        _ => return None,
+    })
+}
+
+/// The terminal reporter: results on `out`, notes (and the live progress
+/// line) on `err`, the summary at the end.
+pub struct HumanReporter<O: std::io::Write, E: std::io::Write> {
+    pub verbosity: Verbosity,
+    out: O,
+    err: E,
+    progress: Option<ProgressLine>,
+    summary: RunSummary,
+}
+
+impl<O: std::io::Write, E: std::io::Write> HumanReporter<O, E> {
+    pub fn new(verbosity: Verbosity, live: bool, out: O, err: E) -> Self {
+        HumanReporter {
+            verbosity,
+            out,
+            err,
+            progress: live.then(ProgressLine::default),
+            summary: RunSummary::default(),
+        }
+    }
+
+    fn clear_progress(&mut self) {
+        if let Some(p) = &mut self.progress {
+            p.clear(&mut self.err);
+        }
+    }
+}
+
+impl<O: std::io::Write, E: std::io::Write> Reporter for HumanReporter<O, E> {
+    fn event(&mut self, e: &Event) {
+        self.summary.record(e);
+        match e {
+            Event::TestFinished { file, test } => {
+                if let Some(p) = &mut self.progress {
+                    p.show(&mut self.err, &format!("  {file}: {} done", test.name));
+                }
+            }
+            Event::FileFinished { report } => {
+                self.clear_progress();
+                let _ = self.out.write_all(render_file(report, self.verbosity).as_bytes());
+                let _ = self.out.flush();
+            }
+            Event::RunFinished { .. } => {
+                self.clear_progress();
+                let _ = write!(self.out, "\n{}", render_summary(&self.summary));
+                let _ = self.out.flush();
+            }
+            Event::RunStarted { .. } if self.verbosity == Verbosity::Quiet => {}
+            other => {
+                if let Some(line) = note(other) {
+                    self.clear_progress();
+                    let _ = writeln!(self.err, "{line}");
+                }
+            }
+        }
     }
 }
 

@@ -1,66 +1,23 @@
-//! Results and how they are shown. The runner produces [`FileReport`]s; the
-//! renderers ([`human`], [`json`]) only consume them and never run anything.
+//! How a run is shown. Renderers consume [`Event`]s and nothing else: they
+//! depend on `crate::events` only and never run anything.
+//!
+//! - [`human`]: the terminal format (and [`progress`], the live line on an
+//!   interactive terminal);
+//! - [`json`]: one versioned JSON object per event line, for machines;
+//! - [`RunSummary`] and [`exit_code`]: what the run amounts to.
 
 pub mod human;
 pub mod json;
+pub mod progress;
 
 use std::time::Duration;
 
-pub use crate::lua::framework::Outcome;
+pub use crate::events::{Counts, Event, FileReport, Outcome, TestReport};
 
-/// One finished test.
-#[derive(Debug, Clone)]
-pub struct TestReport {
-    pub name: String,
-    pub outcome: Outcome,
-    pub log: Vec<String>,
-    pub duration: Duration,
-    /// For failures: (vm name, last console lines) of each VM in scope.
-    pub console: Vec<(String, String)>,
-}
-
-/// One finished test file.
-#[derive(Debug, Clone, Default)]
-pub struct FileReport {
-    /// The path as shown to the user.
-    pub path: String,
-    pub tests: Vec<TestReport>,
-    /// The file failed before its tests could run (syntax error, error at
-    /// top level, internal error).
-    pub chunk_error: Option<String>,
-    pub timed_out: bool,
-    pub duration: Duration,
-}
-
-/// Counts of test outcomes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub passed: usize,
-    pub failed: usize,
-    pub skipped: usize,
-}
-
-impl FileReport {
-    pub fn new(path: &str) -> FileReport {
-        FileReport { path: path.to_string(), ..Default::default() }
-    }
-
-    pub fn counts(&self) -> Counts {
-        let mut c = Counts::default();
-        for t in &self.tests {
-            match t.outcome {
-                Outcome::Passed => c.passed += 1,
-                Outcome::Failed(_) => c.failed += 1,
-                Outcome::Skipped(_) => c.skipped += 1,
-            }
-        }
-        c
-    }
-
-    /// Passed: no failed test, no chunk error, no timeout.
-    pub fn passed(&self) -> bool {
-        self.chunk_error.is_none() && !self.timed_out && self.counts().failed == 0
-    }
+/// A consumer of a run's events.
+pub trait Reporter {
+    /// Called with every event, in the order emitted.
+    fn event(&mut self, event: &Event);
 }
 
 /// The whole run.
@@ -74,6 +31,15 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// Counts what `e` reports: finished files, and the run's duration.
+    pub fn record(&mut self, e: &Event) {
+        match e {
+            Event::FileFinished { report } => self.add(report),
+            Event::RunFinished { duration } => self.duration = *duration,
+            _ => {}
+        }
+    }
+
     pub fn add(&mut self, f: &FileReport) {
         let c = f.counts();
         self.files += 1;
@@ -86,5 +52,72 @@ impl RunSummary {
         if !f.passed() {
             self.failed_files += 1;
         }
+    }
+}
+
+/// How a run ended, for its exit code.
+#[derive(Debug, Clone, Copy)]
+pub enum RunEnd<'a> {
+    /// Every selected file ran; the summary says how.
+    Ran(&'a RunSummary),
+    /// No file matched: nothing failed.
+    NothingToRun,
+    /// provium could not run (bad config, bad arguments, missing paths).
+    CouldNotRun,
+}
+
+/// The process exit code: 0 when everything passed (or nothing had to run),
+/// 1 when a test or a file failed, 2 when provium could not run at all.
+/// (Ctrl-C exits 130 from the signal handler, see `crate::cleanup`.)
+pub fn exit_code(end: RunEnd) -> i32 {
+    match end {
+        RunEnd::Ran(s) if s.failed_files == 0 => 0,
+        RunEnd::Ran(_) => 1,
+        RunEnd::NothingToRun => 0,
+        RunEnd::CouldNotRun => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(outcomes: &[Outcome], chunk_error: bool, timed_out: bool) -> FileReport {
+        let mut f = FileReport::new("a.test.lua");
+        for (i, o) in outcomes.iter().enumerate() {
+            f.tests.push(TestReport {
+                name: format!("t{i}"),
+                outcome: o.clone(),
+                log: vec![],
+                duration: Duration::ZERO,
+                console: vec![],
+            });
+        }
+        f.chunk_error = chunk_error.then(|| "boom".into());
+        f.timed_out = timed_out;
+        f
+    }
+
+    fn code(files: &[FileReport]) -> i32 {
+        let mut s = RunSummary::default();
+        for f in files {
+            s.add(f);
+        }
+        exit_code(RunEnd::Ran(&s))
+    }
+
+    #[test]
+    fn exit_codes() {
+        let pass = Outcome::Passed;
+        let skip = Outcome::Skipped("later".into());
+        let fail = Outcome::Failed("no".into());
+        assert_eq!(code(&[file(&[pass.clone(), skip.clone()], false, false)]), 0);
+        assert_eq!(code(&[file(&[skip], false, false)]), 0, "skipped tests are not failures");
+        assert_eq!(code(&[file(&[pass.clone()], false, false), file(&[fail], false, false)]), 1);
+        assert_eq!(code(&[file(&[], true, false)]), 1, "a chunk error fails its file");
+        assert_eq!(code(&[file(&[pass], false, true)]), 1, "a file that timed out fails");
+        assert_eq!(code(&[]), 0);
+        assert_eq!(exit_code(RunEnd::NothingToRun), 0);
+        assert_eq!(exit_code(RunEnd::CouldNotRun), 2);
     }
 }

@@ -34,6 +34,9 @@ pub enum VmError {
     },
     #[error("vm `{vm}`: {op}: {message}")]
     Os { vm: String, op: &'static str, message: String, errno: Option<i32> },
+    /// A handle (`file `/x``) used after `close()`.
+    #[error("vm `{vm}`: {op}: {what} is closed")]
+    HandleClosed { vm: String, op: &'static str, what: String },
     #[error("vm `{vm}`: the guest did not power off within 60s of the power button; it was stopped")]
     PowerButtonIgnored { vm: String },
     #[error("vm `{vm}`: {op} failed")]

@@ -13,6 +13,7 @@ use super::opts::{files_cpio, spec_memory_mib, BootOpts};
 use super::resources::Registry;
 use super::state::VmState;
 use crate::agent::{AgentClient, AgentError};
+use crate::events::{Event, Events};
 use crate::image::Images;
 use crate::vmm::snapshot::{self as snapfile, SnapshotMeta};
 use crate::vmm::{self, argv, Accel, Boot, Device, Instance, LaunchSpec, Machine, Ram};
@@ -31,6 +32,7 @@ pub struct Vm {
     resources: Arc<Registry>,
     /// What the running guest was started with, which a snapshot records.
     running_as: Option<SnapshotMeta>,
+    events: Events,
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
@@ -50,8 +52,19 @@ impl Vm {
             kill_switch: KillSwitch::default(),
             resources: Arc::default(),
             running_as: None,
+            events: Events::discard(),
             last_boot: None,
         }
+    }
+
+    /// Sends this VM's events (booted, stopped) to `events`.
+    pub fn with_events(mut self, events: Events) -> Vm {
+        self.events = events;
+        self
+    }
+
+    fn emit_booted(&self, took: Duration) {
+        self.events.emit(Event::VmBooted { file: self.events.file(), vm: self.name.clone(), took });
     }
 
     pub fn name(&self) -> &str {
@@ -197,6 +210,7 @@ impl Vm {
             ram: None,
         });
         self.instance = Some(inst);
+        self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
         self.state = VmState::Booted;
         Ok(())
     }
@@ -279,6 +293,7 @@ impl Vm {
         self.running_as = Some(SnapshotMeta { ram: None, ..meta });
         self.last_boot = None;
         self.instance = Some(inst);
+        self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
         self.state = VmState::Booted;
         Ok(())
     }
@@ -297,6 +312,7 @@ impl Vm {
         if let Some(inst) = self.instance.take() {
             self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
             inst.stop();
+            self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone() });
         }
         self.kill_switch.disarm();
         // Handles opened on this run of the guest are dead now; a restored

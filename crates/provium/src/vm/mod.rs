@@ -6,17 +6,29 @@
 //! - [`state`], [`opts`], [`error`], [`kill`]: its states, boot options,
 //!   errors and the watchdog's kill switch;
 //! - [`resources`]: the VM's open streams and file handles, with where each
-//!   was opened.
+//!   was opened;
+//! - [`stream`], [`process`], [`file`], [`console`]: what a VM opens that
+//!   lives on (streams, background processes, file handles, the console
+//!   stream); each closes behind `crate::lab::Close`.
 
+pub mod console;
 pub mod error;
+pub mod file;
 pub mod kill;
 pub mod lifecycle;
 pub mod opts;
+pub mod process;
 pub mod resources;
 pub mod state;
+pub mod stream;
 
 pub use error::VmError;
 pub use kill::KillSwitch;
 pub use lifecycle::Vm;
 pub use opts::{BootOpts, DEFAULT_MEMORY};
 pub use state::VmState;
+pub use stream::{ChunkSource, Stream};
+
+/// Shared ownership of one VM: labs, handles and the Lua objects hold it;
+/// each operation locks it (`crate::sync::lock`).
+pub type VmRef = std::sync::Arc<std::sync::Mutex<Vm>>;

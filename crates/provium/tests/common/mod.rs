@@ -79,8 +79,12 @@ impl Suite {
     }
 }
 
+/// The file reports of a `--json` run (its `"type": "file"` lines).
 pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect()
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert!(lines.iter().all(|l| l["v"] == 1), "every --json line carries the format version");
+    lines.into_iter().filter(|l| l["type"] == "file").collect()
 }
 
 pub fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_json::Value {

@@ -1,0 +1,82 @@
+//! Dispatch: files on worker threads (each file on its own OS thread with
+//! its own Lua state), several at once within a CPU and memory budget.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::discover::TestFile;
+use crate::events::{Event, Events, FileReport};
+use crate::image::Images;
+use crate::vmm::Accel;
+
+/// How many files may run at once: one per CPU, and no more than the
+/// available memory allows at ~1 GiB per file.
+pub fn default_jobs() -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kib| (kib >> 20) as usize)
+        .unwrap_or(1);
+    cpus.min(mem_gib).max(1)
+}
+
+/// What a run shares across files.
+pub struct RunConfig {
+    pub images: Arc<Images>,
+    pub accel: Accel,
+    pub fixtures: Arc<crate::fixture::Fixtures>,
+    /// Per-file wall-clock limit.
+    pub timeout: Option<Duration>,
+    pub jobs: usize,
+    pub events: Events,
+}
+
+/// Runs every file, emitting what happens; returns when all are done,
+/// after `RunFinished`.
+pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
+    let started = Instant::now();
+    let queue = Arc::new(Mutex::new(files.into_iter().collect::<VecDeque<_>>()));
+    let workers: Vec<_> = (0..cfg.jobs.max(1))
+        .map(|i| {
+            let queue = queue.clone();
+            let cfg = cfg.clone();
+            std::thread::Builder::new()
+                .name(format!("file-runner-{i}"))
+                .stack_size(16 << 20)
+                .spawn(move || loop {
+                    let Some(file) = crate::sync::lock(&queue).pop_front() else {
+                        break;
+                    };
+                    let report = run_one(&file, &cfg);
+                    cfg.events.emit(Event::FileFinished { report });
+                })
+                .expect("spawn runner thread")
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    cfg.events.emit(Event::RunFinished { duration: started.elapsed() });
+}
+
+fn run_one(file: &TestFile, cfg: &RunConfig) -> FileReport {
+    // A panic in provium itself fails this file only.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::file::run_file(file, cfg))) {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            let mut r = FileReport::new(&file.shown);
+            r.chunk_error = Some(format!("internal error: provium panicked: {what}"));
+            r
+        }
+    }
+}

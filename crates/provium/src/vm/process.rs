@@ -1,0 +1,160 @@
+//! [`GuestProcess`]: a command running in the background in a guest
+//! (`vm:run_async`, `vm:daemon`, `vm:background`). Its output stays with the
+//! agent until the process is closed, so it can be read after the process
+//! stopped; closing stops it (SIGTERM, a grace period, SIGKILL) and releases
+//! the agent's handle.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use provium_protocol::{ExecRequest, ProcState, StreamSource};
+
+use super::resources::Site;
+use super::stream::Stream;
+use super::{VmError, VmRef};
+use crate::agent::{AgentClient, AgentError};
+use crate::lab::{Close, CloseRank};
+use crate::sync::lock;
+
+/// How long `close()` lets a process react to SIGTERM before SIGKILL.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+struct Inner {
+    vm: VmRef,
+    handle: u64,
+    pid: u32,
+    command: String,
+    /// The final state, once known (waited, stopped, killed).
+    finished: Option<ProcState>,
+    released: bool,
+}
+
+/// A handle on a guest process; clones share it.
+#[derive(Clone)]
+pub struct GuestProcess(Arc<Mutex<Inner>>);
+
+impl GuestProcess {
+    /// Starts `req` on `vm`; a non-empty `stdin` is written to it and its
+    /// stdin closed.
+    pub fn spawn(vm: &VmRef, command: &str, req: ExecRequest, stdin: &[u8]) -> Result<GuestProcess, VmError> {
+        let (handle, pid) = {
+            let mut g = lock(vm);
+            let (h, pid) = g.with_agent("run_async", |a| a.spawn(req, true))?;
+            if !stdin.is_empty() {
+                g.with_agent("run_async", |a| a.stdin_write(h, stdin))?;
+                g.with_agent("run_async", |a| a.stdin_close(h))?;
+            }
+            (h, pid)
+        };
+        Ok(GuestProcess(Arc::new(Mutex::new(Inner {
+            vm: vm.clone(),
+            handle,
+            pid,
+            command: command.to_string(),
+            finished: None,
+            released: false,
+        }))))
+    }
+
+    pub fn pid(&self) -> u32 {
+        lock(&self.0).pid
+    }
+
+    /// The agent's handle (also the `id` of a `vm:background` job).
+    pub fn handle(&self) -> u64 {
+        lock(&self.0).handle
+    }
+
+    pub fn command(&self) -> String {
+        lock(&self.0).command.clone()
+    }
+
+    /// Runs `f` with the agent and this process's handle.
+    pub fn op<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&AgentClient, u64) -> Result<T, AgentError>,
+    ) -> Result<T, VmError> {
+        let (vm, handle) = {
+            let p = lock(&self.0);
+            (p.vm.clone(), p.handle)
+        };
+        let mut vm = lock(&vm);
+        vm.with_agent(op, |a| f(a, handle))
+    }
+
+    fn finished(&self) -> Option<ProcState> {
+        lock(&self.0).finished.clone()
+    }
+
+    fn remember(&self, st: &ProcState) {
+        if st.status.is_some() {
+            lock(&self.0).finished = Some(st.clone());
+        }
+    }
+
+    /// The current state without blocking.
+    pub fn poll(&self) -> Result<ProcState, VmError> {
+        if let Some(st) = self.finished() {
+            return Ok(st);
+        }
+        let st = self.op("status", |a, h| a.wait(h, Some(Duration::ZERO), false))?;
+        self.remember(&st);
+        Ok(st)
+    }
+
+    /// Waits for the end; `kill_on_timeout` SIGKILLs the group at the deadline.
+    pub fn wait(&self, timeout: Option<Duration>, kill_on_timeout: bool) -> Result<ProcState, VmError> {
+        if let Some(st) = self.finished() {
+            return Ok(st);
+        }
+        let st = self.op("wait", |a, h| a.wait(h, timeout, kill_on_timeout))?;
+        self.remember(&st);
+        Ok(st)
+    }
+
+    pub fn signal(&self, sig: i32) -> Result<(), VmError> {
+        if self.finished().is_some() {
+            return Ok(());
+        }
+        self.op("signal", |a, h| a.signal(h, sig))
+    }
+
+    /// SIGTERM, a grace period, SIGKILL; returns the final state.
+    pub fn stop(&self) -> Result<ProcState, VmError> {
+        self.signal(libc::SIGTERM)?;
+        self.wait(Some(CLOSE_GRACE), true)
+    }
+
+    /// A stream of its stdout (or stderr).
+    pub fn stream(&self, stdout: bool, site: Option<Site>) -> Result<Stream, VmError> {
+        let (vm, handle) = {
+            let p = lock(&self.0);
+            (p.vm.clone(), p.handle)
+        };
+        let source = if stdout { StreamSource::Stdout { handle } } else { StreamSource::Stderr { handle } };
+        let kind = if stdout { "proc_stdout_stream" } else { "proc_stderr_stream" };
+        Stream::open(&vm, kind, &handle.to_string(), source, site)
+    }
+
+    /// Stops the process if it runs and releases its handle; idempotent.
+    /// Errors are ignored: the VM may already be gone.
+    pub fn close(&self) {
+        if lock(&self.0).released {
+            return;
+        }
+        let _ = self.stop();
+        let _ = self.op("release", |a, h| a.release(h));
+        lock(&self.0).released = true;
+    }
+}
+
+impl Close for GuestProcess {
+    fn rank(&self) -> CloseRank {
+        CloseRank::Process
+    }
+
+    fn close(&self) {
+        GuestProcess::close(self)
+    }
+}
