@@ -42,10 +42,8 @@ impl Inotify {
 
     /// Waits up to `timeout` for events and discards them; true if any came.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut p = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
-        if n <= 0 {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        if crate::sys::poll_one(self.fd.as_raw_fd(), libc::POLLIN, ms) == 0 {
             return false;
         }
         let mut buf = [0u8; 4096];

@@ -31,7 +31,9 @@ mod power;
 mod proc;
 mod reaper;
 mod session;
+mod spawn;
 mod stream;
+mod sys;
 mod tail;
 mod waits;
 

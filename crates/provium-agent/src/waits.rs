@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use provium_protocol::{OpError, OpErrorKind, Response};
 
-use crate::exec::CancelFlag;
 use crate::inotify::Inotify;
+use crate::sys::CancelFlag;
 
 const PORT_EVERY: Duration = Duration::from_millis(5);
 const PATH_EVERY: Duration = Duration::from_millis(50);

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use provium_protocol::{ExitStatus, MAX_CAPTURE};
 
 use super::{Pipe, Proc};
-use crate::exec::{decode_status, kill_group, set_nonblocking};
 use crate::reaper::ExitSlot;
 use crate::stream::Chunk;
+use crate::sys::{decode_status, kill_group, set_nonblocking};
 
 /// Queued (not retained) bytes a subscriber may have before the pump stops.
 pub const BACKLOG: usize = 4 * 1024 * 1024;
