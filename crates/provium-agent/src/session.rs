@@ -4,12 +4,14 @@
 //! The reader thread decodes frames. A `Hello` starts a new session: it bumps
 //! the *generation*, which silences every handler of the old session (their
 //! late replies are dropped, so reused channel ids cannot get stale answers).
-//! A `Request` spawns a handler thread with an inbox for the channel's
+//! A `Request` that cannot block (`Ping`, `SetTime`, `GetTime`) is answered
+//! on the reader thread; any other goes to a [`crate::pool`] worker (an idle
+//! one if there is one, else a new thread) with an inbox for the channel's
 //! `Data`/`DataEnd`/`Credit`/`Cancel` frames. Processes and files opened by
-//! requests belong to [`crate::handles`], not to the session: they survive
-//! a new `Hello`. When the host disconnects the port reads
-//! EOF; the agent drops its partial frame, cancels the channels and waits for
-//! the host to come back.
+//! requests belong to [`crate::handles`], not to the session: they survive a
+//! new `Hello`. When the host disconnects the port reads EOF; the agent drops
+//! its partial frame, cancels the channels and waits for the host to come
+//! back.
 
 use std::collections::HashMap;
 use std::fs::File;
