@@ -108,7 +108,10 @@ impl ChildIo {
             id
         })
         .collect();
-        // SAFETY: fds is a valid array of pollfd.
+        // SAFETY: poll(2) reads and writes `nfds` pollfd structs starting at the
+        // pointer; `nfds` is `fds.len()` and the Vec is neither moved nor
+        // resized during the call, so every access is inside its buffer. The
+        // kernel keeps no reference to it after returning.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;
