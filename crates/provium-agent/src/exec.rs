@@ -1,70 +1,24 @@
 //! Running a command to completion.
 //!
-//! The child leads its own process group; stdin is fed from the host's
-//! `Data` frames by a feeder thread; stdout and stderr are captured. One `poll` loop watches the pipes and the
-//! child's [`ExitSlot`](crate::reaper::ExitSlot), so the call returns **when the child exits**, not
-//! when its pipes close: a `server &` left behind keeps the pipes open but
+//! The child is started by [`crate::spawn`] (own process group, registered
+//! with the reaper); stdin is fed from the host's `Data` frames by a feeder
+//! thread; stdout and stderr are captured. One `poll` loop watches the pipes
+//! and the child's [`ExitSlot`](crate::reaper::ExitSlot), so the call
+//! returns **when the child exits**, not when its pipes close: a `server &` left behind keeps the pipes open but
 //! does not hang the command. A timeout, or a cancel from the host, kills
 //! the whole process group.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use provium_protocol::{ExecOutput, ExecRequest, ExitStatus, OpError, OpErrorKind, MAX_CAPTURE};
 
-use crate::reaper;
 use crate::session::Inbound;
-
-/// Set when the host cancels the channel; checked between polls.
-pub type CancelFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
-
-/// Finds `prog` the way a shell would, so that a missing command becomes
-/// exit status 127 (like `sh`) instead of an error.
-fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if prog.contains('/') {
-        return match executable(Path::new(prog)) {
-            Ok(true) => Ok(prog.to_string()),
-            Ok(false) => Err((126, format!("{prog}: permission denied"))),
-            Err(_) => Err((127, format!("{prog}: not found"))),
-        };
-    }
-    let path = env_path.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let cand = Path::new(dir).join(prog);
-        if let Ok(true) = executable(&cand) {
-            return Ok(cand.to_string_lossy().into_owned());
-        }
-    }
-    Err((127, format!("{prog}: command not found")))
-}
-
-/// Spawns `cmd` with stdout/stderr piped (stdin piped when `stdin`, else
-/// `/dev/null`) and registers it with the reaper under one lock, so its exit
-/// status cannot be reaped before someone waits for it.
-pub fn spawn_registered(
-    cmd: &mut Command,
-    prog: &str,
-    stdin: bool,
-) -> Result<(std::process::Child, i32, std::sync::Arc<reaper::ExitSlot>), OpError> {
-    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut reg = reaper::lock();
-    let child = cmd.spawn().map_err(|e| os_error(&format!("spawn `{prog}`"), e))?;
-    let pid = child.id() as i32;
-    let slot = reg.insert(pid);
-    Ok((child, pid, slot))
-}
-
-pub fn os_error(what: &str, e: std::io::Error) -> OpError {
-    OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
-}
+use crate::spawn::{command, spawn_registered};
+use crate::sys::{decode_status, kill_group, set_nonblocking, CancelFlag};
 
 /// Copies the host's stdin `Data` frames into the child's stdin pipe on a
 /// thread of its own (blocking writes; stops at `DataEnd`, cancel, or when
@@ -77,36 +31,6 @@ fn feed_stdin(mut pipe: ChildStdin, inbox: Receiver<Inbound>) {
             }
         }
     });
-}
-
-/// Why a command cannot start: the shell's exit status for it (127: not
-/// found, 126: not executable) and what to say.
-pub struct Unrunnable {
-    pub code: i32,
-    pub message: String,
-}
-
-/// Builds the command for `req` (argv resolved through `PATH` like a shell,
-/// env, cwd, own process group; stdio left to the caller). `req.argv` must
-/// not be empty.
-pub fn command(req: &ExecRequest) -> Result<Command, Unrunnable> {
-    let prog = &req.argv[0];
-    let env_path = if req.env_clear {
-        Some(req.env.get("PATH").cloned().unwrap_or_default())
-    } else {
-        req.env.get("PATH").cloned()
-    };
-    let resolved = resolve(prog, env_path.as_deref()).map_err(|(code, message)| Unrunnable { code, message })?;
-    let mut cmd = Command::new(&resolved);
-    cmd.arg0(prog).args(&req.argv[1..]).process_group(0);
-    if req.env_clear {
-        cmd.env_clear();
-    }
-    cmd.envs(&req.env);
-    if let Some(cwd) = &req.cwd {
-        cmd.current_dir(cwd);
-    }
-    Ok(cmd)
 }
 
 pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
@@ -154,29 +78,6 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
     }
 }
 
-pub fn kill_group(pid: i32) {
-    // SAFETY: signalling our own child's process group.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-}
-
-pub fn decode_status(raw: i32) -> ExitStatus {
-    if libc::WIFEXITED(raw) {
-        ExitStatus::Exited(libc::WEXITSTATUS(raw))
-    } else if libc::WIFSIGNALED(raw) {
-        ExitStatus::Signalled(libc::WTERMSIG(raw))
-    } else {
-        ExitStatus::Exited(-1)
-    }
-}
-
-pub fn set_nonblocking(fd: i32) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-}
-
 /// The child's output pipes and what has come through them.
 struct ChildIo {
     stdout: Option<ChildStdout>,
@@ -207,7 +108,10 @@ impl ChildIo {
             id
         })
         .collect();
-        // SAFETY: fds is a valid array of pollfd.
+        // SAFETY: poll(2) reads and writes `nfds` pollfd structs starting at the
+        // pointer; `nfds` is `fds.len()` and the Vec is neither moved nor
+        // resized during the call, so every access is inside its buffer. The
+        // kernel keeps no reference to it after returning.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n <= 0 {
             return;

@@ -21,14 +21,16 @@ pub enum Mode {
 /// Guest uptime (CLOCK_BOOTTIME) in milliseconds.
 pub fn boottime_ms() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
+    // SAFETY: clock_gettime(2) writes one timespec at the pointer, and `ts`
+    // is a live local timespec borrowed mutably for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// Decides the agent's role and performs the matching set-up.
 pub fn become_init() -> Mode {
-    // SAFETY: getpid has no preconditions.
+    // SAFETY: getpid(2) takes no arguments, touches no memory and cannot
+    // fail.
     let pid = unsafe { libc::getpid() };
     let argv0 = std::env::args().next().unwrap_or_default();
     let mode = if pid != 1 {
@@ -40,7 +42,11 @@ pub fn become_init() -> Mode {
     };
     match mode {
         Mode::Shim => {
-            // SAFETY: fork in a single-threaded process (no threads started yet).
+            // SAFETY: fork(2) is unsound only if another thread could hold a
+            // lock (allocator, stdio, env) that the child then finds taken
+            // forever. `become_init` runs first thing in `main`, before the
+            // reaper, power or pool threads exist, so this process has exactly
+            // one thread and the child inherits no lock in a held state.
             let child = unsafe { libc::fork() };
             if child > 0 {
                 exec_image_init();
@@ -64,7 +70,10 @@ pub fn become_init() -> Mode {
 fn exec_image_init() -> ! {
     let path = CString::new("/init").unwrap();
     let argv = [path.as_ptr(), std::ptr::null()];
-    // SAFETY: argv is a NULL-terminated array of valid C strings.
+    // SAFETY: execv(2) reads the path and the argv array up to its NULL
+    // entry: `path` is a CString and `argv` holds its pointer then NULL,
+    // both alive until after the call (which returns only on failure, and
+    // then nothing it was given is kept).
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
     log::warn(&format!("exec /init failed: {}", std::io::Error::last_os_error()));
     // PID 1 must not exit; sleep forever so the kernel does not panic.
@@ -96,9 +105,12 @@ fn mounted_at(target: &str) -> bool {
 
 fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
-    // SAFETY: zeroed statfs is a valid out-parameter.
+    // SAFETY: `statfs` is a plain C struct of integers and integer arrays,
+    // for which all-zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid path and out-pointer.
+    // SAFETY: statfs(2) reads the path up to its NUL (`c` is a live CString)
+    // and writes one `struct statfs` into `st`, a live local of that type
+    // borrowed mutably for the call.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 {
         Some(st.f_type as i64)
     } else {
@@ -114,7 +126,10 @@ fn mount(source: &str, target: &str, fstype: &str, data: &str) {
         CString::new(fstype).unwrap(),
         CString::new(data).unwrap(),
     );
-    // SAFETY: all pointers are valid NUL-terminated strings.
+    // SAFETY: mount(2) reads source, target and fstype up to their NULs and,
+    // for the filesystems mounted here (proc, sysfs, devtmpfs, tmpfs,
+    // devpts), `data` as a NUL-terminated option string; all four are
+    // CStrings that live until the end of this function.
     let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, d.as_ptr().cast()) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
@@ -147,17 +162,25 @@ fn mount_basics(standalone: bool) {
 
 /// Sets `lo` up so guest services can listen on 127.0.0.1.
 pub fn bring_up_loopback() {
-    // SAFETY: plain socket creation.
+    // SAFETY: socket(2) takes only integers and touches no memory of ours;
+    // it returns a new descriptor or -1.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return;
     }
-    // SAFETY: zeroed ifreq is valid; we fill the name and flags.
+    // SAFETY: `ifreq` is a C struct of a char array and a union of integers,
+    // sockaddrs and pointers; all-zero bytes are a valid value for every
+    // member (null pointers are never dereferenced here).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in b"lo".iter().enumerate() {
         req.ifr_name[i] = *b as libc::c_char;
     }
-    // SAFETY: fd is a socket; req is a valid ifreq for these ioctls.
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read (and the first writes) one
+    // `struct ifreq` at the pointer, and `req` is a live local ifreq whose
+    // name is NUL-terminated ("lo" followed by zeroes). Reading the union's
+    // `ifru_flags` is reading a c_short, valid for any bytes (zeroed, or set
+    // by the kernel). `fd` is the socket created above, owned only here, and
+    // closed exactly once.
     unsafe {
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;

@@ -79,7 +79,11 @@ fn load_one(dir: &str, rel: &str) {
         }
     };
     let params = CString::new("").unwrap();
-    // SAFETY: valid fd and NUL-terminated params string.
+    // SAFETY: finit_module(2) takes the descriptor, a pointer to the module
+    // parameters that the kernel reads up to their NUL, and flags. `file`
+    // stays open until the end of this function, `params` is a CString that
+    // lives as long, and each argument is passed with the width the kernel
+    // reads (int, pointer, int) through the variadic syscall.
     let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();

@@ -8,11 +8,14 @@
 //! host's requests over it ([`session`]).
 //!
 //! ```text
-//! main ─ init (shim or standalone) ─ kmod (finit_module) ─ port (open)
-//!      └ session: reader thread ─┬─ handler thread per request ─ exec / fsops / files /
-//!                                │                              proc / stream / waits
-//!                                ├─ pump thread per spawned process (proc)
-//!                                └─ reaper thread (all child exits)
+//! main ─ init (shim or standalone) ─ kmod (finit_module) ─ reaper thread ─ port (open) ─ session
+//!
+//! session: reader thread ─┬─ Ping / SetTime / GetTime: answered on the reader thread, in order
+//!                         └─ any other request ─ pool worker ─ exec / fsops / files / proc / stream / waits
+//! pool:    an idle worker takes the next request; a new thread starts only when none is idle,
+//!          and a worker that finds 8 others idle ends (so threads are reused across requests)
+//! proc:    a pump thread per spawned process;  exec: a stdin feeder thread per command fed stdin
+//! reaper:  one thread reaps every child exit and wakes whoever waits for it
 //! handles: agent-global table of spawned processes and open files
 //! ```
 
@@ -31,7 +34,9 @@ mod power;
 mod proc;
 mod reaper;
 mod session;
+mod spawn;
 mod stream;
+mod sys;
 mod tail;
 mod waits;
 

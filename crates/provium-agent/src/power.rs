@@ -24,7 +24,10 @@ fn watch(mut dev: std::fs::File) {
     while dev.read_exact(&mut ev).is_ok() {
         if is_power_press(&ev) {
             crate::log::warn("power button pressed; powering off");
-            // SAFETY: sync and reboot have no memory-safety preconditions.
+            // SAFETY: sync(2) takes no arguments and reboot(2) only the
+            // command integer; neither touches memory of ours. The agent is
+            // PID 1 here (this watcher runs only in standalone mode), so
+            // there is no other init whose shutdown this would cut short.
             unsafe {
                 libc::sync();
                 libc::reboot(libc::RB_POWER_OFF);

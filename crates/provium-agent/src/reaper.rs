@@ -19,10 +19,13 @@ pub struct ExitSlot {
 
 impl ExitSlot {
     fn new() -> Arc<ExitSlot> {
-        // SAFETY: eventfd returns a new fd or -1.
+        // SAFETY: eventfd(2) takes only integers and touches no memory of
+        // ours; it returns a new descriptor or -1.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-        // SAFETY: fd is a fresh, owned descriptor.
+        // SAFETY: `fd` is non-negative (asserted above), so it is the open
+        // descriptor eventfd just created; nothing else holds it, so the
+        // OwnedFd becomes its only owner and closes it exactly once.
         let event = unsafe { OwnedFd::from_raw_fd(fd) };
         Arc::new(ExitSlot { status: Mutex::new(None), event })
     }
@@ -40,7 +43,9 @@ impl ExitSlot {
     fn deliver(&self, status: i32) {
         *self.status.lock().unwrap() = Some(status);
         let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to an eventfd.
+        // SAFETY: write(2) reads 8 bytes at the pointer, which points at
+        // `one`, a live local u64 (exactly 8 bytes); the descriptor stays
+        // open because `self` owns it.
         unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 }
@@ -83,7 +88,8 @@ fn reap_forever() {
     loop {
         let seen = lock().spawned;
         let mut status = 0;
-        // SAFETY: waitpid with a valid status pointer.
+        // SAFETY: waitpid(2) writes one int at the pointer, and `status` is
+        // a live local i32 borrowed mutably for the call.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid > 0 {
             if let Some(slot) = lock().waiting.remove(&pid) {

@@ -4,12 +4,14 @@
 //! The reader thread decodes frames. A `Hello` starts a new session: it bumps
 //! the *generation*, which silences every handler of the old session (their
 //! late replies are dropped, so reused channel ids cannot get stale answers).
-//! A `Request` spawns a handler thread with an inbox for the channel's
+//! A `Request` that cannot block (`Ping`, `SetTime`, `GetTime`) is answered
+//! on the reader thread; any other goes to a [`crate::pool`] worker (an idle
+//! one if there is one, else a new thread) with an inbox for the channel's
 //! `Data`/`DataEnd`/`Credit`/`Cancel` frames. Processes and files opened by
-//! requests belong to [`crate::handles`], not to the session: they survive
-//! a new `Hello`. When the host disconnects the port reads
-//! EOF; the agent drops its partial frame, cancels the channels and waits for
-//! the host to come back.
+//! requests belong to [`crate::handles`], not to the session: they survive a
+//! new `Hello`. When the host disconnects the port reads EOF; the agent drops
+//! its partial frame, cancels the channels and waits for the host to come
+//! back.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,6 +27,7 @@ use provium_protocol::{
     decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
 };
 
+use crate::sys::{poll_one, set_nonblocking, CancelFlag};
 use crate::{exec, files, fsops, handles, log, proc, stream, waits};
 
 pub struct AgentInfo {
@@ -66,25 +69,13 @@ impl Writer {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if wait_ready(port.as_raw_fd(), libc::POLLOUT, 100) & libc::POLLHUP != 0 {
+                    if poll_one(port.as_raw_fd(), libc::POLLOUT, 100) & libc::POLLHUP != 0 {
                         return;
                     }
                 }
                 Err(_) => return,
             }
         }
-    }
-}
-
-/// Polls one fd; returns its `revents` (0 on timeout).
-fn wait_ready(fd: i32, events: libc::c_short, timeout_ms: i32) -> libc::c_short {
-    let mut p = libc::pollfd { fd, events, revents: 0 };
-    // SAFETY: one valid pollfd.
-    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    if n > 0 {
-        p.revents
-    } else {
-        0
     }
 }
 
@@ -113,24 +104,21 @@ impl Sender {
 
 struct Channel {
     inbox: MpscSender<Inbound>,
-    cancel: exec::CancelFlag,
+    cancel: CancelFlag,
 }
 
 type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
 
 pub fn serve(mut port: File, info: &AgentInfo) {
-    // SAFETY: fcntl on our own fd; the flag is shared with the writer's dup.
-    unsafe {
-        let fd = port.as_raw_fd();
-        libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK);
-    }
+    // The flag belongs to the open file, so the writer's dup below shares it.
+    set_nonblocking(port.as_raw_fd());
     let writer =
         Arc::new(Writer { port: Mutex::new(port.try_clone().expect("dup port fd")), generation: AtomicU64::new(0) });
     let channels: Channels = Arc::default();
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        wait_ready(port.as_raw_fd(), libc::POLLIN, 1000);
+        poll_one(port.as_raw_fd(), libc::POLLIN, 1000);
         let n = match port.read(&mut buf) {
             Ok(0) => {
                 // Host side closed: forget the partial frame and the channels.
@@ -193,7 +181,7 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
                 return;
             }
             let (tx, rx) = channel();
-            let cancel: exec::CancelFlag = Arc::new(AtomicBool::new(false));
+            let cancel: CancelFlag = Arc::new(AtomicBool::new(false));
             channels.lock().unwrap().insert(f.channel, Channel { inbox: tx, cancel: cancel.clone() });
             let channels = channels.clone();
             crate::pool::run(move || {
@@ -272,7 +260,7 @@ fn instant(req: &Request) -> Option<Reply> {
     }
 }
 
-fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &exec::CancelFlag) -> Reply {
+fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Reply {
     match req {
         Request::Ping | Request::SetTime { .. } | Request::GetTime => instant(&req).expect("instant requests"),
         Request::Exec(e) => exec::run(e, inbox, cancel).map(Response::Exec),

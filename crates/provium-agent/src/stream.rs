@@ -36,10 +36,10 @@ use std::time::Duration;
 use provium_protocol::frame::CHUNK;
 use provium_protocol::{OpError, OpErrorKind, Response, StreamSource};
 
-use crate::exec::CancelFlag;
 use crate::handles;
 use crate::proc::Pipe;
 use crate::session::{Inbound, Sender};
+use crate::sys::CancelFlag;
 use crate::tail::Tail;
 
 /// What a source yields on one call.

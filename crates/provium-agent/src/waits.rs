@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use provium_protocol::{OpError, OpErrorKind, Response};
 
-use crate::exec::CancelFlag;
 use crate::inotify::Inotify;
+use crate::sys::CancelFlag;
 
 const PORT_EVERY: Duration = Duration::from_millis(5);
 const PATH_EVERY: Duration = Duration::from_millis(50);
@@ -147,7 +147,8 @@ pub fn wait_path(path: &str, exists: bool, timeout_ms: u64, cancel: &CancelFlag)
 
 pub fn set_time(ns: i64) -> Result<Response, OpError> {
     let ts = libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
-    // SAFETY: a valid timespec for the duration of the call.
+    // SAFETY: clock_settime(2) reads one timespec at the pointer, and `ts` is
+    // a live local timespec (tv_nsec in 0..1e9 by construction).
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("set_time: {e}") });
@@ -157,7 +158,8 @@ pub fn set_time(ns: i64) -> Result<Response, OpError> {
 
 pub fn get_time() -> Result<Response, OpError> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
+    // SAFETY: clock_gettime(2) writes one timespec at the pointer, and `ts`
+    // is a live local timespec borrowed mutably for the call.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
     Ok(Response::Time(ts.tv_sec * 1_000_000_000 + ts.tv_nsec))
 }

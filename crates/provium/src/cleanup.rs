@@ -29,7 +29,8 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// The root under which every scratch directory of this user lives.
 pub fn scratch_root() -> PathBuf {
-    // SAFETY: getuid has no preconditions.
+    // SAFETY: getuid(2) takes no arguments, touches no memory and cannot
+    // fail.
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("provium-{uid}"))
 }
@@ -40,7 +41,8 @@ pub fn scratch_root() -> PathBuf {
 pub fn shm_root() -> Option<PathBuf> {
     static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
     ROOT.get_or_init(|| {
-        // SAFETY: getuid has no preconditions.
+        // SAFETY: getuid(2) takes no arguments, touches no memory and cannot
+        // fail.
         let uid = unsafe { libc::getuid() };
         let root = Path::new("/dev/shm").join(format!("provium-{uid}"));
         std::fs::create_dir_all(&root).ok().map(|_| root)
@@ -105,12 +107,17 @@ impl Drop for ChildGuard {
 pub fn kill_everything() {
     let l = live().lock().unwrap();
     for pid in l.pids.values() {
-        // SAFETY: sending SIGKILL to a child we spawned.
+        // SAFETY: kill(2) takes only integers and touches no memory of
+        // ours, so it cannot break a Rust invariant; the pid is one that
+        // `register_child` recorded for a child of ours still registered
+        // (not yet reaped, so the pid cannot have been reused).
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     for pid in l.pids.values() {
         let mut status = 0;
-        // SAFETY: reaping our own child; harmless if already reaped.
+        // SAFETY: waitpid(2) writes one int at the pointer, and `status` is a
+        // live local i32 borrowed mutably for the call; a pid that is already
+        // reaped only makes it fail with ECHILD.
         unsafe { libc::waitpid(*pid, &mut status, 0) };
     }
     for dir in l.dirs.values() {
@@ -157,7 +164,9 @@ fn sweep_root(root: &Path) {
         let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks for existence.
+        // SAFETY: kill(2) takes only integers and touches no memory of ours;
+        // with signal 0 it sends nothing and only reports whether `pid`
+        // exists (0, or EPERM when it belongs to another user).
         let alive =
             unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {

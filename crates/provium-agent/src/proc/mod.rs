@@ -1,7 +1,7 @@
 //! Spawned processes: `Spawn`, `Wait`, `Signal`, `StdinWrite`/`StdinClose`
 //! and `Release`.
 //!
-//! A process is started like [`crate::exec`] starts one (same `PATH`
+//! A process is started by [`crate::spawn`] like an `Exec` one (same `PATH`
 //! resolution, own process group, registered with the reaper under its lock)
 //! but the request returns at once; a missing program is an `Os` error
 //! (`ENOENT`, or `EACCES` when not executable) rather than status 127. A
@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use provium_protocol::{ExecRequest, OpError, OpErrorKind, ProcState, Response};
 
-use crate::exec::{kill_group, os_error, set_nonblocking, CancelFlag};
 use crate::handles::{self, Handle};
+use crate::spawn::{command, spawn_registered};
+use crate::sys::{kill_group, os_error, poll_one, set_nonblocking, CancelFlag};
 
 use output::Output;
 
@@ -71,12 +72,12 @@ pub fn spawn(req: ExecRequest) -> Result<Response, OpError> {
     let Some(prog) = req.argv.first().cloned() else {
         return Err(bad("spawn: empty argv".into()));
     };
-    let mut cmd = crate::exec::command(&req).map_err(|u| OpError {
+    let mut cmd = command(&req).map_err(|u| OpError {
         kind: OpErrorKind::Os,
         errno: Some(if u.code == 126 { libc::EACCES } else { libc::ENOENT }),
         message: format!("spawn: {}", u.message),
     })?;
-    let (mut child, pid, slot) = crate::exec::spawn_registered(&mut cmd, &prog, req.stdin)?;
+    let (mut child, pid, slot) = spawn_registered(&mut cmd, &prog, req.stdin)?;
 
     if let Some(pipe) = &child.stdin {
         set_nonblocking(pipe.as_raw_fd());
@@ -138,7 +139,9 @@ pub fn wait(
 
 pub fn signal(handle: u64, signal: i32) -> Result<Response, OpError> {
     let proc = handles::proc(handle)?;
-    // SAFETY: signalling the process group of a child we spawned.
+    // SAFETY: kill(2) takes only integers and touches no memory of ours, so
+    // it cannot break a Rust invariant whatever the pid or signal; the host
+    // chose the signal, and errors (ESRCH, EINVAL) are reported below.
     if unsafe { libc::kill(-proc.pid, signal) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::ESRCH) {
@@ -167,9 +170,7 @@ pub fn stdin_write(handle: u64, data: &[u8], cancel: &CancelFlag) -> Result<Resp
                 if cancel.load(Ordering::SeqCst) {
                     return Err(cancelled(format!("stdin of process {handle}: cancelled after {done} bytes")));
                 }
-                let mut p = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-                // SAFETY: one valid pollfd.
-                unsafe { libc::poll(&mut p, 1, 100) };
+                poll_one(pipe.as_raw_fd(), libc::POLLOUT, 100);
             }
             Err(e) => return Err(os_error(&format!("stdin of process {handle} (after {done} bytes)"), e)),
         }

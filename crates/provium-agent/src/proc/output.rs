@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use provium_protocol::{ExitStatus, MAX_CAPTURE};
 
 use super::{Pipe, Proc};
-use crate::exec::{decode_status, kill_group, set_nonblocking};
 use crate::reaper::ExitSlot;
 use crate::stream::Chunk;
+use crate::sys::{decode_status, kill_group, set_nonblocking};
 
 /// Queued (not retained) bytes a subscriber may have before the pump stops.
 pub const BACKLOG: usize = 4 * 1024 * 1024;
@@ -188,7 +188,10 @@ pub(super) fn pump(proc: &Proc, slot: &ExitSlot, mut pipes: [Option<File>; 2], d
         for &i in &open {
             fds.push(libc::pollfd { fd: pipes[i].as_ref().unwrap().as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
-        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        // SAFETY: poll(2) reads and writes `nfds` pollfd structs starting at the
+        // pointer; `nfds` is `fds.len()` and the Vec is neither moved nor
+        // resized during the call, so every access is inside its buffer. The
+        // kernel keeps no reference to it after returning.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
         if n <= 0 {
             continue;

@@ -9,8 +9,8 @@ use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpenMode, Pr
 
 use super::client::{AgentClient, AgentError};
 
-pub(super) fn unexpected(op: &str, resp: &Response) -> AgentError {
-    AgentError::Protocol(format!("unexpected answer to {op}: {resp:?}"))
+pub(super) fn unexpected(op: &'static str, resp: &Response) -> AgentError {
+    AgentError::Unexpected { op, answer: format!("{resp:?}") }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -133,7 +133,7 @@ impl AgentClient {
         self.count("seek", &Request::Seek { handle, offset, whence })
     }
 
-    fn count(&self, op: &str, req: &Request) -> Result<u64, AgentError> {
+    fn count(&self, op: &'static str, req: &Request) -> Result<u64, AgentError> {
         match self.call(req)? {
             Response::Count(n) => Ok(n),
             other => Err(unexpected(op, &other)),

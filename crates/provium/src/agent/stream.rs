@@ -12,7 +12,7 @@ use std::time::Duration;
 use provium_protocol::frame::FrameKind;
 use provium_protocol::{OpErrorKind, Request, StreamSource};
 
-use super::client::{AgentClient, AgentError, Incoming};
+use super::client::{with_causes, AgentClient, AgentError, Incoming};
 
 /// Bytes the agent may send ahead of what the host has consumed.
 pub const DEFAULT_WINDOW: u32 = 1 << 20;
@@ -69,6 +69,10 @@ impl AgentStream {
                         OpErrorKind::Cancelled => Chunk::Eof,
                         _ => Chunk::Failed(e.message),
                     };
+                }
+                Ok(Incoming::BadReply(e)) => {
+                    self.done = true;
+                    return Chunk::Failed(with_causes(&AgentError::BadReply(e)));
                 }
                 Err(RecvTimeoutError::Timeout) => return Chunk::Timeout,
                 Err(RecvTimeoutError::Disconnected) => {

@@ -76,14 +76,20 @@ impl QemuProcess {
         }
         let stderr = std::fs::File::create(stderr_path)
             .map_err(|source| SpawnError::Spawn { binary: binary.to_string(), source })?;
-        // SAFETY: getpid has no preconditions.
+        // SAFETY: getpid(2) takes no arguments, touches no memory and cannot
+        // fail.
         let parent = unsafe { libc::getpid() };
         let mut cmd = Command::new(binary);
         cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         // Own process group: a terminal Ctrl-C reaches provium, which then
         // stops QEMU itself after cleaning up.
         cmd.process_group(0);
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        // SAFETY: `pre_exec` is unsafe because the closure runs in the forked
+        // child, where another thread of ours may have held a lock (the
+        // allocator's, stdio's) at the fork: it must not allocate or lock.
+        // This one only calls prctl(2), getppid(2) and _exit(2), which are
+        // async-signal-safe, takes no lock, allocates nothing, and reads
+        // `parent`, an i32 copied into the closure.
         unsafe {
             cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -117,13 +123,22 @@ impl QemuProcess {
         if self.exited.is_some() {
             return true;
         }
-        // SAFETY: zeroed siginfo is a valid out-parameter; WNOWAIT leaves
-        // the child waitable for `exit_status`.
+        // SAFETY: `siginfo_t` is a C struct of integers (and a union of
+        // integers and pointers that nothing dereferences), for which all-zero
+        // bytes are a valid value (and si_pid must start at 0 for "nothing
+        // waitable" under WNOHANG to read as 0).
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one siginfo_t at the pointer, and `info` is
+        // a live local of that type borrowed mutably for the call. WNOWAIT
+        // leaves the child waitable, so `self.child` still owns its status
+        // (for `exit_status`) and its pid cannot be reused meanwhile.
         let rc = unsafe {
             libc::waitid(libc::P_PID, self.child.id(), &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
         };
-        // SAFETY: si_pid is valid to read after a successful waitid.
+        // SAFETY: `si_pid()` reads a field of the siginfo union; for waitid's
+        // answers (SIGCHLD-shaped) that field is the one the kernel fills,
+        // and when nothing was waitable it is the zero set above, so it is
+        // an initialised integer either way.
         rc == 0 && unsafe { info.si_pid() } != 0
     }
 
@@ -151,7 +166,9 @@ impl QemuProcess {
         if self.exit_status().is_some() {
             return;
         }
-        // SAFETY: signalling our own child.
+        // SAFETY: kill(2) takes only integers and touches no memory of ours,
+        // so it cannot break a Rust invariant; the pid is our unreaped child
+        // (`exit_status` above found it running), so it cannot be reused.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         if !self.wait_exit(grace) {
             let _ = self.child.kill();

@@ -13,14 +13,17 @@ fn next_data(f: &File, from: u64, len: u64) -> std::io::Result<Option<(u64, u64)
     if from >= len {
         return Ok(None);
     }
-    // SAFETY: lseek on an open fd; the file offset is not used by pread.
+    // SAFETY: lseek(2) takes only integers and touches no memory of ours;
+    // `f` keeps the descriptor open for the call. Moving the file offset is
+    // harmless: `copy_data` reads and writes only at explicit offsets.
     let start = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
     if start < 0 {
         let e = std::io::Error::last_os_error();
         // ENXIO: no data at or after `from`.
         return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
     }
-    // SAFETY: as above.
+    // SAFETY: lseek(2) again: integers only, on the descriptor `f` keeps
+    // open; only the file offset changes.
     let end = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_HOLE) };
     if end < 0 {
         return Err(std::io::Error::last_os_error());
