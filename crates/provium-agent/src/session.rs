@@ -168,7 +168,9 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
             let req: Request = match decode_msg("request", &f.body) {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = OpError { kind: OpErrorKind::BadRequest, errno: None, message: e.to_string() };
+                    // One line for the host: the message and its cause.
+                    let message = format!("{e}: {}", e.source);
+                    let err = OpError { kind: OpErrorKind::BadRequest, errno: None, message };
                     out.reply(&Err(err));
                     return;
                 }

@@ -35,7 +35,7 @@ pub use ops::{
 
 /// A message body that could not be decoded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot decode {what}: {source}")]
+#[error("cannot decode {what}")]
 pub struct DecodeError {
     pub what: &'static str,
     #[source]

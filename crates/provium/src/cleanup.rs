@@ -71,7 +71,7 @@ impl ScratchDir {
             label.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(16).collect();
         let path = root.join(format!("{}-{id}-{clean}", std::process::id()));
         std::fs::create_dir(&path)?;
-        live().lock().unwrap().dirs.insert(id, path.clone());
+        crate::sync::lock(live()).dirs.insert(id, path.clone());
         Ok(ScratchDir { id, path })
     }
 
@@ -83,7 +83,7 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
-        live().lock().unwrap().dirs.remove(&self.id);
+        crate::sync::lock(live()).dirs.remove(&self.id);
     }
 }
 
@@ -93,19 +93,19 @@ pub struct ChildGuard(u64);
 
 pub fn register_child(pid: i32) -> ChildGuard {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    live().lock().unwrap().pids.insert(id, pid);
+    crate::sync::lock(live()).pids.insert(id, pid);
     ChildGuard(id)
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        live().lock().unwrap().pids.remove(&self.0);
+        crate::sync::lock(live()).pids.remove(&self.0);
     }
 }
 
 /// Kills every registered child and removes every registered directory.
 pub fn kill_everything() {
-    let l = live().lock().unwrap();
+    let l = crate::sync::lock(live());
     for pid in l.pids.values() {
         // SAFETY: kill(2) takes only integers and touches no memory of
         // ours, so it cannot break a Rust invariant; the pid is one that

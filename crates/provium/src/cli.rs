@@ -165,7 +165,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             let code = open_fixtures(&[], &config, &images, accel.accel, &events)
                 .map(|fixtures| crate::fixture_cli::run(action, fixtures, images, accel.accel, events));
             let _ = printer.join();
-            return Ok(code?);
+            return code;
         }
         Some(Command::List { paths }) => {
             let files = runner::discover(&scan_paths(paths, &config))?;

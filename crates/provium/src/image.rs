@@ -94,7 +94,7 @@ impl Images {
     /// Prepares (or finds cached) the default guest. Held under a lock so
     /// concurrent files build it once.
     pub fn default_guest(&self) -> Result<PreparedGuest, ImageError> {
-        let mut slot = self.default.lock().unwrap();
+        let mut slot = crate::sync::lock(&self.default);
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
         }

@@ -2,19 +2,23 @@
 //! drives them from Lua.
 //!
 //! ```text
-//!  cli ─► runner ──(one OS thread + Lua state per *.test.lua)──► lua
-//!           │ events                                             │
-//!           ▼                                                    ▼
-//!        report (human, JSON)                     vm ─► image (profiles, default guest)
-//!                                                  │
-//!                                                  ├─► vmm: QEMU argv, process, QMP, accel
-//!                                                  └─► agent: frames over virtio-serial
-//!                                                            to provium-agent in the guest
+//!  cli ─► runner ──(one OS thread + Lua state per *.test.lua)──► lua (adapters)
+//!   ▲       │                                                      │
+//!   │       │            ┌─────────────────────────────────────────┘
+//!   │       ▼            ▼
+//!   │     lab (tree, scopes, Close) · fixture (cache, build loop) · vm (state machine)
+//!   │                     │
+//!   │                     ├─► vmm: LaunchSpec → argv, QEMU process, QMP, accel, snapshots
+//!   │                     └─► agent: frames over virtio-serial to provium-agent
+//!   │
+//!   └── report (human, progress, JSON) ◄── events ◄── runner, lua, lab, vm, fixture
 //! ```
 //!
-//! Resources that must not leak (QEMU processes, scratch directories) are
-//! owned by RAII guards registered with [`cleanup`], which also handles
-//! Ctrl-C.
+//! The layering is checked by `layers` (a test over the source): renderers
+//! depend on `events` alone; only `runner` uses `lua`; nothing below the
+//! runner reaches up. Resources that must not leak (QEMU processes, scratch
+//! directories) are owned by RAII guards registered with [`cleanup`], which
+//! also handles Ctrl-C.
 
 pub mod agent;
 pub mod cleanup;
@@ -28,9 +32,9 @@ pub mod fixture_cli;
 pub mod guest;
 pub mod image;
 pub mod lab;
+mod layers;
 pub mod lua;
 pub mod report;
-
 pub mod runner;
 pub mod sync;
 pub mod units;

@@ -224,6 +224,7 @@ fn ctrl_c_during_boot_leaves_nothing_behind() {
     let s = Suite::new();
     let (mut child, pid) = start_slow_boot(&s);
     std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: signalling our own child process; no memory is involved.
     unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
@@ -450,4 +451,36 @@ fn the_kvm_probe_argv_boots_under_tcg() {
     let qemu = provium::vmm::process::qemu_binary();
     let took = probe(&qemu, Accel::Tcg, &guest.vmlinux, &guest.initrd, Duration::from_secs(120));
     assert!(took.is_ok(), "the probe's argv does not boot under TCG: {took:?}");
+}
+
+fn vm(name: &str) -> provium::vm::Vm {
+    let images = std::sync::Arc::new(provium::image::Images::new(Default::default()));
+    provium::vm::Vm::new(name, "default", Default::default(), images, provium::vmm::Accel::Tcg)
+}
+
+/// A boot whose clock cannot be set (a time past what the kernel accepts)
+/// fails naming the step, and leaves no armed kill switch behind: QEMU is
+/// gone, and its pid may be reused by another process.
+#[test]
+fn a_failed_boot_disarms_its_kill_switch() {
+    let mut v = vm("clock");
+    let opts = provium::vm::BootOpts { initial_time: Some(8.5e9), ..Default::default() };
+    let e = v.boot(&opts).expect_err("the kernel refuses a wall clock in the 23rd century");
+    let text = provium::errors::chain(&e);
+    assert!(text.contains("boot (initial_time)"), "{text}");
+    assert_eq!(v.kill_switch().armed(), None, "{text}");
+    assert_eq!(v.qemu_pid(), None);
+}
+
+/// A reset that fails says "reset failed", not "boot failed".
+#[test]
+fn a_failed_reset_names_the_reset() {
+    let mut v = vm("reset");
+    v.boot(&Default::default()).unwrap();
+    assert!(v.kill_switch().armed().is_some());
+    v.kill_switch().kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let text = provium::errors::chain(&v.reset().expect_err("QEMU is gone"));
+    assert!(text.starts_with("vm `reset`: reset failed"), "{text}");
+    assert!(!text.contains("boot failed"), "{text}");
 }

@@ -83,21 +83,9 @@ impl AgentError {
 }
 
 /// The error's message followed by its causes, `: `-separated (for the
-/// places that can only carry a string, like [`super::Chunk::Failed`]). A
-/// cause whose text is already there is skipped: `DecodeError` repeats its
-/// own source.
+/// places that can only carry a string, like [`super::Chunk::Failed`]).
 pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
+    crate::errors::chain(e)
 }
 
 pub(super) enum Incoming {
@@ -172,7 +160,7 @@ impl AgentClient {
     pub fn handshake(&self, timeout: Duration, alive: &dyn Fn() -> Result<(), String>) -> Result<HelloOk, AgentError> {
         let (tx, rx) = channel();
         {
-            let mut r = self.routes.lock().unwrap();
+            let mut r = crate::sync::lock(&self.routes);
             if let Some(closed) = &r.closed {
                 return Err(closed.error());
             }
@@ -196,12 +184,12 @@ impl AgentClient {
 
     /// Closes the connection; every waiting caller gets `Disconnected`.
     pub fn close(&self) {
-        let _ = self.writer.lock().unwrap().shutdown(std::net::Shutdown::Both);
+        let _ = crate::sync::lock(&self.writer).shutdown(std::net::Shutdown::Both);
     }
 
     /// Why a route's sender is gone: the reader's reason for stopping.
     fn disconnected(&self) -> AgentError {
-        match &self.routes.lock().unwrap().closed {
+        match &crate::sync::lock(&self.routes).closed {
             Some(closed) => closed.error(),
             None => AgentError::Disconnected("the agent reader thread ended".into()),
         }
@@ -210,9 +198,9 @@ impl AgentClient {
     /// Writes one frame. If the write fails because the reader already saw
     /// the connection end, that is the better account of what happened.
     pub(super) fn send(&self, channel: u32, kind: FrameKind, body: &[u8]) -> Result<(), AgentError> {
-        let mut w = self.writer.lock().unwrap();
+        let mut w = crate::sync::lock(&self.writer);
         w.write_all(&frame::encode(channel, kind, body)).map_err(|e| {
-            let closed = self.routes.lock().unwrap().closed.clone();
+            let closed = crate::sync::lock(&self.routes).closed.clone();
             closed.map_or(AgentError::Send(e), |c| c.error())
         })
     }
@@ -221,7 +209,7 @@ impl AgentClient {
         let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
         {
-            let mut r = self.routes.lock().unwrap();
+            let mut r = crate::sync::lock(&self.routes);
             if let Some(closed) = &r.closed {
                 return Err(closed.error());
             }
@@ -262,7 +250,7 @@ impl AgentClient {
 
     /// Stops routing a channel (its late frames are dropped).
     pub(super) fn forget(&self, channel: u32) {
-        self.routes.lock().unwrap().channels.remove(&channel);
+        crate::sync::lock(&self.routes).channels.remove(&channel);
     }
 
     /// Sends one request and waits for its reply.
@@ -291,7 +279,7 @@ fn read_loop(mut stream: UnixStream, routes: Arc<Mutex<Routes>>) {
             }
         }
     };
-    let mut r = routes.lock().unwrap();
+    let mut r = crate::sync::lock(&routes);
     if let Some(hello) = r.hello.take() {
         let _ = hello.send(Err(closed.error()));
     }
@@ -313,7 +301,7 @@ fn hello_answer(f: &frame::Frame) -> Result<HelloOk, AgentError> {
 }
 
 fn route(f: frame::Frame, routes: &Mutex<Routes>) {
-    let mut r = routes.lock().unwrap();
+    let mut r = crate::sync::lock(routes);
     // Channel 0 is the handshake's; requests start at 1.
     if f.channel == 0 || matches!(f.kind, FrameKind::HelloOk | FrameKind::HelloErr) {
         // An answer nobody waits for (a second one, or one after a timeout)
@@ -463,7 +451,7 @@ mod tests {
         for e in errors {
             let cause = e.source().expect("a source").to_string();
             assert!(!e.to_string().contains(&cause), "`{e}` repeats its cause `{cause}`");
-            assert!(with_causes(&e).ends_with(&cause), "{}", with_causes(&e));
+            assert!(with_causes(&e).starts_with(&format!("{e}: {cause}")), "{}", with_causes(&e));
         }
         // An agent-side failure is the error itself: shown once, no source.
         let op = AgentError::from(OpError {

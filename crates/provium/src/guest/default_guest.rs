@@ -157,7 +157,7 @@ pub fn prepare(inputs: &GuestInputs, agent_bytes: &[u8], cache_root: &Path) -> R
         touch(&dir);
         return Ok(prepared);
     }
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = crate::sync::lock(&BUILD_LOCK);
     if complete(&prepared) {
         return Ok(prepared);
     }
@@ -356,7 +356,7 @@ pub(super) mod tests {
     /// missing: a test that quietly passed without them would prove nothing.
     pub(in crate::guest) fn setup_inputs() -> GuestInputs {
         GuestInputs::locate().unwrap_or_else(|e| {
-            panic!("the guest inputs `scripts/setup` installs are missing: {}", crate::lua::errors::chain(&e))
+            panic!("the guest inputs `scripts/setup` installs are missing: {}", crate::errors::chain(&e))
         })
     }
 

@@ -17,10 +17,11 @@ pub fn batch(
             .iter()
             .map(|(name, vm)| {
                 let op = &op;
-                s.spawn(move || op(&mut lock(vm)).map_err(|e| (name.clone(), e)))
+                // Boxed: a VmError is large, and most batches succeed.
+                s.spawn(move || op(&mut lock(vm)).map_err(|e| Box::new((name.clone(), e))))
             })
             .collect();
-        handles.into_iter().filter_map(|h| h.join().expect("batch thread").err()).collect()
+        handles.into_iter().filter_map(|h| h.join().expect("batch thread").err()).map(|b| *b).collect()
     });
     if failures.is_empty() {
         Ok(())

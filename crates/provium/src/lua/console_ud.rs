@@ -38,7 +38,8 @@ impl UserData for ConsoleUd {
             match crate::vm::console::open(&this.0, creation_site(lua)) {
                 Some(Ok(stream)) => Ok(super::vm_streams::tracked(lua, stream)),
                 Some(Err(e)) => Err(raise(lua, format!("console:read: {e}"))),
-                None => Err(console_paths(lua, &this.0, "console:read").err().expect("the VM stopped")),
+                // It stopped since the check above.
+                None => Err(console_paths(lua, &this.0, "console:read").expect_err("the VM stopped")),
             }
         });
         methods.add_method("read_log", |lua, this, ()| {

@@ -154,6 +154,7 @@ fn strings(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<String>> {
 }
 
 /// What `vm:run` asks for: the request and the bytes for stdin.
+#[derive(Debug)]
 pub struct RunSpec {
     pub req: ExecRequest,
     pub stdin: Vec<u8>,
@@ -217,4 +218,56 @@ pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> m
         req.timeout_ms = Some(ms as u64);
     }
     Ok(RunSpec { req, stdin })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(lua: &Lua, src: &str) -> Table {
+        lua.load(src).eval().unwrap()
+    }
+
+    fn err(r: mlua::Result<impl std::fmt::Debug>) -> String {
+        super::super::errors::message(&r.unwrap_err())
+    }
+
+    #[test]
+    fn boot_options_parse_into_the_struct_and_unknown_keys_are_named() {
+        let lua = Lua::new();
+        let o =
+            boot_opts(&lua, "vm:boot", Some(table(&lua, "return {memory = '1G', cpus = 2, rng_seed = 7}"))).unwrap();
+        assert_eq!((o.memory, o.cpus, o.rng_seed), (Some(1 << 30), Some(2), Some(7)));
+        let files = "return {files = {{path = '/etc/x', content = 'hi', mode = 384}}}";
+        let o = boot_opts(&lua, "vm:boot", Some(table(&lua, files))).unwrap();
+        assert_eq!(o.files, Some(vec![("/etc/x".to_string(), b"hi".to_vec(), 0o600)]));
+        let e = err(boot_opts(&lua, "vm:boot", Some(table(&lua, "return {memroy = 1}"))));
+        assert!(e.contains("vm:boot: unknown option `memroy`") && e.contains("memory, cpus"), "{e}");
+        let e = err(boot_opts(&lua, "vm:boot", Some(table(&lua, "return {cpus = 0}"))));
+        assert!(e.contains("cpus must be an integer from 1 to 256"), "{e}");
+        let e = err(boot_opts(&lua, "vm:boot", Some(table(&lua, "return {files = {{path = 'rel'}}}"))));
+        assert!(e.contains("path `rel` must be absolute"), "{e}");
+        assert_eq!(boot_opts(&lua, "vm:boot", None).unwrap(), BootOpts::default());
+    }
+
+    #[test]
+    fn run_takes_a_shell_line_an_argument_list_or_options() {
+        let lua = Lua::new();
+        let shell = run_request(&lua, "vm:run", "echo hi", None).unwrap();
+        assert_eq!(shell.req.argv, ["sh", "-c", "echo hi"]);
+        let args = run_request(&lua, "vm:run", "ls", Some(Value::Table(table(&lua, "return {'-l', 3}")))).unwrap();
+        assert_eq!(args.req.argv, ["ls", "-l", "3"]);
+        let o = "return {env = {A = 1}, cwd = '/tmp', stdin = 'x', timeout = '2s'}";
+        let spec = run_request(&lua, "vm:run", "cat", Some(Value::Table(table(&lua, o)))).unwrap();
+        assert_eq!(spec.req.argv, ["sh", "-c", "cat"]);
+        assert_eq!(spec.req.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!(
+            (spec.req.cwd.as_deref(), spec.req.timeout_ms, spec.stdin),
+            (Some("/tmp"), Some(2000), b"x".to_vec())
+        );
+        let e = err(run_request(&lua, "vm:run", "x", Some(Value::Table(table(&lua, "return {stdin = 'a', cdw = 1}")))));
+        assert!(e.contains("vm:run: unknown option `cdw`"), "{e}");
+        let e = err(run_request(&lua, "vm:run", "x", Some(Value::Boolean(true))));
+        assert!(e.contains("second argument must be a table, got boolean"), "{e}");
+    }
 }

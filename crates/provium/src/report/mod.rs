@@ -113,7 +113,7 @@ mod tests {
         let fail = Outcome::Failed("no".into());
         assert_eq!(code(&[file(&[pass.clone(), skip.clone()], false, false)]), 0);
         assert_eq!(code(&[file(&[skip], false, false)]), 0, "skipped tests are not failures");
-        assert_eq!(code(&[file(&[pass.clone()], false, false), file(&[fail], false, false)]), 1);
+        assert_eq!(code(&[file(std::slice::from_ref(&pass), false, false), file(&[fail], false, false)]), 1);
         assert_eq!(code(&[file(&[], true, false)]), 1, "a chunk error fails its file");
         assert_eq!(code(&[file(&[pass], false, true)]), 1, "a file that timed out fails");
         assert_eq!(code(&[]), 0);

@@ -23,7 +23,7 @@ pub enum VmError {
         vm: String,
         action: &'static str,
         #[source]
-        source: LaunchError,
+        source: Box<LaunchError>,
     },
     #[error("vm `{vm}`: {op} failed")]
     Agent {

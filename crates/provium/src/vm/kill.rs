@@ -18,6 +18,11 @@ impl KillSwitch {
         self.0.store(0, Ordering::SeqCst);
     }
 
+    /// The pid it would signal, if armed.
+    pub fn armed(&self) -> Option<u32> {
+        Some(self.0.load(Ordering::SeqCst)).filter(|&p| p != 0)
+    }
+
     /// SIGKILLs the QEMU process, if one runs.
     pub fn kill(&self) {
         let pid = self.0.load(Ordering::SeqCst);

@@ -124,7 +124,7 @@ impl Vm {
     pub fn reset(&mut self) -> Result<(), VmError> {
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         let r = self.running("reset", VmState::Booted)?.reset(timeout);
-        r.map_err(|source| VmError::Launch { vm: self.name.clone(), action: "reset", source })
+        r.map_err(|source| VmError::Launch { vm: self.name.clone(), action: "reset", source: Box::new(source) })
     }
 
     /// Presses the ACPI power button; the guest shuts down gracefully and the
@@ -185,7 +185,7 @@ impl Vm {
         let inst = Instance::launch(&self.name, spec, files, timeout).map_err(|source| VmError::Launch {
             vm: self.name.clone(),
             action: "boot",
-            source,
+            source: Box::new(source),
         })?;
         self.kill_switch.arm(inst.qemu.pid());
         if let Some(t) = opts.initial_time {
@@ -276,7 +276,7 @@ impl Vm {
         let inst = Instance::restore(&self.name, spec, path, timeout).map_err(|source| VmError::Launch {
             vm: self.name.clone(),
             action: "restore",
-            source,
+            source: Box::new(source),
         })?;
         self.kill_switch.arm(inst.qemu.pid());
         if meta.initial_time.is_none() {
@@ -350,7 +350,11 @@ impl Vm {
                 VmError::TimedOut { vm: self.name.clone(), op, message: oe.message }
             }
             AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
-            AgentError::Disconnected(why) => {
+            e if e.connection_lost() => {
+                let why = match e {
+                    AgentError::Disconnected(why) => why,
+                    other => crate::errors::chain(&other),
+                };
                 let console =
                     self.instance.as_ref().map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES)).unwrap_or_default();
                 let qemu_exit = self.instance.as_mut().and_then(|inst| {
@@ -397,7 +401,7 @@ impl Vm {
         inst.reconnect_agent(Duration::from_secs(10)).map_err(|source| VmError::Launch {
             vm: self.name.clone(),
             action: "reconnect",
-            source,
+            source: Box::new(source),
         })
     }
 

@@ -45,7 +45,7 @@ pub struct ResourceGuard {
 
 impl Drop for ResourceGuard {
     fn drop(&mut self) {
-        self.registry.open.lock().unwrap().remove(&self.id);
+        crate::sync::lock(&self.registry.open).remove(&self.id);
     }
 }
 
@@ -58,12 +58,12 @@ impl Registry {
         site: Option<Site>,
     ) -> ResourceGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().unwrap().insert(id, Entry { class, kind, detail: detail.to_string(), site });
+        crate::sync::lock(&self.open).insert(id, Entry { class, kind, detail: detail.to_string(), site });
         ResourceGuard { registry: self.clone(), id }
     }
 
     pub fn count(&self, class: Class) -> usize {
-        self.open.lock().unwrap().values().filter(|e| e.class == class).count()
+        crate::sync::lock(&self.open).values().filter(|e| e.class == class).count()
     }
 
     /// One line per open resource: `tail_file("/log") created at a.test.lua:42`.

@@ -57,7 +57,7 @@ fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
     });
     let gone = || std::io::Error::other("the QEMU spawner thread is gone");
     let (reply, answer) = channel();
-    spawner.lock().unwrap_or_else(|p| p.into_inner()).send((cmd, reply)).map_err(|_| gone())?;
+    crate::sync::lock(spawner).send((cmd, reply)).map_err(|_| gone())?;
     answer.recv().map_err(|_| gone())?
 }
 

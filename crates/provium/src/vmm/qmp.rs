@@ -77,13 +77,13 @@ impl Qmp {
     /// Runs a command and returns its `return` value.
     pub fn execute(&self, command: &str, args: Option<Value>, timeout: Duration) -> Result<Value, QmpError> {
         let id = {
-            let mut n = self.next_id.lock().unwrap();
+            let mut n = crate::sync::lock(&self.next_id);
             *n += 1;
             *n
         };
         let (tx, rx) = channel();
         {
-            let mut sh = self.shared.0.lock().unwrap();
+            let mut sh = crate::sync::lock(&self.shared.0);
             if sh.closed {
                 return Err(QmpError::Closed);
             }
@@ -94,7 +94,7 @@ impl Qmp {
             msg["arguments"] = a;
         }
         let line = format!("{msg}\n");
-        self.writer.lock().unwrap().write_all(line.as_bytes()).map_err(|_| QmpError::Closed)?;
+        crate::sync::lock(&self.writer).write_all(line.as_bytes()).map_err(|_| QmpError::Closed)?;
         match rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
             Ok(Err((class, desc))) => Err(QmpError::Command { command: command.to_string(), class, desc }),
@@ -106,14 +106,14 @@ impl Qmp {
     /// The sequence number the next event will get: pass it to
     /// [`Qmp::wait_event`] to see only events that come after now.
     pub fn mark(&self) -> u64 {
-        self.shared.0.lock().unwrap().events.len() as u64
+        crate::sync::lock(&self.shared.0).events.len() as u64
     }
 
     /// Waits for an event named `name` with a sequence number ≥ `after`.
     pub fn wait_event(&self, name: &str, after: u64, timeout: Duration) -> Option<Event> {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.shared;
-        let mut sh = lock.lock().unwrap();
+        let mut sh = crate::sync::lock(lock);
         loop {
             if let Some(e) = sh.events.iter().skip(after as usize).find(|e| e.name == name) {
                 return Some(e.clone());
@@ -135,7 +135,7 @@ fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
             continue;
         };
         let (lock, cv) = &*shared;
-        let mut sh = lock.lock().unwrap();
+        let mut sh = crate::sync::lock(lock);
         if let Some(name) = v.get("event").and_then(Value::as_str) {
             let seq = sh.events.len() as u64;
             sh.events.push(Event { seq, name: name.to_string(), data: v.get("data").cloned().unwrap_or(Value::Null) });
@@ -158,7 +158,7 @@ fn read_loop(stream: UnixStream, shared: Arc<(Mutex<Shared>, Condvar)>) {
         let _ = tx.send(answer);
     }
     let (lock, cv) = &*shared;
-    let mut sh = lock.lock().unwrap();
+    let mut sh = crate::sync::lock(lock);
     sh.closed = true;
     sh.waiting.clear();
     cv.notify_all();

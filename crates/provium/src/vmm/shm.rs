@@ -28,10 +28,12 @@ pub(super) fn shared_ram(label: &str, memory_mib: u64) -> Option<(PathBuf, Scrat
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we pass; `c` is a valid
-    // NUL-terminated path.
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a live, writable
+    // statvfs for the call to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
         return None;
     }
     Some(st.f_bavail as u64 * st.f_frsize as u64)

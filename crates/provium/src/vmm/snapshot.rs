@@ -88,8 +88,22 @@ pub enum SaveError {
     Destination { path: PathBuf, why: String },
     #[error(transparent)]
     Qmp(#[from] QmpError),
+    #[error("cannot replace `{path}`")]
+    Replace {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("QEMU could not save the guest to `{path}`: {why}")]
     Migration { path: PathBuf, why: String },
+    /// Copying the guest's RAM file behind the stream failed (`step`).
+    #[error("cannot save the guest's RAM into `{path}` ({step})")]
+    Ram {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the header of snapshot `{path}`")]
     Header {
         path: PathBuf,
@@ -122,7 +136,9 @@ pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>
         _ => {}
     }
     match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(dest(e.to_string())),
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SaveError::Replace { path: path.to_path_buf(), source })
+        }
         _ => {}
     }
     // The default bandwidth cap (128 MiB/s) would make a save take 10× longer.
@@ -168,13 +184,13 @@ pub fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
 /// Copies the RAM file behind the stream in `path`, at the next
 /// [`RAM_ALIGN`] boundary, skipping holes.
 fn append_ram(path: &Path, ram: &Path) -> Result<RamImage, SaveError> {
-    let failed = |why: String| SaveError::Migration { path: path.to_path_buf(), why };
-    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| failed(e.to_string()))?;
-    let src = std::fs::File::open(ram).map_err(|e| failed(format!("cannot read the RAM file: {e}")))?;
-    let stream_end = dst.metadata().map_err(|e| failed(e.to_string()))?.len();
+    let failed = |step: &'static str| move |source| SaveError::Ram { path: path.to_path_buf(), step, source };
+    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(failed("opening the snapshot"))?;
+    let src = std::fs::File::open(ram).map_err(failed("reading the RAM file"))?;
+    let stream_end = dst.metadata().map_err(failed("measuring the stream"))?.len();
     let offset = stream_end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
-    let size = src.metadata().map_err(|e| failed(e.to_string()))?.len();
-    super::sparse::copy_data(&src, &dst, offset, size).map_err(|e| failed(format!("copying guest RAM: {e}")))?;
+    let size = src.metadata().map_err(failed("measuring the RAM file"))?.len();
+    super::sparse::copy_data(&src, &dst, offset, size).map_err(failed("copying guest RAM"))?;
     Ok(RamImage { offset, size })
 }
 

@@ -52,6 +52,7 @@ impl Suite {
     /// The scratch directories and QEMU processes left by provium `pid`.
     pub fn leftovers(&self, pid: u32) -> Vec<String> {
         let mut found = Vec::new();
+        // SAFETY: getuid has no preconditions and cannot fail.
         let uid = unsafe { libc::getuid() };
         let root = self.tmpdir().join(format!("provium-{uid}"));
         // Scratch directories, and the guest RAM files in /dev/shm.
