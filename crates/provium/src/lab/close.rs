@@ -27,27 +27,29 @@ pub fn close_all(mut resources: Vec<Box<dyn Close>>) {
     }
 }
 
+/// A resource that records its name when closed, for tests of close order.
+#[cfg(test)]
+pub(crate) struct Probe(pub &'static str, pub CloseRank, pub std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+#[cfg(test)]
+impl Close for Probe {
+    fn rank(&self) -> CloseRank {
+        self.1
+    }
+    fn close(&self) {
+        self.2.lock().unwrap().push(self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
 
-    /// Records its name when closed.
-    pub struct Probe(pub &'static str, pub CloseRank, pub Arc<Mutex<Vec<&'static str>>>);
-
-    impl Close for Probe {
-        fn rank(&self) -> CloseRank {
-            self.1
-        }
-        fn close(&self) {
-            self.2.lock().unwrap().push(self.0);
-        }
-    }
-
     #[test]
     fn streams_then_processes_then_files_oldest_first() {
-        let log = Arc::default();
+        let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
         let r = |n, k| Box::new(Probe(n, k, Arc::clone(&log))) as Box<dyn Close>;
         close_all(vec![
             r("file1", CloseRank::File),

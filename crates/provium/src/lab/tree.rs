@@ -250,7 +250,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::lab::close::CloseRank;
+    use crate::lab::close::{CloseRank, Probe};
     use crate::vm::Vm;
 
     fn vm(name: &str) -> VmRef {
@@ -292,17 +292,6 @@ mod tests {
         assert_eq!(root.unique_name("db"), "db-2");
         assert_eq!(root.add_sub_lab(None).unwrap().name(), "__lab_0");
         assert_eq!(root.add_sub_lab(None).unwrap().name(), "__lab_1");
-    }
-
-    struct Probe(&'static str, CloseRank, Arc<Mutex<Vec<&'static str>>>);
-
-    impl Close for Probe {
-        fn rank(&self) -> CloseRank {
-            self.1
-        }
-        fn close(&self) {
-            self.2.lock().unwrap().push(self.0);
-        }
     }
 
     #[test]
