@@ -82,12 +82,6 @@ impl AgentError {
     }
 }
 
-/// The error's message followed by its causes, `: `-separated (for the
-/// places that can only carry a string, like [`super::Chunk::Failed`]).
-pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
-    crate::errors::chain(e)
-}
-
 pub(super) enum Incoming {
     Data(Vec<u8>),
     DataEnd,
@@ -451,7 +445,8 @@ mod tests {
         for e in errors {
             let cause = e.source().expect("a source").to_string();
             assert!(!e.to_string().contains(&cause), "`{e}` repeats its cause `{cause}`");
-            assert!(with_causes(&e).starts_with(&format!("{e}: {cause}")), "{}", with_causes(&e));
+            let chain = crate::errors::chain(&e);
+            assert!(chain.starts_with(&format!("{e}: {cause}")), "{chain}");
         }
         // An agent-side failure is the error itself: shown once, no source.
         let op = AgentError::from(OpError {

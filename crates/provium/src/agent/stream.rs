@@ -12,7 +12,7 @@ use std::time::Duration;
 use provium_protocol::frame::FrameKind;
 use provium_protocol::{OpErrorKind, Request, StreamSource};
 
-use super::client::{with_causes, AgentClient, AgentError, Incoming};
+use super::client::{AgentClient, AgentError, Incoming};
 
 /// Bytes the agent may send ahead of what the host has consumed.
 pub const DEFAULT_WINDOW: u32 = 1 << 20;
@@ -72,7 +72,7 @@ impl AgentStream {
                 }
                 Ok(Incoming::BadReply(e)) => {
                     self.done = true;
-                    return Chunk::Failed(with_causes(&AgentError::BadReply(e)));
+                    return Chunk::Failed(crate::errors::chain(&AgentError::BadReply(e)));
                 }
                 Err(RecvTimeoutError::Timeout) => return Chunk::Timeout,
                 Err(RecvTimeoutError::Disconnected) => {

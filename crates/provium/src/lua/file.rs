@@ -13,7 +13,7 @@ use mlua::{HookTriggers, Lua, RegistryKey, Table, VmState as LuaVmState};
 
 use super::errors::message;
 use super::framework::{self, TestCtx, TestState};
-use super::lab_ud::{self, FileCtx};
+use super::lab_ud::{self, FileContext};
 use super::{install_api, opts, reset, waits};
 use crate::events::Outcome;
 use crate::lab::LabConfig;
@@ -55,7 +55,7 @@ pub struct LuaFile {
 
 impl LuaFile {
     /// A fresh state for the file at `path` (shown as `shown`).
-    pub fn new(path: &Path, shown: &str, ctx: FileCtx, interrupts: Interrupts) -> Result<LuaFile, String> {
+    pub fn new(path: &Path, shown: &str, ctx: FileContext, interrupts: Interrupts) -> Result<LuaFile, String> {
         let lua = Lua::new();
         let roots = ctx.fixtures.roots.clone();
         (|| -> mlua::Result<()> {

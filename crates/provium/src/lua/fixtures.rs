@@ -11,7 +11,7 @@ use std::sync::Arc;
 use mlua::{Lua, Value};
 
 use super::errors::{message, LuaResultExt};
-use super::lab_ud::{self, FileCtx, LabUd};
+use super::lab_ud::{self, FileContext, LabUd};
 use super::snapshot_ud::{LabSnapshotUd, SnapshotUd};
 use super::vm_ud::VmUd;
 use crate::fixture::{build, Built, EntryKind, Fixtures, Snapshot};
@@ -68,7 +68,7 @@ fn builder<'a>(
     move |_name, path| {
         let state = BuilderState(Lua::new());
         let lua = &state.0;
-        let ctx = FileCtx { vms: vms.clone(), fixtures: fixtures.clone() };
+        let ctx = FileContext { vms: vms.clone(), fixtures: fixtures.clone() };
         // The real path: relative host paths in the builder resolve against it.
         let shown = path.display().to_string();
         super::install_api(lua, path, &fixtures.roots, ctx).map_err(|e| message(&e))?;

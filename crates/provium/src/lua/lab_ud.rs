@@ -17,7 +17,7 @@ use crate::sync::lock;
 use crate::vm::VmRef;
 
 /// What every VM of a file is made with, and the run's fixtures.
-pub struct FileCtx {
+pub struct FileContext {
     pub vms: VmContext,
     pub fixtures: Arc<crate::fixture::Fixtures>,
 }
@@ -29,7 +29,7 @@ struct Labs {
 }
 
 /// Installs the root lab as the `provium` global.
-pub fn install(lua: &Lua, ctx: FileCtx) -> mlua::Result<()> {
+pub fn install(lua: &Lua, ctx: FileContext) -> mlua::Result<()> {
     let root = Lab::new("provium", None);
     lua.set_app_data(ctx);
     lua.set_app_data(LabConfig::default());
@@ -38,8 +38,8 @@ pub fn install(lua: &Lua, ctx: FileCtx) -> mlua::Result<()> {
 }
 
 /// The file's context.
-pub fn ctx(lua: &Lua) -> mlua::AppDataRef<'_, FileCtx> {
-    lua.app_data_ref::<FileCtx>().expect("file context installed")
+pub fn ctx(lua: &Lua) -> mlua::AppDataRef<'_, FileContext> {
+    lua.app_data_ref::<FileContext>().expect("file context installed")
 }
 
 pub fn root(lua: &Lua) -> Lab {

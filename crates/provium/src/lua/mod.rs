@@ -32,10 +32,8 @@ use std::path::{Path, PathBuf};
 
 use mlua::{Lua, Table};
 
-use lab_ud::FileCtx;
-
 pub use file::{Interrupts, LoadedTest, LuaFile, TestMeta};
-pub use lab_ud::FileCtx as FileContext;
+pub use lab_ud::FileContext;
 
 fn set_package_path(lua: &Lua, file: &Path, roots: &[PathBuf]) -> mlua::Result<()> {
     let package: Table = lua.globals().get("package")?;
@@ -53,7 +51,7 @@ fn set_package_path(lua: &Lua, file: &Path, roots: &[PathBuf]) -> mlua::Result<(
 
 /// Installs provium's Lua API into a fresh state for the file at `path`
 /// (a test file or a fixture builder).
-pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileCtx) -> mlua::Result<()> {
+pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileContext) -> mlua::Result<()> {
     set_package_path(lua, path, roots)?;
     framework::install(lua)?;
     jobs::install(lua)?;

@@ -16,7 +16,7 @@ use crate::agent::{AgentClient, AgentError};
 use crate::events::{Event, Events};
 use crate::image::Images;
 use crate::vmm::snapshot::{self as snapfile, SnapshotMeta};
-use crate::vmm::{self, argv, Accel, Boot, Device, Instance, LaunchSpec, Machine, Ram};
+use crate::vmm::{self, argv, Accel, Boot, Device, Instance, LaunchError, LaunchSpec, Machine, Ram};
 
 pub struct Vm {
     name: String,
@@ -101,6 +101,11 @@ impl Vm {
         Ok(self.instance.as_mut().expect("a running VM has an instance"))
     }
 
+    /// A launch-level failure of `action` (boot, restore, reset, reconnect).
+    fn launch_failed(&self, action: &'static str) -> impl FnOnce(LaunchError) -> VmError + '_ {
+        move |source| VmError::Launch { vm: self.name.clone(), action, source: Box::new(source) }
+    }
+
     fn qmp_failed(&self, op: &'static str, e: crate::vmm::qmp::QmpError) -> VmError {
         VmError::Qmp { vm: self.name.clone(), op, source: e }
     }
@@ -124,7 +129,7 @@ impl Vm {
     pub fn reset(&mut self) -> Result<(), VmError> {
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         let r = self.running("reset", VmState::Booted)?.reset(timeout);
-        r.map_err(|source| VmError::Launch { vm: self.name.clone(), action: "reset", source: Box::new(source) })
+        r.map_err(self.launch_failed("reset"))
     }
 
     /// Presses the ACPI power button; the guest shuts down gracefully and the
@@ -182,11 +187,7 @@ impl Vm {
         };
         let files = opts.files.as_ref().map(|f| files_cpio(f));
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
-        let inst = Instance::launch(&self.name, spec, files, timeout).map_err(|source| VmError::Launch {
-            vm: self.name.clone(),
-            action: "boot",
-            source: Box::new(source),
-        })?;
+        let inst = Instance::launch(&self.name, spec, files, timeout).map_err(self.launch_failed("boot"))?;
         self.kill_switch.arm(inst.qemu.pid());
         if let Some(t) = opts.initial_time {
             // The RTC started at `t` when QEMU did; set it again now so the
@@ -273,11 +274,7 @@ impl Vm {
             scratch: Default::default(),
         };
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
-        let inst = Instance::restore(&self.name, spec, path, timeout).map_err(|source| VmError::Launch {
-            vm: self.name.clone(),
-            action: "restore",
-            source: Box::new(source),
-        })?;
+        let inst = Instance::restore(&self.name, spec, path, timeout).map_err(self.launch_failed("restore"))?;
         self.kill_switch.arm(inst.qemu.pid());
         if meta.initial_time.is_none() {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -398,11 +395,7 @@ impl Vm {
             return Err(self.wrong_state("reconnect"));
         }
         let inst = self.instance.as_mut().expect("booted VM has an instance");
-        inst.reconnect_agent(Duration::from_secs(10)).map_err(|source| VmError::Launch {
-            vm: self.name.clone(),
-            action: "reconnect",
-            source: Box::new(source),
-        })
+        inst.reconnect_agent(Duration::from_secs(10)).map_err(self.launch_failed("reconnect"))
     }
 
     /// A clone of the live agent connection (for concurrent use).
