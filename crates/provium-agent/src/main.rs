@@ -28,6 +28,7 @@ mod init;
 mod inotify;
 mod kmod;
 mod log;
+mod net;
 mod pool;
 mod port;
 mod power;

@@ -28,7 +28,7 @@ use provium_protocol::{
 };
 
 use crate::sys::{poll_one, set_nonblocking, CancelFlag};
-use crate::{exec, files, fsops, handles, log, proc, stream, waits};
+use crate::{exec, files, fsops, handles, log, net, proc, stream, waits};
 
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
@@ -288,6 +288,7 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
         Request::Stream { source, window } => stream::run(source, window, out, &inbox, cancel),
         Request::WaitPort { port, open, timeout_ms } => waits::wait_port(port, open, timeout_ms, cancel),
         Request::WaitPath { path, exists, timeout_ms } => waits::wait_path(&path, exists, timeout_ms, cancel),
+        Request::NetConfig { mac, up, address, prefix } => net::configure(&mac, up, address.as_deref(), prefix),
     }
 }
 

@@ -64,7 +64,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 2);
+        assert_eq!(PROTOCOL_VERSION, 3);
     }
 
     #[test]
@@ -142,6 +142,7 @@ mod pin_tests {
             Request::WaitPath { path: "/p".into(), exists: false, timeout_ms: 10 },
             Request::SetTime { ns: -1 },
             Request::GetTime,
+            Request::NetConfig { mac: "52:54:00:01:02:03".into(), up: true, address: Some("10.0.0.2".into()), prefix: 24 },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();

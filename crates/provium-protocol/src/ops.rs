@@ -284,6 +284,16 @@ pub enum Request {
     },
     /// Reads CLOCK_REALTIME ([`Response::Time`]).
     GetTime,
+    /// Configures the interface whose Ethernet address is `mac`
+    /// (`52:54:00:…`): with `up`, gives it `address` (IPv4, with the
+    /// subnet route of `prefix`) and brings it up; without, brings it down.
+    /// Answered with [`Response::Interface`].
+    NetConfig {
+        mac: String,
+        up: bool,
+        address: Option<String>,
+        prefix: u8,
+    },
 }
 
 impl Request {
@@ -314,6 +324,7 @@ impl Request {
             Request::WaitPath { .. } => "wait_path",
             Request::SetTime { .. } => "set_time",
             Request::GetTime => "get_time",
+            Request::NetConfig { .. } => "net_config",
         }
     }
 }
@@ -337,6 +348,8 @@ pub enum Response {
     Count(u64),
     /// CLOCK_REALTIME in nanoseconds.
     Time(i64),
+    /// The guest's name for an interface (`eth0`).
+    Interface(String),
 }
 
 /// Why an operation failed.

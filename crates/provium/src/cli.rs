@@ -41,6 +41,10 @@ pub struct Cli {
     /// One JSON object per file on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Seed for the run's random choices (bridge loss); printed at the start
+    /// and after a failure, so a run can be repeated (also PROVIUM_SEED)
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Show every test, and VM diagnostics on stderr.
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -195,14 +199,17 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
     let (tx, rx) = channel();
     let events = Events::new(Arc::new(ChannelSink::new(tx)));
+    let env_seed = std::env::var("PROVIUM_SEED").ok().and_then(|s| s.trim().parse().ok());
+    let seed = cli.seed.or(env_seed).unwrap_or_else(random_seed);
     events.emit(Event::RunStarted {
         files: files.len(),
         jobs,
         accel: accel.accel.as_str().to_string(),
         accel_reason: accel.reason.clone(),
+        seed,
     });
     let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel, &events)?;
-    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events });
+    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events, seed });
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
 
     let verbosity = if cli.verbose {
@@ -246,4 +253,11 @@ fn choose_accel(images: &Images, verbose: bool) -> vmm::accel::AccelChoice {
             }
         }
     }
+}
+
+/// A seed for a run that was not given one: the clock and the process id.
+fn random_seed() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    // Small enough to type back.
+    (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
 }

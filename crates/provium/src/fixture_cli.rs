@@ -106,7 +106,9 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
                 println!("  already built: {name}");
                 return 0;
             }
-            let vms = VmContext { images, accel, kill_switches: Default::default(), events };
+            // Fixture builds use seed 0: a build is the same whatever the run.
+            let net = crate::net::NetContext::new(0);
+            let vms = VmContext { images, accel, kill_switches: Default::default(), events, net };
             match crate::runner::build_fixture(name, fixtures.clone(), vms) {
                 Ok(()) => {
                     println!("  built: {name}");

@@ -34,6 +34,7 @@ pub mod image;
 pub mod lab;
 mod layers;
 pub mod lua;
+pub mod net;
 pub mod report;
 pub mod runner;
 pub mod sync;

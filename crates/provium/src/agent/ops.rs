@@ -162,6 +162,16 @@ impl AgentClient {
         self.call(&Request::SetTime { ns }).map(drop)
     }
 
+    /// Configures the guest interface with Ethernet address `mac`: `up`
+    /// with `address/prefix`, or down. Returns the guest's name for it.
+    pub fn net_config(&self, mac: &str, up: bool, address: Option<(String, u8)>) -> Result<String, AgentError> {
+        let (address, prefix) = address.map_or((None, 0), |(a, p)| (Some(a), p));
+        match self.call(&Request::NetConfig { mac: mac.into(), up, address, prefix })? {
+            Response::Interface(name) => Ok(name),
+            other => Err(unexpected("net_config", &other)),
+        }
+    }
+
     /// Asks the agent to stop the work behind a channel.
     pub(super) fn cancel(&self, channel: u32) {
         let _ = self.send(channel, FrameKind::Cancel, &[]);

@@ -25,7 +25,7 @@ pub use results::{Counts, FileReport, Outcome, TestReport};
 #[derive(Debug, Clone)]
 pub enum Event {
     /// The run begins: how many files, how many at once, which accelerator.
-    RunStarted { files: usize, jobs: usize, accel: String, accel_reason: String },
+    RunStarted { files: usize, jobs: usize, accel: String, accel_reason: String, seed: u64 },
     /// A file's Lua state is about to run its chunk.
     FileStarted { file: String },
     /// One test ended (the file goes on).

@@ -16,6 +16,8 @@ pub struct VmContext {
     /// Every VM's kill switch, for the file and test watchdogs.
     pub kill_switches: Arc<Mutex<Vec<KillSwitch>>>,
     pub events: Events,
+    /// The run's seed and the file's subnets, for its bridges.
+    pub net: crate::net::NetContext,
 }
 
 impl VmContext {

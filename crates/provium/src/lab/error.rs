@@ -16,6 +16,12 @@ pub enum LabError {
     DeclaredAbove { what: &'static str, name: String, parent: String },
     #[error("provium:{what}: name `{name}` already used in lab `{lab}`")]
     Taken { what: &'static str, name: String, lab: String },
+    #[error("lab:restore: bridge `{name}` cannot be rebuilt")]
+    Bridge {
+        name: String,
+        #[source]
+        source: Box<crate::net::BridgeError>,
+    },
     #[error("provium:vm: no vm named `{name}` in lab `{lab}`")]
     NoSuchVm { name: String, lab: String },
     /// An operation run on several VMs at once failed on some of them.

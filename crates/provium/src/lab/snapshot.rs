@@ -2,7 +2,8 @@
 //! running VM, sub-labs in subdirectories of their own.
 //!
 //! ```text
-//! <dir>/lab.json   {"vms": [{"name", "profile", "snapshot": "<vm>.snap" | null}], "labs": ["<sub>"]}
+//! <dir>/lab.json   {"vms": [{"name", "profile", "snapshot": "<vm>.snap" | null}], "labs": ["<sub>"],
+//!                   "bridges": [{"name", "subnet", "members": [{"vm", "host", "nic", "connected"}], "graph"}]}
 //! <dir>/<vm>.snap  one VM snapshot file each (`vmm::snapshot`)
 //! <dir>/<sub>/     a sub-lab, the same layout
 //! ```
@@ -10,7 +11,10 @@
 //! Saving pauses every running VM of the lab first, so all of them are
 //! captured at the same guest instant, and resumes them afterwards.
 //! Restoring brings each VM named in `lab.json` back (creating it in the lab
-//! if it is not there), all at once.
+//! if it is not there), all at once. Bridges come back first, with their
+//! members, addresses, partitions and impairments, so each restored guest
+//! plugs into the same bridge, through the same NIC, with the address it
+//! had (which its RAM still holds).
 
 use std::path::Path;
 
@@ -20,6 +24,7 @@ use super::batch::batch;
 use super::context::VmContext;
 use super::error::LabError;
 use super::tree::{valid_name, Lab};
+use crate::net::{Bridge, BridgeRecord};
 use crate::sync::lock;
 use crate::vm::resources::Class;
 use crate::vm::{BootOpts, VmRef, VmState};
@@ -31,6 +36,8 @@ struct LabFile {
     vms: Vec<VmEntry>,
     #[serde(default)]
     labs: Vec<String>,
+    #[serde(default)]
+    bridges: Vec<BridgeRecord>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,7 +101,8 @@ fn save_tree(lab: &Lab, dir: &Path) -> Result<(), LabError> {
         save_tree(&sub, &dir.join(&name))?;
         labs.push(name);
     }
-    let json = serde_json::to_vec_pretty(&LabFile { vms, labs }).expect("a lab file serializes");
+    let bridges = lab.bridges().iter().map(|(_, b)| b.record()).collect();
+    let json = serde_json::to_vec_pretty(&LabFile { vms, labs, bridges }).expect("a lab file serializes");
     let path = dir.join(LAB_FILE);
     std::fs::write(&path, json).map_err(|source| LabError::Write { path, source })
 }
@@ -124,14 +132,24 @@ pub fn restore(lab: &Lab, dir: &Path, ctx: &VmContext) -> Result<(), LabError> {
         }
     }
     let vms: Vec<(String, VmRef)> = targets.iter().map(|(n, vm, _)| (n.clone(), vm.clone())).collect();
-    let files: std::collections::HashMap<String, std::path::PathBuf> =
-        targets.into_iter().map(|(n, _, f)| (n, f)).collect();
-    batch("restore", &vms, |vm| {
+    // Down before their bridges are rebuilt: they plug in as they restore.
+    batch("shutdown", &vms, |vm| {
         if !matches!(vm.state(), VmState::Created | VmState::Shutdown) {
             vm.shutdown();
         }
-        vm.restore(&files[vm.name()])
+        Ok(())
     })?;
+    for record in &spec.bridges {
+        if let Some(old) = lab.remove_bridge(&record.name) {
+            old.close();
+        }
+        let bridge = Bridge::from_record(&ctx.net, record, |n| lab.own_vm(n))
+            .map_err(|source| LabError::Bridge { name: record.name.clone(), source: Box::new(source) })?;
+        lab.add_bridge(&record.name, bridge);
+    }
+    let files: std::collections::HashMap<String, std::path::PathBuf> =
+        targets.into_iter().map(|(n, _, f)| (n, f)).collect();
+    batch("restore", &vms, |vm| vm.restore(&files[vm.name()]))?;
     for name in &spec.labs {
         restore(&lab.sub_lab_named(name), &dir.join(name), ctx)?;
     }

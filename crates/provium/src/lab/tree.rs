@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::close::{close_all, Close};
 use super::error::LabError;
+use crate::net::Bridge;
 use crate::sync::lock;
 use crate::vm::{VmRef, VmState};
 
@@ -24,6 +25,7 @@ struct LabNode {
     name: String,
     vms: Vec<(String, VmRef)>,
     labs: Vec<(String, Lab)>,
+    bridges: Vec<(String, Bridge)>,
     /// Test scopes fall through to the file root; sub-labs have no parent.
     parent: Option<Lab>,
     /// Streams, processes and files opened while this scope was current.
@@ -39,6 +41,7 @@ pub struct Lab(Arc<Mutex<LabNode>>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Member {
     Vm(String),
+    Bridge(String),
     SubLab(String),
 }
 
@@ -57,6 +60,7 @@ impl Lab {
             name: name.to_string(),
             vms: Vec::new(),
             labs: Vec::new(),
+            bridges: Vec::new(),
             parent: parent.cloned(),
             resources: Vec::new(),
             next_anonymous: 0,
@@ -89,6 +93,37 @@ impl Lab {
         self.node().labs.iter().find(|(n, _)| n == name).map(|(_, l)| l.clone())
     }
 
+    pub fn own_bridge(&self, name: &str) -> Option<Bridge> {
+        self.node().bridges.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone())
+    }
+
+    /// A bridge by name: this lab, then its parents.
+    pub fn find_bridge(&self, name: &str) -> Option<Bridge> {
+        self.own_bridge(name).or_else(|| self.parent()?.find_bridge(name))
+    }
+
+    /// Adds a bridge under `name` (checked by the caller with
+    /// [`Lab::check_new_name`]).
+    pub fn add_bridge(&self, name: &str, bridge: Bridge) {
+        self.node().bridges.push((name.to_string(), bridge));
+    }
+
+    /// Takes the bridge `name` out of this lab (not closing it).
+    pub fn remove_bridge(&self, name: &str) -> Option<Bridge> {
+        let mut node = self.node();
+        let i = node.bridges.iter().position(|(n, _)| n == name)?;
+        Some(node.bridges.remove(i).1)
+    }
+
+    /// This lab's own bridges, in declaration order.
+    pub fn bridges(&self) -> Vec<(String, Bridge)> {
+        self.node().bridges.clone()
+    }
+
+    pub fn bridge_names(&self) -> Vec<String> {
+        self.node().bridges.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     fn parent(&self) -> Option<Lab> {
         self.node().parent.clone()
     }
@@ -111,7 +146,7 @@ impl Lab {
     /// The name of the ancestor lab that already declares `name`, if any.
     pub fn declared_above(&self, name: &str) -> Option<String> {
         let parent = self.parent()?;
-        if parent.own_vm(name).is_some() || parent.own_lab(name).is_some() {
+        if parent.taken(name) {
             Some(parent.name())
         } else {
             parent.declared_above(name)
@@ -119,7 +154,7 @@ impl Lab {
     }
 
     fn taken(&self, name: &str) -> bool {
-        self.own_vm(name).is_some() || self.own_lab(name).is_some()
+        self.own_vm(name).is_some() || self.own_lab(name).is_some() || self.own_bridge(name).is_some()
     }
 
     /// Rejects a malformed name, or one this lab or a parent scope already
@@ -199,11 +234,12 @@ impl Lab {
         self.node().labs.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    /// VMs, then sub-labs.
+    /// VMs, then bridges, then sub-labs.
     pub fn members(&self) -> Vec<Member> {
         let node = self.node();
         let vms = node.vms.iter().map(|(n, _)| Member::Vm(n.clone()));
-        vms.chain(node.labs.iter().map(|(n, _)| Member::SubLab(n.clone()))).collect()
+        let bridges = node.bridges.iter().map(|(n, _)| Member::Bridge(n.clone()));
+        vms.chain(bridges).chain(node.labs.iter().map(|(n, _)| Member::SubLab(n.clone()))).collect()
     }
 
     /// This lab's own VMs that are in `state`.
@@ -228,12 +264,17 @@ impl Lab {
         self.node().resources.push(r);
     }
 
-    /// Ends the scope: its resources, then its sub-labs, then its VMs
-    /// (newest first). The lab is empty afterwards.
+    /// Ends the scope: its resources, then its sub-labs, then its VMs, then
+    /// its bridges (newest first). The lab is empty afterwards.
     pub fn close(&self) {
-        let (resources, labs, vms) = {
+        let (resources, bridges, labs, vms) = {
             let mut node = self.node();
-            (std::mem::take(&mut node.resources), std::mem::take(&mut node.labs), std::mem::take(&mut node.vms))
+            (
+                std::mem::take(&mut node.resources),
+                std::mem::take(&mut node.bridges),
+                std::mem::take(&mut node.labs),
+                std::mem::take(&mut node.vms),
+            )
         };
         close_all(resources);
         for (_, lab) in labs.into_iter().rev() {
@@ -241,6 +282,11 @@ impl Lab {
         }
         for (_, vm) in vms.into_iter().rev() {
             lock(&vm).shutdown();
+        }
+        // After the scope's own VMs are down, so only VMs of outer scopes
+        // have a running guest to detach.
+        for (_, bridge) in bridges.into_iter().rev() {
+            bridge.close();
         }
     }
 }

@@ -201,6 +201,7 @@ impl UserData for LabUd {
             for (i, m) in this.0.members().into_iter().enumerate() {
                 let (kind, name) = match m {
                     Member::Vm(n) => ("vm", n),
+                    Member::Bridge(n) => ("bridge", n),
                     Member::SubLab(n) => ("sub_lab", n),
                 };
                 let t = lua.create_table()?;

@@ -35,8 +35,8 @@ fn indent(out: &mut String, text: &str, by: usize) {
 pub fn note(e: &Event) -> Option<String> {
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     Some(match e {
-        Event::RunStarted { files, jobs, accel, accel_reason } => {
-            format!("provium: {files} file(s), {jobs} at a time, accelerator {accel} ({accel_reason})")
+        Event::RunStarted { files, jobs, accel, accel_reason, seed } => {
+            format!("provium: {files} file(s), {jobs} at a time, accelerator {accel} ({accel_reason}), seed {seed}")
         }
         Event::FixtureBuilding { name, path, .. } => format!("provium: building fixture `{name}` ({})", path.display()),
         Event::FixtureWaiting { name, holder, .. } => {
@@ -164,14 +164,18 @@ pub fn render_file(f: &FileReport, v: Verbosity) -> String {
 /// The final line.
 pub fn render_summary(s: &RunSummary) -> String {
     let errored = if s.errored_files > 0 { format!(", {} file(s) errored", s.errored_files) } else { String::new() };
-    format!(
+    let mut out = format!(
         "{} file(s); {} passed, {} failed, {} skipped{errored}; {:.2}s\n",
         s.files,
         s.counts.passed,
         s.counts.failed,
         s.counts.skipped,
         s.duration.as_secs_f64()
-    )
+    );
+    if let (Some(seed), true) = (s.seed, s.failed_files > 0) {
+        out.push_str(&format!("seed {seed}: `--seed {seed}` repeats this run's random choices (bridge loss)\n"));
+    }
+    out
 }
 
 #[cfg(test)]

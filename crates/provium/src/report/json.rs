@@ -58,9 +58,10 @@ pub fn file_json(f: &FileReport) -> Value {
 /// The line for `e`, given the summary so far (for `run_finished`).
 pub fn event_json(e: &Event, summary: &RunSummary) -> Value {
     let (kind, mut body) = match e {
-        Event::RunStarted { files, jobs, accel, accel_reason } => {
-            ("run_started", json!({"files": files, "jobs": jobs, "accel": accel, "accel_reason": accel_reason}))
-        }
+        Event::RunStarted { files, jobs, accel, accel_reason, seed } => (
+            "run_started",
+            json!({"files": files, "jobs": jobs, "accel": accel, "accel_reason": accel_reason, "seed": seed}),
+        ),
         Event::FileStarted { file } => ("file_started", json!({ "file": file })),
         Event::TestFinished { file, test } => {
             let (status, message) = status(&test.outcome);

@@ -28,6 +28,8 @@ pub struct RunSummary {
     pub errored_files: usize,
     pub failed_files: usize,
     pub duration: Duration,
+    /// The run's seed (bridges' loss draws), said again after a failure.
+    pub seed: Option<u64>,
 }
 
 impl RunSummary {
@@ -36,6 +38,7 @@ impl RunSummary {
         match e {
             Event::FileFinished { report } => self.add(report),
             Event::RunFinished { duration } => self.duration = *duration,
+            Event::RunStarted { seed, .. } => self.seed = Some(*seed),
             _ => {}
         }
     }

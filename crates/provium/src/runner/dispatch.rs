@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub timeout: Option<Duration>,
     pub jobs: usize,
     pub events: Events,
+    /// Seeds every bridge's loss draws (`--seed`), so a run repeats.
+    pub seed: u64,
 }
 
 /// Runs every file, emitting what happens; returns when all are done,

@@ -30,7 +30,13 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
     let test_fired: Arc<AtomicBool> = Arc::default();
     let interrupts = Interrupts { file: watchdog.flag(), file_limit, test: test_fired.clone() };
     let ctx = FileContext {
-        vms: VmContext { images: cfg.images.clone(), accel: cfg.accel, kill_switches: kills.clone(), events },
+        vms: VmContext {
+            images: cfg.images.clone(),
+            accel: cfg.accel,
+            kill_switches: kills.clone(),
+            events,
+            net: crate::net::NetContext::new(cfg.seed),
+        },
         fixtures: cfg.fixtures.clone(),
     };
     let lua = match LuaFile::new(&file.path, shown, ctx, interrupts) {

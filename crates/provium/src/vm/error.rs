@@ -8,6 +8,8 @@ use crate::vmm::LaunchError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    #[error(transparent)]
+    Nic(#[from] super::nics::NicError),
     #[error("vm `{vm}`: {reason} (cannot {action})")]
     WrongState { vm: String, action: &'static str, reason: &'static str },
     #[error("vm `{vm}`: cannot boot")]

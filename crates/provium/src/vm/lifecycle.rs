@@ -9,6 +9,7 @@ use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpErrorKind}
 
 use super::error::VmError;
 use super::kill::KillSwitch;
+use super::nics::{self, Attachment, Nics};
 use super::opts::{files_cpio, spec_memory_mib, BootOpts};
 use super::resources::Registry;
 use super::state::VmState;
@@ -33,6 +34,8 @@ pub struct Vm {
     /// What the running guest was started with, which a snapshot records.
     running_as: Option<SnapshotMeta>,
     events: Events,
+    /// The bridges it is attached to, and through which NIC.
+    nics: Nics,
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
@@ -53,6 +56,7 @@ impl Vm {
             resources: Arc::default(),
             running_as: None,
             events: Events::discard(),
+            nics: Nics::default(),
             last_boot: None,
         }
     }
@@ -173,6 +177,7 @@ impl Vm {
         extra_cmdline.extend(opts.rng_seed.map(|_| "provium.hwrng=quiet".to_string()));
         let mut machine = Machine::standard(spec_memory_mib(&opts), opts.cpus.unwrap_or(1));
         machine.devices.extend(opts.rng_seed.map(|seed| Device::SeededRng { seed }));
+        self.nics.plan_boot(&self.name, opts.nics, &mut machine);
         let spec = LaunchSpec {
             accel: self.accel,
             machine: machine.clone(),
@@ -210,9 +215,105 @@ impl Vm {
             initial_time: opts.initial_time,
             ram: None,
         });
+        if let Err(e) = self.connect_nics(&inst) {
+            inst.stop();
+            self.kill_switch.disarm();
+            self.running_as = None;
+            return Err(e.into());
+        }
         self.instance = Some(inst);
         self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
         self.state = VmState::Booted;
+        Ok(())
+    }
+
+    /// After a launch: plugs every attached NIC into its bridge, lowers the
+    /// link of the others, gives the guest its addresses and hosts file.
+    fn connect_nics(&mut self, inst: &Instance) -> Result<(), nics::NicError> {
+        let machine = self.running_as.as_ref().map(|m| m.machine.clone()).unwrap_or_else(|| Machine::standard(0, 0));
+        self.nics.assign_free(&machine);
+        let used: Vec<u8> = self.nics.attachments().iter().filter_map(|a| a.nic).collect();
+        for (index, _) in machine.nics() {
+            if !used.contains(&index) {
+                let _ = inst.set_link(index, false);
+            }
+        }
+        for att in self.nics.attachments().iter().filter(|a| a.nic.is_some()) {
+            nics::plug(&self.name, inst, att)?;
+            nics::configure(&self.name, inst, att, true)?;
+        }
+        if !self.nics.attachments().is_empty() {
+            nics::write_hosts(&self.name, inst, &self.nics)?;
+        }
+        Ok(())
+    }
+
+    /// Unplugs every NIC from its switch (the instance is going away).
+    fn unplug_nics(&self) {
+        for att in self.nics.attachments() {
+            att.switch.remove_port(&self.name);
+        }
+    }
+
+    /// The bridges this VM is attached to.
+    pub fn attachments(&self) -> &[Attachment] {
+        self.nics.attachments()
+    }
+
+    /// Attaches the VM to a bridge; a running guest is plugged in and
+    /// configured at once, a VM that has not booted is when it boots.
+    pub fn attach(&mut self, att: Attachment) -> Result<(), VmError> {
+        let running = self.instance.is_some() && matches!(self.state, VmState::Booted | VmState::Paused);
+        let machine = if running { self.running_as.as_ref().map(|m| m.machine.clone()) } else { None };
+        self.nics.add(&self.name, att.clone(), machine.as_ref())?;
+        if let (true, Some(inst)) = (running, &self.instance) {
+            let att = self.nics.find(&att.bridge).expect("just added").clone();
+            let r = nics::plug(&self.name, inst, &att).and_then(|()| {
+                if self.state == VmState::Booted {
+                    nics::configure(&self.name, inst, &att, true)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                att.switch.remove_port(&self.name);
+                self.nics.remove(&att.bridge);
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches the VM from `bridge`: unplugged, link down, interface down.
+    pub fn detach(&mut self, bridge: &str) -> Result<(), VmError> {
+        let Some(att) = self.nics.remove(bridge) else { return Ok(()) };
+        att.switch.remove_port(&self.name);
+        if let (Some(inst), Some(nic)) = (&self.instance, att.nic) {
+            let _ = inst.set_link(nic, false);
+            if self.state == VmState::Booted {
+                nics::configure(&self.name, inst, &att, false)?;
+                nics::write_hosts(&self.name, inst, &self.nics)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls (`false`) or plugs back (`true`) the cable of the NIC on
+    /// `bridge`: the switch drops its frames and the guest sees the link go.
+    pub fn set_connected(&mut self, bridge: &str, connected: bool) -> Result<(), VmError> {
+        let Some(att) = self.nics.set_connected(bridge, connected).cloned() else { return Ok(()) };
+        att.switch.set_link(&self.name, connected);
+        if let (Some(inst), Some(nic)) = (&self.instance, att.nic) {
+            inst.set_link(nic, connected).map_err(|e| self.qmp_failed("set_link", e))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites provium's lines of the guest's `/etc/hosts` (a bridge's
+    /// members changed); nothing to do unless the guest runs.
+    pub fn refresh_hosts(&mut self) -> Result<(), VmError> {
+        if let (VmState::Booted, Some(inst)) = (self.state, &self.instance) {
+            nics::write_hosts(&self.name, inst, &self.nics)?;
+        }
         Ok(())
     }
 
@@ -288,6 +389,12 @@ impl Vm {
         self.resources = Arc::default();
         self.profile = meta.profile.clone();
         self.running_as = Some(SnapshotMeta { ram: None, ..meta });
+        if let Err(e) = self.connect_nics(&inst) {
+            inst.stop();
+            self.kill_switch.disarm();
+            self.running_as = None;
+            return Err(e.into());
+        }
         self.last_boot = None;
         self.instance = Some(inst);
         self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
@@ -306,6 +413,7 @@ impl Vm {
 
     /// Stops QEMU (from any state); idempotent.
     pub fn shutdown(&mut self) {
+        self.unplug_nics();
         if let Some(inst) = self.instance.take() {
             self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
             inst.stop();
@@ -368,6 +476,7 @@ impl Vm {
                 });
                 let why = qemu_exit.unwrap_or(why);
                 self.state = VmState::Dead;
+                self.unplug_nics();
                 if let Some(inst) = self.instance.take() {
                     inst.stop();
                 }

@@ -7,6 +7,7 @@
 //!   errors and the watchdog's kill switch;
 //! - [`resources`]: the VM's open streams and file handles, with where each
 //!   was opened;
+//! - [`nics`]: its network cards and the bridges they are attached to;
 //! - [`stream`], [`process`], [`file`], [`console`]: what a VM opens that
 //!   lives on (streams, background processes, file handles, the console
 //!   stream); each closes behind `crate::lab::Close`.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod file;
 pub mod kill;
 pub mod lifecycle;
+pub mod nics;
 pub mod opts;
 pub mod process;
 pub mod resources;

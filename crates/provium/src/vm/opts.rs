@@ -15,6 +15,9 @@ pub struct BootOpts {
     pub initial_time: Option<f64>,
     /// Files put into the initramfs before init runs: (path, content, mode).
     pub files: Option<Vec<(String, Vec<u8>, u32)>>,
+    /// NICs to create at boot (default `nics::DEFAULT_NICS`, or as many as
+    /// the VM is attached to if that is more).
+    pub nics: Option<u8>,
 }
 
 impl BootOpts {
@@ -28,6 +31,7 @@ impl BootOpts {
             rng_seed: self.rng_seed.or(base.rng_seed),
             initial_time: self.initial_time.or(base.initial_time),
             files: self.files.clone().or_else(|| base.files.clone()),
+            nics: self.nics.or(base.nics),
         }
     }
 }

@@ -193,7 +193,31 @@ fn device_args(device: &Device, paths: &VmPaths, scratch: &Path) -> Vec<String> 
         Device::Console => console_args(paths),
         Device::Agent => agent_args(paths),
         Device::SeededRng { seed } => rng_args(*seed, scratch),
+        Device::Nic { index, mac } => nic_args(*index, *mac, scratch),
     }
+}
+
+/// The two ends of NIC `index` in the scratch directory: the socket QEMU
+/// binds (frames for the guest are sent to it) and the one provium binds
+/// (QEMU sends the guest's frames to it).
+pub fn nic_paths(index: u8, scratch: &Path) -> (PathBuf, PathBuf) {
+    (scratch.join(format!("nic-{index}.sock")), scratch.join(format!("port-{index}.sock")))
+}
+
+/// A virtio-net NIC over a datagram socket pair (see [`nic_paths`]). The
+/// guest sees it as `eth<index>` (NICs probe in command-line order).
+pub fn nic_args(index: u8, mac: crate::vmm::Mac, scratch: &Path) -> Vec<String> {
+    let (qemu_end, host_end) = nic_paths(index, scratch);
+    vec![
+        s("-netdev"),
+        format!(
+            "dgram,id=nic{index},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            opt_path(&qemu_end),
+            opt_path(&host_end)
+        ),
+        s("-device"),
+        format!("virtio-net-device,netdev=nic{index},mac={mac}"),
+    ]
 }
 
 /// The whole command line (without the program name).
@@ -322,6 +346,24 @@ mod tests {
                 "base=2023-11-14T22:13:20,clock=vm"
             ]
         );
+    }
+
+    #[test]
+    fn a_nic_is_a_datagram_pair_in_the_scratch_directory() {
+        let mut sp = spec();
+        let mac = crate::vmm::Mac::derived("a#0");
+        sp.machine.devices.push(Device::Nic { index: 0, mac });
+        let v = launch_argv(&sp);
+        let i = v.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(
+            v[i + 1],
+            "dgram,id=nic0,local.type=unix,local.path=/tmp/provium-0/1-1-a/nic-0.sock,remote.type=unix,\
+             remote.path=/tmp/provium-0/1-1-a/port-0.sock"
+        );
+        assert_eq!(v[i + 3], format!("virtio-net-device,netdev=nic0,mac={mac}"));
+        assert!(mac.to_string().starts_with("52:54:00:"));
+        assert_eq!(crate::vmm::Mac::try_from(mac.to_string()), Ok(mac));
+        assert_ne!(crate::vmm::Mac::derived("a#1"), mac);
     }
 
     #[test]

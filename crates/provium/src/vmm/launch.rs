@@ -2,6 +2,7 @@
 //! socket and scratch directory; launching one (boot or restore), and what
 //! can be done to a running one (pause, reset, save, stop).
 
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,13 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum LaunchError {
     #[error("cannot create a scratch directory")]
     Scratch(#[source] std::io::Error),
+    #[error("cannot bind the host end of NIC {index} (`{path}`)")]
+    NicSocket {
+        index: u8,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot add the boot option `files` to the initramfs")]
     Files(#[source] std::io::Error),
     #[error(transparent)]
@@ -67,6 +75,16 @@ pub struct Instance {
     scratch: ScratchDir,
     /// The guest's shared RAM file and its directory in `/dev/shm`.
     ram: Option<(PathBuf, ScratchDir)>,
+    nics: Vec<NicEnd>,
+}
+
+/// The host end of one NIC: the socket QEMU sends the guest's frames to,
+/// and where frames for the guest go (see `argv::nic_paths`).
+pub struct NicEnd {
+    pub index: u8,
+    pub mac: super::Mac,
+    pub socket: UnixDatagram,
+    pub peer: PathBuf,
 }
 
 /// A QEMU that has started and answers on its control socket; its agent
@@ -77,7 +95,22 @@ struct Started {
     paths: VmPaths,
     scratch: ScratchDir,
     ram: Option<(PathBuf, ScratchDir)>,
+    nics: Vec<NicEnd>,
     start: Instant,
+}
+
+/// Binds the host end of every NIC of `spec` (before QEMU starts, so the
+/// guest's first frames have somewhere to go).
+fn bind_nics(spec: &LaunchSpec) -> Result<Vec<NicEnd>, LaunchError> {
+    let mut ends = Vec::new();
+    for (index, mac) in spec.machine.nics() {
+        let (peer, host) = argv::nic_paths(index, &spec.scratch);
+        let socket = UnixDatagram::bind(&host)
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| LaunchError::NicSocket { index, path: host.clone(), source })?;
+        ends.push(NicEnd { index, mac, socket, peer });
+    }
+    Ok(ends)
 }
 
 /// Creates the scratch directory and what goes in it, spawns QEMU and
@@ -104,6 +137,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
     if let Some((file, _)) = &ram {
         spec.ram = Ram::SharedFile(file.clone());
     }
+    let nics = bind_nics(&spec)?;
     let paths = VmPaths::in_dir(scratch.path());
     let argv = argv::launch_argv(&spec);
     tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
@@ -118,7 +152,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
             return Err(LaunchError::Qmp(e));
         }
     };
-    Ok(Started { qemu, qmp, paths, scratch, ram, start })
+    Ok(Started { qemu, qmp, paths, scratch, ram, nics, start })
 }
 
 /// The error for a QEMU that exited before the guest was ready.
@@ -169,8 +203,8 @@ impl Started {
         let boot_time = self.start.elapsed();
         tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Started { qemu, qmp, paths, scratch, ram, .. } = self;
-        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch, ram })
+        let Started { qemu, qmp, paths, scratch, ram, nics, .. } = self;
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch, ram, nics })
     }
 }
 
@@ -266,6 +300,24 @@ impl Instance {
     /// Saves the guest into `path` (see [`snapshot`]); returns its size.
     pub fn save(&self, path: &std::path::Path, meta: &snapshot::SnapshotMeta) -> Result<u64, snapshot::SaveError> {
         snapshot::save(&self.qmp, path, meta, self.ram.as_ref().map(|(f, _)| f.as_path()))
+    }
+
+    /// The host end of NIC `index` (a second handle on its socket).
+    pub fn nic_end(&self, index: u8) -> Option<std::io::Result<NicEnd>> {
+        let end = self.nics.iter().find(|n| n.index == index)?;
+        Some(end.socket.try_clone().map(|socket| NicEnd { index, mac: end.mac, socket, peer: end.peer.clone() }))
+    }
+
+    /// The Ethernet address of NIC `index`.
+    pub fn nic_mac(&self, index: u8) -> Option<super::Mac> {
+        self.nics.iter().find(|n| n.index == index).map(|n| n.mac)
+    }
+
+    /// Raises or lowers NIC `index`'s link as the guest sees it (QMP
+    /// `set_link`).
+    pub fn set_link(&self, index: u8, up: bool) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "name": format!("nic{index}"), "up": up });
+        self.qmp.execute("set_link", Some(args), QMP_TIMEOUT).map(drop)
     }
 
     /// Freezes the vCPUs (QMP `stop`).

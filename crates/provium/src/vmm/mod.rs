@@ -29,6 +29,6 @@ pub mod spec;
 
 pub use argv::VmPaths;
 pub use console::{format_console, tail_of, CONSOLE_TAIL_BYTES};
-pub use launch::{Instance, LaunchError};
+pub use launch::{Instance, LaunchError, NicEnd};
 pub use socket::connect_when_ready;
-pub use spec::{Accel, Boot, Device, LaunchSpec, Machine, Ram};
+pub use spec::{Accel, Boot, Device, LaunchSpec, Mac, Machine, Ram};

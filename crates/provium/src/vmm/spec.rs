@@ -40,6 +40,51 @@ pub enum Device {
     /// A virtio-rng fed from a seeded stream provium serves; `-seed` makes
     /// QEMU's own guest-visible randomness repeat too.
     SeededRng { seed: u64 },
+    /// A virtio-net NIC whose frames travel as datagrams between QEMU and a
+    /// host socket provium binds first (`argv::nic_paths`); which bridge
+    /// the host end joins is not the machine's business, so a NIC exists
+    /// from boot whether or not it is attached yet.
+    Nic { index: u8, mac: Mac },
+}
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A locally administered address (`52:54:00:…`, QEMU's prefix) from
+    /// FNV-1a over `key`: the same key always gives the same address.
+    pub fn derived(key: &str) -> Mac {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in key.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let [_, a, b, c] = h.to_be_bytes();
+        Mac([0x52, 0x54, 0x00, a, b, c])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(s: String) -> Result<Mac, String> {
+        let parts: Vec<u8> = s.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+        <[u8; 6]>::try_from(parts).map(Mac).map_err(|_| format!("`{s}` is not a MAC address"))
+    }
 }
 
 /// The guest's hardware: what a snapshot records and a restore reproduces.
@@ -62,6 +107,20 @@ impl Machine {
             Device::SeededRng { seed } => Some(*seed),
             _ => None,
         })
+    }
+
+    /// Its NICs: (index, address), in index order.
+    pub fn nics(&self) -> Vec<(u8, Mac)> {
+        let mut v: Vec<(u8, Mac)> = self
+            .devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::Nic { index, mac } => Some((*index, *mac)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
     }
 }
 
