@@ -47,7 +47,7 @@ pub fn root(lua: &Lua) -> Lab {
 }
 
 /// The scope new resources belong to: the running test's, else the root.
-fn current(lua: &Lua) -> Lab {
+pub fn current(lua: &Lua) -> Lab {
     let labs = lua.app_data_ref::<Labs>().expect("labs installed");
     labs.test.clone().unwrap_or_else(|| labs.root.clone())
 }
@@ -150,6 +150,13 @@ impl UserData for LabUd {
                 )),
             }
         });
+        methods.add_method("bridge", |lua, this, (name, o): (Value, Option<mlua::Table>)| {
+            let Value::String(name) = name else {
+                return Err(raise(lua, format!("provium:bridge(name[, opts]): name must be a string, got {}", name.type_name())));
+            };
+            super::bridge_ud::declare(lua, &this.0, &name.to_string_lossy(), o)
+        });
+        methods.add_method("bridge_names", |_, this, ()| Ok(this.0.bridge_names()));
         methods.add_method("lab", |lua, this, name: Option<String>| {
             this.0.add_sub_lab(name.as_deref()).map(LabUd).lua(lua)
         });
@@ -243,6 +250,10 @@ fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
     }
     if let Some(lab) = lab {
         return Ok(Value::UserData(lua.create_userdata(LabUd(lab))?));
+    }
+    if let Some(bridge) = this.0.find_bridge(&key) {
+        let ud = super::bridge_ud::BridgeUd { bridge, lab: this.0.clone() };
+        return Ok(Value::UserData(lua.create_userdata(ud)?));
     }
     Ok(Value::Nil)
 }

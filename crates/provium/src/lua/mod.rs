@@ -9,6 +9,7 @@
 //! [`clock_ud`], [`snapshot_ud`], [`result_ud`]; [`opts`] parses option
 //! tables, [`errors`] shapes error text.
 
+pub mod bridge_ud;
 pub mod clock_ud;
 pub mod console_ud;
 pub mod errors;

@@ -57,7 +57,7 @@ pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
     }
 }
 
-const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files"];
+const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files", "nics"];
 
 /// `files = {{path=, content=, mode=}, …}`: absolute paths without `.`/`..`.
 fn boot_files(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<(String, Vec<u8>, u32)>> {
@@ -120,6 +120,12 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
             }
         };
         o.initial_time = Some(secs);
+    }
+    if let Some(v) = t.get::<Option<Value>>("nics")? {
+        match v {
+            Value::Integer(n) if (0..=16).contains(&n) => o.nics = Some(n as u8),
+            other => return Err(raise(lua, format!("{what}: nics must be an integer from 0 to 16, got {other:?}"))),
+        }
     }
     if let Some(files) = t.get::<Option<Table>>("files")? {
         o.files = Some(boot_files(lua, what, &files)?);

@@ -46,6 +46,7 @@ impl UserData for VmUd {
             Ok(())
         });
         methods.add_method("name", |_, this, ()| Ok(this.lock().name().to_string()));
+        methods.add_method("nic", |lua, this, name: String| super::bridge_ud::vm_nic(lua, &this.0, &name));
         methods.add_method("profile", |_, this, ()| Ok(this.lock().profile().to_string()));
         methods.add_method("state", |_, this, ()| Ok(this.lock().state().as_str()));
         methods.add_method("run", |lua, this, (cmd, second): (String, Option<Value>)| {

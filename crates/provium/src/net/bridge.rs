@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use super::{Capture, CaptureScope, Impairment, PortCounters, Rules, Switch};
 use crate::sync::lock;
 use crate::vm::nics::{Attachment, HostsTable};
-use crate::vm::{VmError, VmRef};
+use crate::vm::resources::{Class, ResourceGuard, Site};
+use crate::vm::{ChunkSource, Stream, VmError, VmRef};
 
 /// What every bridge of one test file shares: the run's seed (loss draws
 /// from it) and the subnets in use.
@@ -425,6 +426,29 @@ impl Bridge {
         Ok(s.switch.capture(scope))
     }
 
+    /// A capture as a stream, counted as an open stream on every member
+    /// (so their snapshots refuse while it lives).
+    pub fn capture_stream(&self, vm: Option<&str>, site: Option<Site>) -> Result<Stream, BridgeError> {
+        let capture = self.capture(vm)?;
+        let name = self.name();
+        let detail = match vm {
+            None => format!("bridge {name}"),
+            Some(v) => format!("nic {v} on bridge {name}"),
+        };
+        let guards = self
+            .member_vms()
+            .iter()
+            .map(|(_, vm)| lock(vm).resources().register(Class::Stream, "capture", &detail, site.clone()))
+            .collect();
+        let closed = "capture closed";
+        Ok(Stream::new(Box::new(Guarded { capture, _guards: guards }), closed, site, None))
+    }
+
+    /// The switch (what a Nic handle reads counters and captures from).
+    pub fn switch(&self) -> Switch {
+        self.state().switch.clone()
+    }
+
     /// The member VMs (for snapshot guards).
     pub fn member_vms(&self) -> Vec<(String, VmRef)> {
         self.state().members.iter().map(|m| (m.name.clone(), m.vm.clone())).collect()
@@ -505,6 +529,23 @@ impl Bridge {
             let _ = lock(&m.vm).detach(&name);
         }
         self.state().switch.stop();
+    }
+}
+
+/// A capture holding its members' open-stream guards until it drops.
+struct Guarded {
+    capture: Capture,
+    _guards: Vec<ResourceGuard>,
+}
+
+impl ChunkSource for Guarded {
+    fn next(&mut self, timeout: Duration) -> crate::agent::Chunk {
+        self.capture.next(timeout)
+    }
+
+    fn close(&mut self) {
+        self.capture.close();
+        self._guards.clear();
     }
 }
 
