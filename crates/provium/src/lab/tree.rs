@@ -280,8 +280,17 @@ impl Lab {
         for (_, lab) in labs.into_iter().rev() {
             lab.close();
         }
-        for (_, vm) in vms.into_iter().rev() {
-            lock(&vm).shutdown();
+        for (name, vm) in vms.into_iter().rev() {
+            let attached: Vec<String> = {
+                let mut v = lock(&vm);
+                v.shutdown();
+                v.attachments().iter().map(|a| a.bridge.clone()).collect()
+            };
+            // A VM that ends with its scope leaves the bridges of outer
+            // scopes too (this scope's own bridges close just below).
+            for bridge in attached.iter().filter_map(|b| self.find_bridge(b)) {
+                let _ = bridge.detach(&name);
+            }
         }
         // After the scope's own VMs are down, so only VMs of outer scopes
         // have a running guest to detach.
