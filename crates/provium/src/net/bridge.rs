@@ -42,6 +42,13 @@ impl NetContext {
     /// the name, the next free one on a collision.
     fn claim_subnet(&self, name: &str, wanted: Option<u16>) -> u16 {
         let mut used = lock(&self.subnets);
+        // A recorded subnet is kept as it is: the restored guests hold
+        // addresses in it. Separate switches cannot clash anyway; only a VM
+        // on two bridges of one subnet would be confused.
+        if let Some(s) = wanted {
+            used.insert(s);
+            return s;
+        }
         let mut h = wanted.unwrap_or_else(|| {
             let mut h: u32 = 0x811c_9dc5;
             for b in name.bytes() {

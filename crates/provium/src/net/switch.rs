@@ -11,6 +11,10 @@
 //! previous one of that direction has finished, and is dropped past
 //! [`super::rules::queue_bound`]). Sends never block: a guest that cannot
 //! take a frame (paused, gone) loses it, counted in its `errors`.
+//!
+//! Loss draws come from one seeded stream per direction and EtherType: the
+//! same seed and the same frames of a kind drop the same ones, whatever
+//! else crosses the bridge.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::AsRawFd;
@@ -124,7 +128,8 @@ impl Switch {
             ports: Vec::new(),
             macs: HashMap::new(),
             rules: Rules::default(),
-            rng: Rng::new(seed),
+            seed,
+            rngs: HashMap::new(),
             queue: BinaryHeap::new(),
             pairs: HashMap::new(),
             captures: Vec::new(),
@@ -270,7 +275,11 @@ struct Fabric {
     ports: Vec<Port>,
     macs: HashMap<[u8; 6], String>,
     rules: Rules,
-    rng: Rng,
+    seed: u64,
+    /// One loss stream per direction and EtherType, so traffic of one kind
+    /// (IPv6 neighbour discovery, say) does not shift which frames of
+    /// another (the test's IPv4) are dropped.
+    rngs: HashMap<(String, String, u16), Rng>,
     queue: BinaryHeap<Held>,
     pairs: HashMap<(String, String), Lane>,
     captures: Vec<(CaptureScope, Sink)>,
@@ -449,7 +458,13 @@ impl Fabric {
         let d = if self.rules.is_empty() {
             rules::Delivery { delay: Duration::ZERO, rate_bps: None }
         } else {
-            match self.rules.verdict(from, to, &mut self.rng) {
+            let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+            let key = (from.to_string(), to.to_string(), ethertype);
+            let seed = self.seed;
+            let rng = self.rngs.entry(key).or_insert_with(|| {
+                Rng::new(rules::derive_seed(seed, &format!("{from}>{to}#{ethertype:04x}")))
+            });
+            match self.rules.verdict(from, to, rng) {
                 Ok(d) => d,
                 Err(rules::Drop::Rule) => return self.stats.dropped_rule += 1,
                 Err(rules::Drop::Loss) => return self.stats.dropped_loss += 1,
