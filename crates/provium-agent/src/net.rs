@@ -95,7 +95,8 @@ pub fn configure(mac: &str, up: bool, address: Option<&str>, prefix: u8) -> Resu
     // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     if let (true, Some(address)) = (up, address) {
-        let ip: Ipv4Addr = address.parse().map_err(|_| bad(format!("net_config: `{address}` is not an IPv4 address")))?;
+        let ip: Ipv4Addr =
+            address.parse().map_err(|_| bad(format!("net_config: `{address}` is not an IPv4 address")))?;
         if prefix > 32 {
             return Err(bad(format!("net_config: prefix /{prefix} is out of range")));
         }

@@ -142,7 +142,12 @@ mod pin_tests {
             Request::WaitPath { path: "/p".into(), exists: false, timeout_ms: 10 },
             Request::SetTime { ns: -1 },
             Request::GetTime,
-            Request::NetConfig { mac: "52:54:00:01:02:03".into(), up: true, address: Some("10.0.0.2".into()), prefix: 24 },
+            Request::NetConfig {
+                mac: "52:54:00:01:02:03".into(),
+                up: true,
+                address: Some("10.0.0.2".into()),
+                prefix: 24,
+            },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();

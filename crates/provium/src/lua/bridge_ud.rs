@@ -38,7 +38,10 @@ pub fn declare(lua: &Lua, lab: &Lab, name: &str, opts: Option<Table>) -> mlua::R
                 ("addresses", other) => {
                     return Err(raise(
                         lua,
-                        format!("provium:bridge(\"{name}\", opts): addresses must be true or false, got {}", other.type_name()),
+                        format!(
+                            "provium:bridge(\"{name}\", opts): addresses must be true or false, got {}",
+                            other.type_name()
+                        ),
                     ))
                 }
                 (key, _) => {
@@ -68,7 +71,10 @@ fn vm_arg(lua: &Lua, verb: &str, lab: &Lab, v: &Value) -> mlua::Result<(String, 
         Value::String(s) => {
             let name = s.to_string_lossy();
             let vm = lab.find_vm(&name).ok_or_else(|| {
-                raise(lua, format!("{verb}: no vm named `{name}` in lab `{}` (declare it with provium:vm first)", lab.name()))
+                raise(
+                    lua,
+                    format!("{verb}: no vm named `{name}` in lab `{}` (declare it with provium:vm first)", lab.name()),
+                )
             })?;
             Ok((name, vm))
         }
@@ -94,7 +100,9 @@ fn direction(lua: &Lua, verb: &str, t: &Table) -> mlua::Result<Option<(String, S
     let (from, to): (Value, Value) = (t.get("from")?, t.get("to")?);
     match (&from, &to) {
         (Value::Nil, Value::Nil) => Ok(None),
-        (Value::Nil, _) | (_, Value::Nil) => Err(raise(lua, format!("{verb}: the directional form needs both `from` and `to`"))),
+        (Value::Nil, _) | (_, Value::Nil) => {
+            Err(raise(lua, format!("{verb}: the directional form needs both `from` and `to`")))
+        }
         _ => Ok(Some((vm_name(lua, verb, &from)?, vm_name(lua, verb, &to)?))),
     }
 }
@@ -125,15 +133,12 @@ fn number(lua: &Lua, verb: &str, what: &str, v: &Value) -> mlua::Result<f64> {
     }
 }
 
+/// An impairment call's direction (if any), value, and table (if given).
+type ImpairmentArg = (Option<(String, String)>, Value, Option<Table>);
+
 /// The argument of an impairment call: a bare value (whole bridge), or a
 /// table with `key` and optionally `from`/`to`.
-fn impairment_arg(
-    lua: &Lua,
-    verb: &str,
-    key: &str,
-    v: Value,
-    directional_only: bool,
-) -> mlua::Result<(Option<(String, String)>, Value, Option<Table>)> {
+fn impairment_arg(lua: &Lua, verb: &str, key: &str, v: Value, directional_only: bool) -> mlua::Result<ImpairmentArg> {
     match v {
         Value::Table(t) => {
             let dir = direction(lua, verb, &t)?;
@@ -338,7 +343,8 @@ impl UserData for NicUd {
         methods.add_method("disconnect", |lua, this, ()| {
             lock(&this.vm).set_connected(&this.bridge.name(), false).lua(lua)
         });
-        methods.add_method("reconnect", |lua, this, ()| lock(&this.vm).set_connected(&this.bridge.name(), true).lua(lua));
+        methods
+            .add_method("reconnect", |lua, this, ()| lock(&this.vm).set_connected(&this.bridge.name(), true).lua(lua));
         methods.add_method("vm_name", |_, this, ()| Ok(this.vm_name.clone()));
         methods.add_method("bridge", |_, this, ()| Ok(this.bridge.name()));
         methods.add_method("address", |_, this, ()| Ok(this.bridge.address_of(&this.vm_name).map(|a| a.to_string())));
@@ -357,15 +363,18 @@ pub fn vm_nic(lua: &Lua, vm: &VmRef, name: &str) -> mlua::Result<NicUd> {
         names.sort();
         (v.name().to_string(), names)
     };
-    let index = ["eth", "ens", "enp0s"]
-        .iter()
-        .find_map(|p| name.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()));
+    let index = ["eth", "ens", "enp0s"].iter().find_map(|p| name.strip_prefix(p).and_then(|n| n.parse::<usize>().ok()));
     let bridge_name = match index {
         Some(i) => bridges.get(i).cloned(),
         None => bridges.iter().find(|b| *b == name).cloned(),
     };
     let no_nic = || {
-        raise(lua, format!("vm:nic: no NIC `{name}` on vm `{vm_name}` (try a bridge name like `lan` or a guest iface like `eth0`)"))
+        raise(
+            lua,
+            format!(
+                "vm:nic: no NIC `{name}` on vm `{vm_name}` (try a bridge name like `lan` or a guest iface like `eth0`)"
+            ),
+        )
     };
     let bridge_name = bridge_name.ok_or_else(no_nic)?;
     let bridge = super::lab_ud::current(lua).find_bridge(&bridge_name).ok_or_else(no_nic)?;

@@ -152,7 +152,10 @@ impl UserData for LabUd {
         });
         methods.add_method("bridge", |lua, this, (name, o): (Value, Option<mlua::Table>)| {
             let Value::String(name) = name else {
-                return Err(raise(lua, format!("provium:bridge(name[, opts]): name must be a string, got {}", name.type_name())));
+                return Err(raise(
+                    lua,
+                    format!("provium:bridge(name[, opts]): name must be a string, got {}", name.type_name()),
+                ));
             };
             super::bridge_ud::declare(lua, &this.0, &name.to_string_lossy(), o)
         });

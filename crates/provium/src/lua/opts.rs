@@ -57,7 +57,8 @@ pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
     }
 }
 
-const BOOT_KEYS: &[&str] = &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files", "nics"];
+const BOOT_KEYS: &[&str] =
+    &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files", "nics"];
 
 /// `files = {{path=, content=, mode=}, …}`: absolute paths without `.`/`..`.
 fn boot_files(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<(String, Vec<u8>, u32)>> {

@@ -315,12 +315,7 @@ impl Bridge {
         }
         let mut names: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
         names.sort();
-        Err(BridgeError::NotAttached {
-            verb,
-            vm: vm.to_string(),
-            bridge: s.name.clone(),
-            attached: names.join(", "),
-        })
+        Err(BridgeError::NotAttached { verb, vm: vm.to_string(), bridge: s.name.clone(), attached: names.join(", ") })
     }
 
     /// Changes the graph with `f` (after checking that `need` are members)
@@ -609,7 +604,10 @@ fn rules(s: &State) -> Rules {
 /// A latency (`ms`), checked: finite and not negative.
 pub fn latency(verb: &'static str, ms: f64) -> Result<Duration, BridgeError> {
     if !ms.is_finite() || ms < 0.0 {
-        return Err(BridgeError::BadValue { verb, message: format!("latency must be a non-negative number of ms, got {ms}") });
+        return Err(BridgeError::BadValue {
+            verb,
+            message: format!("latency must be a non-negative number of ms, got {ms}"),
+        });
     }
     Ok(Duration::from_secs_f64(ms / 1000.0))
 }
@@ -617,7 +615,10 @@ pub fn latency(verb: &'static str, ms: f64) -> Result<Duration, BridgeError> {
 /// A loss percentage, checked: 0 to 100.
 pub fn loss(verb: &'static str, pct: f64) -> Result<f64, BridgeError> {
     if !(0.0..=100.0).contains(&pct) {
-        return Err(BridgeError::BadValue { verb, message: format!("loss must be a percentage from 0 to 100, got {pct}") });
+        return Err(BridgeError::BadValue {
+            verb,
+            message: format!("loss must be a percentage from 0 to 100, got {pct}"),
+        });
     }
     Ok(pct)
 }

@@ -167,8 +167,9 @@ mod tests {
 
     #[test]
     fn whole_and_directional_impairments_combine() {
-        let mut r = Rules::default();
-        r.whole = Impairment { latency: Duration::from_millis(10), bandwidth_bps: Some(8_000_000), ..Default::default() };
+        let whole =
+            Impairment { latency: Duration::from_millis(10), bandwidth_bps: Some(8_000_000), ..Default::default() };
+        let mut r = Rules { whole, ..Default::default() };
         r.directional.insert(
             pair("a", "b"),
             Impairment { latency: Duration::from_millis(5), bandwidth_bps: Some(1_000_000), ..Default::default() },
@@ -182,8 +183,7 @@ mod tests {
 
     #[test]
     fn loss_repeats_with_the_seed_and_lands_near_its_rate() {
-        let mut r = Rules::default();
-        r.whole.loss_pct = 10.0;
+        let r = Rules { whole: Impairment { loss_pct: 10.0, ..Default::default() }, ..Default::default() };
         let pattern = |seed| {
             let mut rng = Rng::new(seed);
             (0..2000).map(|_| r.verdict("a", "b", &mut rng).is_err()).collect::<Vec<bool>>()

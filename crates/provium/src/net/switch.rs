@@ -461,9 +461,10 @@ impl Fabric {
             let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
             let key = (from.to_string(), to.to_string(), ethertype);
             let seed = self.seed;
-            let rng = self.rngs.entry(key).or_insert_with(|| {
-                Rng::new(rules::derive_seed(seed, &format!("{from}>{to}#{ethertype:04x}")))
-            });
+            let rng = self
+                .rngs
+                .entry(key)
+                .or_insert_with(|| Rng::new(rules::derive_seed(seed, &format!("{from}>{to}#{ethertype:04x}"))));
             match self.rules.verdict(from, to, rng) {
                 Ok(d) => d,
                 Err(rules::Drop::Rule) => return self.stats.dropped_rule += 1,

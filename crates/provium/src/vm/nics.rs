@@ -128,7 +128,12 @@ impl Nics {
             let used: Vec<u8> = self.attachments.iter().filter_map(|a| a.nic).collect();
             let Some((free, _)) = nics.iter().find(|(i, _)| !used.contains(i)) else {
                 let attached = self.attachments.iter().map(|a| a.bridge.as_str()).collect::<Vec<_>>().join(", ");
-                return Err(NicError::NoFreeNic { vm: vm.to_string(), bridge: att.bridge, count: nics.len(), attached });
+                return Err(NicError::NoFreeNic {
+                    vm: vm.to_string(),
+                    bridge: att.bridge,
+                    count: nics.len(),
+                    attached,
+                });
             };
             att.nic = Some(*free);
         } else {
