@@ -200,7 +200,7 @@ fn tcp(a: &VmRef, b: &VmRef, ip: &str, port: u16, bytes: u64) -> Result<f64, Ben
     run(
         b,
         "start nc -l",
-        &format!("nc -l -p {port} </dev/null >/dev/null 2>&1 &"),
+        &format!("rm -f /tmp/nc-{port}; (sleep 6{port} | nc -l -p {port} | wc -c >/tmp/nc-{port}) </dev/null >/dev/null 2>&1 &"),
         Duration::from_secs(10),
     )?;
     crate::measure::agent_step("wait_port", agent_b.wait_port(port, true, Duration::from_secs(10)))?;
@@ -213,11 +213,16 @@ fn tcp(a: &VmRef, b: &VmRef, ip: &str, port: u16, bytes: u64) -> Result<f64, Ben
         Duration::from_secs(120),
     )?;
     let took = t.elapsed();
-    // The receiver exits when the sender closes; make sure it is gone.
+    // The receiver exits when the sender closes (its stdin is a `sleep`
+    // that never ends on its own: busybox nc quits on stdin EOF).
     let _ = crate::measure::agent_step(
         "wait_port closed",
         agent_b.wait_port(port, false, Duration::from_secs(10)),
     );
+    let got = run(b, "nc count", &format!("pkill -f 'sleep 6{port}'; sleep 0.2; cat /tmp/nc-{port}"), Duration::from_secs(10))?;
+    if got.trim().parse::<u64>().ok() != Some(count * 65536) {
+        return Err(guest_err("nc transfer", format!("receiver got {} bytes, sent {}", got.trim(), count * 65536)));
+    }
     Ok((count * 65536) as f64 / 1e6 / took.as_secs_f64())
 }
 
