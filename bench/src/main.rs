@@ -165,11 +165,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     let snapshot = bench.snapshot_restore(args.restores as usize, cold_boot.cold.median_ms)?;
     let warm = bench.warm(args.runs as usize, (args.file_mib << 20) as usize, args.port_trials as usize)?;
     let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;
-    let network = if args.net {
-        Some(network::measure(&bench, args.net_trials as usize, args.net_mib)?)
-    } else {
-        None
-    };
+    let network = if args.net { Some(network::measure(&bench, args.net_trials as usize, args.net_mib)?) } else { None };
     Ok(Report {
         host: Host {
             cpu: cpu_model(),

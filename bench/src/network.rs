@@ -111,10 +111,7 @@ impl Relay {
         let (ea, eb) = (end(a)?, end(b)?);
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let pairs = [
-            (clone(&ea.socket)?, clone(&eb.socket)?, eb.peer.clone()),
-            (eb.socket, ea.socket, ea.peer),
-        ];
+        let pairs = [(clone(&ea.socket)?, clone(&eb.socket)?, eb.peer.clone()), (eb.socket, ea.socket, ea.peer)];
         for (from, to, peer) in pairs {
             let stop = stop.clone();
             threads.push(
@@ -154,10 +151,19 @@ impl Drop for Relay {
     }
 }
 
-/// Nanoseconds on CPU of thread `tid` of this process (schedstat).
+/// Nanoseconds on CPU of thread `tid` of this process: schedstat, else
+/// utime + stime of its stat (clock ticks, assumed 100 Hz).
 fn thread_cpu_ns(tid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    s.split_whitespace().next()?.parse().ok()
+    if let Ok(s) = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")) {
+        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            return Some(ns);
+        }
+    }
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000_000)
 }
 
 /// Tids of this process whose comm starts with `provium-switch-`.
@@ -215,11 +221,13 @@ fn tcp(a: &VmRef, b: &VmRef, ip: &str, port: u16, bytes: u64) -> Result<f64, Ben
     let took = t.elapsed();
     // The receiver exits when the sender closes (its stdin is a `sleep`
     // that never ends on its own: busybox nc quits on stdin EOF).
-    let _ = crate::measure::agent_step(
-        "wait_port closed",
-        agent_b.wait_port(port, false, Duration::from_secs(10)),
-    );
-    let got = run(b, "nc count", &format!("pkill -f 'sleep 6{port}'; sleep 0.2; cat /tmp/nc-{port}"), Duration::from_secs(10))?;
+    let _ = crate::measure::agent_step("wait_port closed", agent_b.wait_port(port, false, Duration::from_secs(10)));
+    let got = run(
+        b,
+        "nc count",
+        &format!("pkill -f 'sleep 6{port}'; sleep 0.2; cat /tmp/nc-{port}"),
+        Duration::from_secs(10),
+    )?;
     if got.trim().parse::<u64>().ok() != Some(count * 65536) {
         return Err(guest_err("nc transfer", format!("receiver got {} bytes, sent {}", got.trim(), count * 65536)));
     }
@@ -245,7 +253,15 @@ pub fn measure(bench: &Bench, trials: usize, tcp_mib: u64) -> Result<Network, Be
     let ctx = NetContext::new(1);
     let before: Vec<u32> = switch_tids();
     let lan = Bridge::new(&ctx, "lan", BridgeOpts::default()).map_err(|e| net_err("bridge lan", e))?;
-    let lan_tid = switch_tids().into_iter().find(|t| !before.contains(t));
+    // The thread names itself once it runs: look a few times.
+    let mut lan_tid = None;
+    for _ in 0..50 {
+        lan_tid = switch_tids().into_iter().find(|t| !before.contains(t));
+        if lan_tid.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let floor = Bridge::new(&ctx, "floor", BridgeOpts::default()).map_err(|e| net_err("bridge floor", e))?;
     eprintln!("network: booting `net-a`, `net-b`");
     let a: VmRef = Arc::new(Mutex::new(bench.boot("net-a")?));
@@ -276,6 +292,9 @@ pub fn measure(bench: &Bench, trials: usize, tcp_mib: u64) -> Result<Network, Be
         let sw = tcp(&a, &b, &lan_b, 5001, bytes)?;
         let s1 = lan.switch_stats().received_bytes;
         let c1 = lan_tid.and_then(thread_cpu_ns);
+        if c1.is_none() {
+            eprintln!("network: warning: cannot read the CPU time of switch thread {lan_tid:?}");
+        }
         if let (Some(c0), Some(c1)) = (c0, c1) {
             cpu_ns += c1 - c0;
             fwd_bytes += s1 - s0;
@@ -461,7 +480,7 @@ impl Network {
                 "net switch cpu".into(),
                 format!("{:.2} s/GB", self.cpu_s_per_gb),
                 format!(
-                    "switch thread CPU (schedstat) during the tcp runs, {:.3} s for {:.3} GB received by the switch",
+                    "switch thread CPU (/proc/self/task/<tid>/stat utime+stime, 10 ms ticks) during the tcp runs, {:.3} s for {:.3} GB received by the switch",
                     self.switch_cpu_s, self.switch_gb
                 ),
             ),
