@@ -4,13 +4,14 @@
 //! and measures cold boot, snapshot and restore, exec and ping round trips, file transfer
 //! throughput, port-open → `wait_port` latency, process stdout stream
 //! throughput (and the host memory a slow reader of it holds) and idle host
-//! memory per VM. Progress goes to stderr; the
+//! memory per VM, and with `--net` the network rows (see [`network`]). Progress goes to stderr; the
 //! table (or `--json`) goes to stdout.
 //!
 //! Exit codes: 0 success, 1 a measurement failed (the error chain is
 //! printed), 2 the bench left a QEMU process running, 64 bad arguments.
 
 mod measure;
+mod network;
 mod port;
 mod report;
 mod snapshot;
@@ -50,6 +51,20 @@ struct Args {
     /// VMs booted for the idle-memory figure.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
     idle_vms: u64,
+    /// Also measure the network rows (bridge switch vs a bare relay floor,
+    /// impairments, switch CPU and memory); boots two more VMs.
+    #[arg(long)]
+    net: bool,
+    /// Network throughput/ping trials (each: one TCP transfer and one
+    /// 20-ping run through the switch and through the floor).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=100))]
+    net_trials: u64,
+    /// Bytes sent per TCP transfer, in MiB.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    net_mib: u64,
+    /// Skip every row but the network ones (with `--net`).
+    #[arg(long)]
+    net_only: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -63,6 +78,9 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
+    if args.net_only {
+        return net_only(&args);
+    }
     let result = run(&args);
     // Whatever happened, every VM has been dropped (and so shut down) by
     // now: check that none of ours survived.
@@ -92,6 +110,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--net-only`: the network rows alone.
+fn net_only(args: &Args) -> ExitCode {
+    let result = prepare().and_then(|bench| network::measure(&bench, args.net_trials as usize, args.net_mib));
+    let leftovers = measure::leftover_qemu();
+    let code = match result {
+        Ok(n) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&n).expect("report serializes"));
+            } else {
+                print!("{}", report::render("provium-bench --net-only", n.rows()));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_chain(&e);
+            ExitCode::from(1)
+        }
+    };
+    if !leftovers.ours.is_empty() {
+        print_chain(&BenchError::Leaked(leftovers.ours));
+        return ExitCode::from(2);
+    }
+    code
+}
+
+/// The default guest prepared and the accelerator chosen.
+fn prepare() -> Result<Bench, BenchError> {
+    let images = Arc::new(Images::new(Arc::new(Config::default())));
+    eprintln!("preparing the default guest");
+    let guest = images.default_guest().map_err(BenchError::Prepare)?;
+    let choice = accel::choose(&qemu_binary(), &guest.vmlinux, &guest.initrd);
+    eprintln!("accelerator: {} ({})", choice.accel.as_str(), choice.reason);
+    Ok(Bench { images, accel: choice.accel })
+}
+
 fn print_chain(e: &dyn std::error::Error) {
     eprintln!("error: {e}");
     let mut cause = e.source();
@@ -112,6 +165,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     let snapshot = bench.snapshot_restore(args.restores as usize, cold_boot.cold.median_ms)?;
     let warm = bench.warm(args.runs as usize, (args.file_mib << 20) as usize, args.port_trials as usize)?;
     let idle_memory = bench.idle_memory(args.idle_vms as usize, Duration::from_secs(2))?;
+    let network = if args.net { Some(network::measure(&bench, args.net_trials as usize, args.net_mib)?) } else { None };
     Ok(Report {
         host: Host {
             cpu: cpu_model(),
@@ -127,6 +181,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         port_latency: warm.port,
         stdout_stream: warm.stream,
         idle_memory,
+        network,
         leftover_qemu: measure::leftover_qemu(),
     })
 }

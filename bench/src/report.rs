@@ -20,6 +20,8 @@ pub struct Report {
     pub port_latency: PortLatency,
     pub stdout_stream: StreamIo,
     pub idle_memory: IdleMemory,
+    /// With `--net`.
+    pub network: Option<crate::network::Network>,
     pub leftover_qemu: Leftovers,
 }
 
@@ -244,7 +246,7 @@ impl Report {
         let sw = &s.slow_reader;
         let smib = s.bytes as f64 / (1 << 20) as f64;
         let mib = f.bytes as f64 / (1 << 20) as f64;
-        let rows: Vec<(String, String, String)> = vec![
+        let mut rows: Vec<(String, String, String)> = vec![
             (
                 "cold boot".into(),
                 format!("{} median, {} min", secs(c.cold.median_ms), secs(c.cold.min_ms)),
@@ -415,24 +417,33 @@ impl Report {
                 "`pgrep -f qemu-system` after every VM was shut down".into(),
             ),
         ];
-        let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
-        let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
+        if let Some(n) = &self.network {
+            let at = rows.len() - 1;
+            rows.splice(at..at, n.rows());
+        }
+        let header = format!(
             "provium-bench — accel {} ({}); guest kernel {}; host {} × {}",
             h.accel, h.accel_reason, h.kernel_release, h.cpus, h.cpu
         );
-        let _ = writeln!(out);
-        let _ = writeln!(out, "{:w0$}  {:w1$}  what it measures", "figure", "value");
-        let _ = writeln!(out, "{:-<w0$}  {:-<w1$}  {:-<16}", "", "", "");
-        for (a, b, c) in rows {
-            let pad0 = w0 - a.chars().count();
-            let pad1 = w1 - b.chars().count();
-            let _ = writeln!(out, "{a}{:pad0$}  {b}{:pad1$}  {c}", "", "");
-        }
-        out
+        render(&header, rows)
     }
+}
+
+/// A titled three-column table: figure, value, what it measures.
+pub fn render(header: &str, rows: Vec<(String, String, String)>) -> String {
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    let _ = writeln!(out, "{header}");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:w0$}  {:w1$}  what it measures", "figure", "value");
+    let _ = writeln!(out, "{:-<w0$}  {:-<w1$}  {:-<16}", "", "", "");
+    for (a, b, c) in rows {
+        let pad0 = w0 - a.chars().count();
+        let pad1 = w1 - b.chars().count();
+        let _ = writeln!(out, "{a}{:pad0$}  {b}{:pad1$}  {c}", "", "");
+    }
+    out
 }
 
 #[cfg(test)]

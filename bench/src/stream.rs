@@ -80,7 +80,7 @@ fn check(what: &'static str, got: &[u8], want: &[u8]) -> Result<(), BenchError> 
 }
 
 /// A `kB` field of `/proc/self/status`, in bytes.
-fn self_status(field: &str) -> Result<u64, BenchError> {
+pub(crate) fn self_status(field: &str) -> Result<u64, BenchError> {
     let text = std::fs::read_to_string("/proc/self/status").map_err(BenchError::SelfStatus)?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -91,7 +91,7 @@ fn self_status(field: &str) -> Result<u64, BenchError> {
 }
 
 /// Resets VmHWM to the current VmRSS (`echo 5 > /proc/self/clear_refs`).
-fn reset_peak() -> Result<(), BenchError> {
+pub(crate) fn reset_peak() -> Result<(), BenchError> {
     std::fs::write("/proc/self/clear_refs", "5").map_err(BenchError::SelfStatus)
 }
 

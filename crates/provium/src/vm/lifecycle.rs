@@ -507,6 +507,12 @@ impl Vm {
         inst.reconnect_agent(Duration::from_secs(10)).map_err(self.launch_failed("reconnect"))
     }
 
+    /// The host end of NIC `index` of the running instance (a second
+    /// handle on its socket), `None` when not running or no such NIC.
+    pub fn nic_end(&self, index: u8) -> Option<std::io::Result<vmm::NicEnd>> {
+        self.instance.as_ref()?.nic_end(index)
+    }
+
     /// A clone of the live agent connection (for concurrent use).
     pub fn agent_client(&self) -> Option<AgentClient> {
         self.instance.as_ref().map(|i| i.agent.clone())
