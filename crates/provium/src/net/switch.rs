@@ -9,14 +9,18 @@
 //! needs no delay is sent at once, the others wait in a time-ordered queue
 //! (bandwidth is a per-direction serialisation queue: a frame leaves when the
 //! previous one of that direction has finished, and is dropped past
-//! [`super::rules::queue_bound`]). Sends never block: a guest that cannot
-//! take a frame (paused, gone) loses it, counted in its `errors`.
+//! [`super::rules::queue_bound`]). Sends never block. Each port socket is
+//! connected to its guest's, so when the guest's socket is full (the kernel
+//! queues only ten datagrams) the frame waits in the port's backlog and
+//! leaves when `poll` says there is room, as a NIC's ring would; a guest
+//! that takes nothing for [`BACKLOG_FRAMES`] frames (paused, gone) loses
+//! the rest, counted in its `errors`.
 //!
 //! Loss draws come from one seeded stream per direction and EtherType: the
 //! same seed and the same frames of a kind drop the same ones, whatever
 //! else crosses the bridge.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
@@ -231,9 +235,32 @@ struct Port {
     id: String,
     socket: UnixDatagram,
     peer: PathBuf,
+    /// Connected to `peer`: then `poll` says when the peer has room again,
+    /// and frames that do not fit wait in `backlog` instead of being lost.
+    connected: bool,
+    backlog: VecDeque<Vec<u8>>,
     link: bool,
     counters: Arc<Counters>,
 }
+
+impl Port {
+    fn new(id: String, socket: UnixDatagram, peer: PathBuf, counters: Arc<Counters>) -> Port {
+        let connected = socket.connect(&peer).is_ok();
+        Port { id, socket, peer, connected, backlog: VecDeque::new(), link: true, counters }
+    }
+
+    fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
+        if self.connected {
+            self.socket.send(frame)
+        } else {
+            self.socket.send_to(frame, &self.peer)
+        }
+    }
+}
+
+/// Frames a port holds while its guest's socket is full (the kernel queues
+/// only `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket).
+const BACKLOG_FRAMES: usize = 512;
 
 /// A frame held back until `due`.
 struct Held {
@@ -295,9 +322,12 @@ impl Fabric {
     fn run(&mut self, wake: &UnixDatagram, cmds: &Receiver<Cmd>) {
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
-            let mut fds: Vec<libc::pollfd> = std::iter::once(wake.as_raw_fd())
-                .chain(self.ports.iter().map(|p| p.socket.as_raw_fd()))
-                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+            let wake_fd = libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut fds: Vec<libc::pollfd> = std::iter::once(wake_fd)
+                .chain(self.ports.iter().map(|p| {
+                    let out = if p.backlog.is_empty() { 0 } else { libc::POLLOUT };
+                    libc::pollfd { fd: p.socket.as_raw_fd(), events: libc::POLLIN | out, revents: 0 }
+                }))
                 .collect();
             let timeout = match self.queue.peek() {
                 None => -1,
@@ -325,7 +355,13 @@ impl Fabric {
                     break;
                 }
             }
-            let ready: Vec<usize> = (1..fds.len()).filter(|&i| fds[i].revents != 0).map(|i| i - 1).collect();
+            let writable: Vec<usize> =
+                (1..fds.len()).filter(|&i| fds[i].revents & libc::POLLOUT != 0).map(|i| i - 1).collect();
+            for i in writable {
+                self.flush_backlog(i);
+            }
+            let ready: Vec<usize> =
+                (1..fds.len()).filter(|&i| fds[i].revents & !libc::POLLOUT != 0).map(|i| i - 1).collect();
             for i in ready {
                 self.read_port(i, &mut buf);
             }
@@ -359,7 +395,7 @@ impl Fabric {
                     if let Some(s) = self.shared.upgrade() {
                         lock(&s.counters).insert(id.clone(), counters.clone());
                     }
-                    self.ports.push(Port { id, socket, peer, link: true, counters });
+                    self.ports.push(Port::new(id, socket, peer, counters));
                     Ok(())
                 };
                 let _ = done.send(r);
@@ -506,21 +542,56 @@ impl Fabric {
     }
 
     fn send_to(&mut self, to: &str, frame: &[u8]) {
-        let Some(port) = self.ports.iter().find(|p| p.id == to) else { return };
+        let Some(i) = self.ports.iter().position(|p| p.id == to) else { return };
+        let port = &mut self.ports[i];
         if !port.link {
             return;
         }
-        let c = port.counters.clone();
-        match port.socket.send_to(frame, &port.peer) {
-            Ok(_) => {
-                c.rx_packets.fetch_add(1, Ordering::Relaxed);
-                c.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                self.stats.delivered += 1;
-                self.capture(Some(to), frame);
-            }
+        if !port.backlog.is_empty() {
+            return self.hold(i, frame.to_vec());
+        }
+        match port.send(frame) {
+            Ok(_) => self.delivered(i, frame),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && port.connected => self.hold(i, frame.to_vec()),
             Err(_) => {
-                c.errors.fetch_add(1, Ordering::Relaxed);
+                port.counters.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Keeps a frame for a full guest socket, or loses it past the bound.
+    fn hold(&mut self, i: usize, frame: Vec<u8>) {
+        let port = &mut self.ports[i];
+        if port.backlog.len() >= BACKLOG_FRAMES {
+            port.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        port.backlog.push_back(frame);
+    }
+
+    /// Sends what port `i` holds, until its guest's socket is full again.
+    fn flush_backlog(&mut self, i: usize) {
+        while let Some(frame) = self.ports.get_mut(i).and_then(|p| p.backlog.pop_front()) {
+            let port = &mut self.ports[i];
+            match port.send(&frame) {
+                Ok(_) => self.delivered(i, &frame),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    port.backlog.push_front(frame);
+                    return;
+                }
+                Err(_) => {
+                    port.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn delivered(&mut self, i: usize, frame: &[u8]) {
+        let c = &self.ports[i].counters;
+        c.rx_packets.fetch_add(1, Ordering::Relaxed);
+        c.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.stats.delivered += 1;
+        let id = self.ports[i].id.clone();
+        self.capture(Some(&id), frame);
     }
 }
