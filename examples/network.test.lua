@@ -187,6 +187,22 @@ test("a lab snapshot of bridged VMs restores into a working network", function(t
   snap:delete()
 end)
 
+test("two VMs restored from one snapshot share a bridge", function(t)
+  local base = provium:vm("base", "default"):boot()
+  local snap = base:snapshot()
+  base:shutdown()
+  local c1, c2 = provium:vm("c1", "default"), provium:vm("c2", "default")
+  c1:restore(snap)
+  c2:restore(snap)
+  local twins = provium:bridge("twins")
+  twins:attach({c1, c2})
+  -- Each copy's interface took its own Ethernet address.
+  local mac = function(vm) return vm:read_file("/sys/class/net/eth0/address") end
+  assert(mac(c1) ~= mac(c2), "distinct MACs: " .. mac(c1))
+  c1:run("ping -c 1 -W 3 c2.twins"):assert_ok()
+  snap:delete()
+end)
+
 test("bad input names the bridge, the VM or the value", function(t)
   local function fails(f, text)
     local ok, err = pcall(f)

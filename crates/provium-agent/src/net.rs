@@ -1,9 +1,11 @@
 //! `NetConfig`: the guest end of provium's automatic addressing. The host
-//! names an interface by its Ethernet address (it chose it), and the agent
-//! finds it in `/sys/class/net`, gives it an IPv4 address and netmask and
-//! brings it up — the kernel then adds the subnet's route — or brings it
-//! down. Plain `ioctl`s on an `AF_INET` socket, so the guest needs no `ip`
-//! or `ifconfig`.
+//! names an interface by its permanent Ethernet address (the device's, which
+//! provium chose), and the agent finds it among `/sys/class/net`, may give
+//! it another address (two VMs restored from one snapshot share their
+//! devices' addresses, so each takes its own), gives it an IPv4 address and
+//! netmask and brings it up — the kernel then adds the subnet's route — or
+//! brings it down. Plain `ioctl`s on an `AF_INET` socket, so the guest needs
+//! no `ip` or `ifconfig`.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -16,14 +18,45 @@ fn bad(message: String) -> OpError {
     OpError { kind: OpErrorKind::BadRequest, errno: None, message }
 }
 
-/// The interface whose address is `mac` (lower-case `aa:bb:…`).
-fn interface_with(mac: &str) -> Result<String, OpError> {
+fn parse_mac(mac: &str) -> Result<[u8; 6], OpError> {
+    let bytes: Vec<u8> = mac.split(':').filter_map(|p| u8::from_str_radix(p, 16).ok()).collect();
+    <[u8; 6]>::try_from(bytes).map_err(|_| bad(format!("net_config: `{mac}` is not an Ethernet address")))
+}
+
+/// `struct ethtool_perm_addr` with room for an Ethernet address.
+#[repr(C)]
+struct PermAddr {
+    cmd: u32,
+    size: u32,
+    data: [u8; 32],
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GPERMADDR: u32 = 0x20;
+
+/// The device's own Ethernet address of interface `name`.
+fn permanent_address(sock: &OwnedFd, name: &str) -> Option<[u8; 6]> {
+    let mut perm = PermAddr { cmd: ETHTOOL_GPERMADDR, size: 32, data: [0; 32] };
+    let mut req = ifreq(name).ok()?;
+    req.ifr_ifru.ifru_data = (&mut perm as *mut PermAddr).cast();
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GPERMADDR reads `cmd`/`size` of the
+    // struct ifr_data points to and writes at most `size` (32) bytes into
+    // its `data`; `perm` is a live local that outlives the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req as *mut libc::ifreq) };
+    (r == 0 && perm.size == 6).then(|| perm.data[..6].try_into().expect("6 bytes"))
+}
+
+/// The interface whose permanent address (or, failing that, current
+/// address) is `mac`.
+fn interface_with(sock: &OwnedFd, mac: &str) -> Result<String, OpError> {
+    let want = parse_mac(mac)?;
     let dir = std::fs::read_dir("/sys/class/net").map_err(|e| os_error("net_config: /sys/class/net", e))?;
     let mut names = Vec::new();
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let address = std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
-        if address.trim().eq_ignore_ascii_case(mac) {
+        let current = std::fs::read_to_string(entry.path().join("address")).unwrap_or_default();
+        let current = parse_mac(current.trim()).ok();
+        if permanent_address(sock, &name).or(current) == Some(want) {
             return Ok(name);
         }
         names.push(name);
@@ -84,8 +117,26 @@ fn set_up(sock: &OwnedFd, name: &str, up: bool) -> Result<(), OpError> {
     ioctl(sock, libc::SIOCSIFFLAGS, &mut req, &format!("net_config: bring {name} {}", if up { "up" } else { "down" }))
 }
 
-pub fn configure(mac: &str, up: bool, address: Option<&str>, prefix: u8) -> Result<Response, OpError> {
-    let name = interface_with(mac)?;
+fn set_hardware_address(sock: &OwnedFd, name: &str, mac: &str) -> Result<(), OpError> {
+    let bytes = parse_mac(mac)?;
+    let mut req = ifreq(name)?;
+    // SAFETY: sockaddr is plain old data; zeroes are a valid value.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in sa.sa_data.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = sa;
+    ioctl(sock, libc::SIOCSIFHWADDR, &mut req, &format!("net_config: set {name}'s address to {mac}"))
+}
+
+pub fn configure(
+    mac: &str,
+    set_mac: Option<&str>,
+    up: bool,
+    address: Option<&str>,
+    prefix: u8,
+) -> Result<Response, OpError> {
     // SAFETY: socket(2) takes integers only; a non-negative result is a new
     // descriptor this function alone owns, so OwnedFd may close it.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -94,6 +145,10 @@ pub fn configure(mac: &str, up: bool, address: Option<&str>, prefix: u8) -> Resu
     }
     // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = interface_with(&sock, mac)?;
+    if let Some(new) = set_mac {
+        set_hardware_address(&sock, &name, new)?;
+    }
     if let (true, Some(address)) = (up, address) {
         let ip: Ipv4Addr =
             address.parse().map_err(|_| bad(format!("net_config: `{address}` is not an IPv4 address")))?;
@@ -118,7 +173,13 @@ mod tests {
 
     #[test]
     fn an_unknown_address_lists_the_interfaces() {
-        let e = interface_with("02:00:00:00:00:99").unwrap_err();
+        // SAFETY: socket(2) takes integers; the result is checked below and
+        // owned by this test alone.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` is a fresh descriptor no one else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+        let e = interface_with(&sock, "02:00:00:00:00:99").unwrap_err();
         assert!(e.message.contains("no interface has address 02:00:00:00:00:99"), "{}", e.message);
         assert!(e.message.contains("lo"), "{}", e.message);
     }
@@ -128,7 +189,7 @@ mod tests {
         assert!(ifreq("a-name-longer-than-ifnamsiz").is_err());
         assert_eq!(ifreq("eth0").unwrap().ifr_name[..4], [b'e', b't', b'h', b'0'].map(|b| b as libc::c_char));
         let lo = std::fs::read_to_string("/sys/class/net/lo/address").unwrap();
-        let e = configure(lo.trim(), true, Some("10.0.0.300"), 24).unwrap_err();
+        let e = configure(lo.trim(), None, true, Some("10.0.0.300"), 24).unwrap_err();
         assert_eq!(e.message, "net_config: `10.0.0.300` is not an IPv4 address");
     }
 }

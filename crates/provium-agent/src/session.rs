@@ -288,7 +288,9 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
         Request::Stream { source, window } => stream::run(source, window, out, &inbox, cancel),
         Request::WaitPort { port, open, timeout_ms } => waits::wait_port(port, open, timeout_ms, cancel),
         Request::WaitPath { path, exists, timeout_ms } => waits::wait_path(&path, exists, timeout_ms, cancel),
-        Request::NetConfig { mac, up, address, prefix } => net::configure(&mac, up, address.as_deref(), prefix),
+        Request::NetConfig { mac, set_mac, up, address, prefix } => {
+            net::configure(&mac, set_mac.as_deref(), up, address.as_deref(), prefix)
+        }
     }
 }
 

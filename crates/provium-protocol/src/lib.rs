@@ -144,6 +144,7 @@ mod pin_tests {
             Request::GetTime,
             Request::NetConfig {
                 mac: "52:54:00:01:02:03".into(),
+                set_mac: Some("52:54:00:0a:0b:0c".into()),
                 up: true,
                 address: Some("10.0.0.2".into()),
                 prefix: 24,

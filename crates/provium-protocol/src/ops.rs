@@ -284,12 +284,14 @@ pub enum Request {
     },
     /// Reads CLOCK_REALTIME ([`Response::Time`]).
     GetTime,
-    /// Configures the interface whose Ethernet address is `mac`
-    /// (`52:54:00:…`): with `up`, gives it `address` (IPv4, with the
-    /// subnet route of `prefix`) and brings it up; without, brings it down.
-    /// Answered with [`Response::Interface`].
+    /// Configures the interface whose permanent Ethernet address (the
+    /// device's, as QEMU was told) is `mac` (`52:54:00:…`): first gives it
+    /// the address `set_mac` if set; with `up`, gives it `address` (IPv4,
+    /// with the subnet route of `prefix`) and brings it up; without, brings
+    /// it down. Answered with [`Response::Interface`].
     NetConfig {
         mac: String,
+        set_mac: Option<String>,
         up: bool,
         address: Option<String>,
         prefix: u8,

@@ -164,9 +164,17 @@ impl AgentClient {
 
     /// Configures the guest interface with Ethernet address `mac`: `up`
     /// with `address/prefix`, or down. Returns the guest's name for it.
-    pub fn net_config(&self, mac: &str, up: bool, address: Option<(String, u8)>) -> Result<String, AgentError> {
+    /// With `set_mac`, the interface takes that Ethernet address first.
+    pub fn net_config(
+        &self,
+        mac: &str,
+        set_mac: Option<&str>,
+        up: bool,
+        address: Option<(String, u8)>,
+    ) -> Result<String, AgentError> {
         let (address, prefix) = address.map_or((None, 0), |(a, p)| (Some(a), p));
-        match self.call(&Request::NetConfig { mac: mac.into(), up, address, prefix })? {
+        let set_mac = set_mac.map(str::to_string);
+        match self.call(&Request::NetConfig { mac: mac.into(), set_mac, up, address, prefix })? {
             Response::Interface(name) => Ok(name),
             other => Err(unexpected("net_config", &other)),
         }

@@ -232,7 +232,12 @@ pub fn configure(vm: &str, inst: &Instance, att: &Attachment, up: bool) -> Resul
         why: "the running guest has no such NIC".into(),
     })?;
     let address = if up { att.address.map(|(ip, p)| (ip.to_string(), p)) } else { None };
-    inst.agent.net_config(&mac.to_string(), up, address).map_err(|source| NicError::Configure {
+    // A guest restored from another VM's snapshot has that VM's device
+    // addresses; each VM's interfaces take its own, so two copies of one
+    // snapshot can share a bridge.
+    let own = Mac::derived(&format!("{vm}#{nic}"));
+    let set_mac = (own != mac).then(|| own.to_string());
+    inst.agent.net_config(&mac.to_string(), set_mac.as_deref(), up, address).map_err(|source| NicError::Configure {
         vm: vm.to_string(),
         bridge: att.bridge.clone(),
         source,
