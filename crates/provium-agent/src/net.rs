@@ -167,6 +167,46 @@ pub fn configure(
     Ok(Response::Interface(name))
 }
 
+fn inet_socket() -> Result<OwnedFd, OpError> {
+    // SAFETY: socket(2) takes integers only; a non-negative result is a new
+    // descriptor this function alone owns, so OwnedFd may close it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(os_error("net_config: socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds or removes the default route via `gateway` (an uplink). Adding one
+/// that exists, or removing one that does not, is fine.
+pub fn default_route(gateway: &str, present: bool) -> Result<Response, OpError> {
+    let gw: Ipv4Addr =
+        gateway.parse().map_err(|_| bad(format!("default_route: `{gateway}` is not an IPv4 address")))?;
+    let sock = inet_socket()?;
+    // SAFETY: rtentry is plain old data (integers, sockaddrs, pointers that
+    // may be null); all-zero bytes are a valid value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr(gw);
+    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    let request = if present { libc::SIOCADDRT } else { libc::SIOCDELRT };
+    // SAFETY: SIOCADDRT/SIOCDELRT read one rtentry at the pointer, a live
+    // local; its rt_dev is null (the kernel picks the interface).
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &mut rt as *mut libc::rtentry) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        let fine = matches!(e.raw_os_error(), Some(libc::EEXIST) if present)
+            || matches!(e.raw_os_error(), Some(libc::ESRCH) if !present);
+        if !fine {
+            let verb = if present { "add" } else { "remove" };
+            return Err(os_error(&format!("default_route: {verb} the route via {gw}"), e));
+        }
+    }
+    Ok(Response::Done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -291,6 +291,7 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
         Request::NetConfig { mac, set_mac, up, address, prefix } => {
             net::configure(&mac, set_mac.as_deref(), up, address.as_deref(), prefix)
         }
+        Request::DefaultRoute { gateway, present } => net::default_route(&gateway, present),
     }
 }
 

@@ -149,6 +149,7 @@ mod pin_tests {
                 address: Some("10.0.0.2".into()),
                 prefix: 24,
             },
+            Request::DefaultRoute { gateway: "10.0.0.1".into(), present: true },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();

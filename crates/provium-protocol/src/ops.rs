@@ -296,6 +296,11 @@ pub enum Request {
         address: Option<String>,
         prefix: u8,
     },
+    /// Adds (`present`) or removes the default IPv4 route via `gateway`.
+    DefaultRoute {
+        gateway: String,
+        present: bool,
+    },
 }
 
 impl Request {
@@ -327,6 +332,7 @@ impl Request {
             Request::SetTime { .. } => "set_time",
             Request::GetTime => "get_time",
             Request::NetConfig { .. } => "net_config",
+            Request::DefaultRoute { .. } => "default_route",
         }
     }
 }

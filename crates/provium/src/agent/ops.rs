@@ -164,6 +164,11 @@ impl AgentClient {
 
     /// Configures the guest interface with Ethernet address `mac`: `up`
     /// with `address/prefix`, or down. Returns the guest's name for it.
+    /// Adds (`present`) or removes the guest's default route via `gateway`.
+    pub fn default_route(&self, gateway: &str, present: bool) -> Result<(), AgentError> {
+        self.call(&Request::DefaultRoute { gateway: gateway.into(), present }).map(drop)
+    }
+
     /// With `set_mac`, the interface takes that Ethernet address first.
     pub fn net_config(
         &self,

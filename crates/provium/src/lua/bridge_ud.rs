@@ -284,17 +284,10 @@ impl UserData for BridgeUd {
             Ok(this.bridge.address_of(&name).map(|a| a.to_string()))
         });
         methods.add_method("subnet", |_, this, ()| Ok(this.bridge.subnet()));
-        methods.add_method("enable_uplink", |lua, this, ()| -> mlua::Result<()> {
-            Err(raise(
-                lua,
-                format!(
-                    "bridge:enable_uplink on `{}`: not available yet — provium has no userspace NAT to the host's \
-                     network; members reach each other only",
-                    this.bridge.name()
-                ),
-            ))
-        });
-        methods.add_method("disable_uplink", |_, _, ()| Ok(()));
+        methods
+            .add_method("enable_uplink", |lua, this, ()| this.bridge.enable_uplink().map(|gw| gw.to_string()).lua(lua));
+        methods.add_method("disable_uplink", |lua, this, ()| this.bridge.disable_uplink().lua(lua));
+        methods.add_method("uplink_gateway", |_, this, ()| Ok(this.bridge.uplink_gateway().map(|g| g.to_string())));
         methods.add_method("name", |_, this, ()| Ok(this.bridge.name()));
         methods.add_method("close", |_, this, ()| {
             if let Some(b) = this.lab.remove_bridge(&this.bridge.name()).filter(|b| b.is(&this.bridge)) {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::uplink::{Uplink, UPLINK_PORT};
 use super::{Capture, CaptureScope, Impairment, PortCounters, Rules, Switch};
 use crate::sync::lock;
 use crate::vm::nics::{Attachment, HostsTable};
@@ -90,6 +91,16 @@ pub enum BridgeError {
         #[source]
         source: super::NetError,
     },
+    #[error(
+        "bridge:enable_uplink: bridge `{bridge}` was made with addresses = false; an uplink routes the bridge's subnet"
+    )]
+    UplinkWithoutAddresses { bridge: String },
+    #[error("bridge:enable_uplink: bridge `{bridge}`")]
+    Uplink {
+        bridge: String,
+        #[source]
+        source: super::uplink::UplinkError,
+    },
     #[error(transparent)]
     Vm(#[from] VmError),
 }
@@ -135,6 +146,7 @@ struct State {
     switch: Switch,
     hosts: HostsTable,
     ctx: NetContext,
+    uplink: Option<Uplink>,
     closed: bool,
 }
 
@@ -158,6 +170,8 @@ pub struct BridgeRecord {
     pub subnet: Option<u16>,
     pub members: Vec<MemberRecord>,
     pub graph: Graph,
+    #[serde(default)]
+    pub uplink: bool,
 }
 
 fn subnet_ip(subnet: u16, host: u8) -> Ipv4Addr {
@@ -192,6 +206,7 @@ impl Bridge {
             switch,
             hosts: HostsTable::default(),
             ctx: ctx.clone(),
+            uplink: None,
             closed: false,
         }))))
     }
@@ -465,6 +480,46 @@ impl Bridge {
         self.state().switch.stats()
     }
 
+    /// Gives the members a route to the host's network (see
+    /// [`super::uplink`]); the gateway is the subnet's `.1`.
+    pub fn enable_uplink(&self) -> Result<Ipv4Addr, BridgeError> {
+        let mut s = self.open()?;
+        if let Some(u) = &s.uplink {
+            return Ok(u.gateway);
+        }
+        let subnet = s.subnet.ok_or_else(|| BridgeError::UplinkWithoutAddresses { bridge: s.name.clone() })?;
+        let bridge = s.name.clone();
+        let (uplink, port) = Uplink::start(&bridge, subnet_ip(subnet, 0))
+            .map_err(|source| BridgeError::Uplink { bridge: bridge.clone(), source })?;
+        s.switch
+            .add_port(UPLINK_PORT, port.socket, port.peer)
+            .map_err(|source| BridgeError::Switch { bridge: bridge.clone(), source })?;
+        let gateway = uplink.gateway;
+        s.uplink = Some(uplink);
+        for m in &s.members {
+            lock(&m.vm).set_gateway(&bridge, Some(gateway))?;
+        }
+        Ok(gateway)
+    }
+
+    /// Takes the members' route to the host away again; idempotent.
+    pub fn disable_uplink(&self) -> Result<(), BridgeError> {
+        let mut s = self.open()?;
+        let Some(uplink) = s.uplink.take() else { return Ok(()) };
+        s.switch.remove_port(UPLINK_PORT);
+        uplink.stop();
+        let bridge = s.name.clone();
+        for m in &s.members {
+            lock(&m.vm).set_gateway(&bridge, None)?;
+        }
+        Ok(())
+    }
+
+    /// The uplink's gateway, while there is one.
+    pub fn uplink_gateway(&self) -> Option<Ipv4Addr> {
+        self.state().uplink.as_ref().map(|u| u.gateway)
+    }
+
     /// Hands the switch the rules of the current graph.
     fn apply(&self, s: &State) {
         s.switch.set_rules(rules(s));
@@ -487,7 +542,13 @@ impl Bridge {
                 }
             })
             .collect();
-        BridgeRecord { name: s.name.clone(), subnet: s.subnet, members, graph: s.graph.clone() }
+        BridgeRecord {
+            name: s.name.clone(),
+            subnet: s.subnet,
+            members,
+            graph: s.graph.clone(),
+            uplink: s.uplink.is_some(),
+        }
     }
 
     /// A bridge as `record` saved it, its members found by `vm`. The VMs
@@ -511,6 +572,9 @@ impl Bridge {
             publish_hosts(&s);
             bridge.apply(&s);
         }
+        if record.uplink {
+            bridge.enable_uplink()?;
+        }
         Ok(bridge)
     }
 
@@ -524,6 +588,10 @@ impl Bridge {
             s.closed = true;
             if let Some(sub) = s.subnet {
                 s.ctx.release_subnet(sub);
+            }
+            if let Some(u) = s.uplink.take() {
+                s.switch.remove_port(UPLINK_PORT);
+                u.stop();
             }
             (std::mem::take(&mut s.members), s.name.clone())
         };
@@ -560,6 +628,7 @@ fn attachment(s: &State, host: Option<u8>, connected: bool, nic: Option<u8>) -> 
         hosts: s.hosts.clone(),
         connected,
         nic,
+        gateway: s.uplink.as_ref().map(|u| u.gateway),
     }
 }
 

@@ -8,7 +8,9 @@
 //!   loss draws from;
 //! - [`capture`], [`pcap`]: captures as pcap byte streams;
 //! - [`bridge`]: the [`Bridge`] a lab declares — members, addresses, hosts
-//!   entries, the graph a lab snapshot records — over its switch.
+//!   entries, the graph a lab snapshot records — over its switch;
+//! - [`uplink`]: a bridge's rootless route to the host (QEMU's user-mode
+//!   network stack as one more switch port).
 //!
 //! What a capture records: a bridge capture, every frame the switch
 //! receives from a connected member, once, as it arrives (before
@@ -21,6 +23,7 @@ pub mod capture;
 pub mod pcap;
 pub mod rules;
 pub mod switch;
+pub mod uplink;
 
 pub use bridge::{Bridge, BridgeError, BridgeOpts, BridgeRecord, NetContext};
 pub use capture::{Capture, CaptureScope};

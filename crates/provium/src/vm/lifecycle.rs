@@ -297,6 +297,23 @@ impl Vm {
         Ok(())
     }
 
+    /// Sets or clears the default route through `bridge`'s uplink.
+    pub fn set_gateway(&mut self, bridge: &str, gateway: Option<std::net::Ipv4Addr>) -> Result<(), VmError> {
+        let Some(old) = self.nics.set_gateway(bridge, gateway) else { return Ok(()) };
+        if self.state != VmState::Booted || self.instance.is_none() {
+            return Ok(());
+        }
+        let change = match (old.gateway, gateway) {
+            (_, Some(gw)) => Some((gw, true)),
+            (Some(gw), None) => Some((gw, false)),
+            (None, None) => None,
+        };
+        if let Some((gw, present)) = change {
+            self.with_agent("uplink", |a| a.default_route(&gw.to_string(), present))?;
+        }
+        Ok(())
+    }
+
     /// Pulls (`false`) or plugs back (`true`) the cable of the NIC on
     /// `bridge`: the switch drops its frames and the guest sees the link go.
     pub fn set_connected(&mut self, bridge: &str, connected: bool) -> Result<(), VmError> {

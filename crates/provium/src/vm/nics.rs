@@ -54,6 +54,8 @@ pub struct Attachment {
     /// The NIC it uses, once the VM has booted (or as recorded in a lab
     /// snapshot).
     pub nic: Option<u8>,
+    /// The bridge's uplink gateway: the guest's default route, while set.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// What a NIC operation on a running guest failed at.
@@ -164,6 +166,14 @@ impl Nics {
         Some(self.attachments.remove(i))
     }
 
+    /// Sets the uplink gateway of the attachment to `bridge`.
+    pub fn set_gateway(&mut self, bridge: &str, gateway: Option<Ipv4Addr>) -> Option<Attachment> {
+        let a = self.find_mut(bridge)?;
+        let old = a.clone();
+        a.gateway = gateway;
+        Some(old)
+    }
+
     /// Sets whether the cable of the NIC on `bridge` is plugged in.
     pub fn set_connected(&mut self, bridge: &str, connected: bool) -> Option<&Attachment> {
         let a = self.find_mut(bridge)?;
@@ -237,11 +247,12 @@ pub fn configure(vm: &str, inst: &Instance, att: &Attachment, up: bool) -> Resul
     // snapshot can share a bridge.
     let own = Mac::derived(&format!("{vm}#{nic}"));
     let set_mac = (own != mac).then(|| own.to_string());
-    inst.agent.net_config(&mac.to_string(), set_mac.as_deref(), up, address).map_err(|source| NicError::Configure {
-        vm: vm.to_string(),
-        bridge: att.bridge.clone(),
-        source,
-    })
+    let fail = |source| NicError::Configure { vm: vm.to_string(), bridge: att.bridge.clone(), source };
+    let name = inst.agent.net_config(&mac.to_string(), set_mac.as_deref(), up, address).map_err(fail)?;
+    if let (true, Some(gw)) = (up, att.gateway) {
+        inst.agent.default_route(&gw.to_string(), true).map_err(fail)?;
+    }
+    Ok(name)
 }
 
 /// Rewrites provium's lines of the guest's `/etc/hosts`.
