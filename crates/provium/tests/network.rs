@@ -1,6 +1,8 @@
 //! End-to-end tests of bridges beyond `examples/network.test.lua`: seeded
-//! loss repeats with its seed (across runs of the real binary), and a lab
-//! fixture with a bridge restores into a working network.
+//! loss repeats with its seed (across runs of the real binary), a lab
+//! fixture with a bridge restores into a working network, and an
+//! interrupted or killed run leaves no QEMU (the uplink's included) and no
+//! socket behind.
 
 use std::collections::BTreeSet;
 
@@ -77,4 +79,55 @@ end)
     let reports = json_lines(&out);
     assert_eq!(reports[0]["passed"], true, "{:#}", reports[0]);
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// Starts a run whose guests sit on a bridge with an uplink, and returns
+/// once its test is running.
+fn start_bridged_run(s: &Suite) -> (std::process::Child, u32) {
+    s.write(
+        "held.test.lua",
+        r#"
+local lan = provium:bridge("lan")
+local a = provium:vm("a", "default", {memory = "256M"}):boot()
+local b = provium:vm("b", "default", {memory = "256M"}):boot()
+lan:attach({a, b})
+lan:enable_uplink()
+test("held", function(t)
+  print("READY")
+  a:run("sleep 120")
+end)
+"#,
+    );
+    let mut child = s.command(&["held.test.lua"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    assert!(lines.any(|l| l.unwrap().contains("READY")), "the test started");
+    (child, pid)
+}
+
+#[test]
+fn interrupted_and_killed_runs_leave_no_qemu_and_no_switch_socket() {
+    let s = Suite::new();
+    // Ctrl-C: provium stops its VMs and the uplink's QEMU and removes their
+    // scratch directories (the NIC and switch sockets live there).
+    let (mut child, pid) = start_bridged_run(&s);
+    assert!(s.leftovers(pid).iter().filter(|l| l.starts_with("process")).count() >= 3, "two VMs and the uplink run");
+    // SAFETY: kill(2) with a pid of our own child; no memory is touched.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    child.wait().unwrap();
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
+
+    // SIGKILL: no handler runs; every QEMU (the uplink's too) dies with
+    // provium, and the next run sweeps the scratch directories.
+    let (mut child, pid) = start_bridged_run(&s);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.leftovers(pid).iter().any(|l| l.starts_with("process")) {
+        assert!(std::time::Instant::now() < deadline, "QEMU outlived provium: {:?}", s.leftovers(pid));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s.write("noop.test.lua", "test(\"nothing\", function(t) end)\n");
+    assert_eq!(s.run(&["noop.test.lua"]).status.code(), Some(0));
+    assert_eq!(s.leftovers(pid), Vec::<String>::new());
 }
