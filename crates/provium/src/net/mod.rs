@@ -29,3 +29,6 @@ pub use bridge::{Bridge, BridgeError, BridgeOpts, BridgeRecord, NetContext};
 pub use capture::{Capture, CaptureScope};
 pub use rules::{derive_seed, Impairment, Rules};
 pub use switch::{NetError, PortCounters, Switch, SwitchStats};
+
+#[cfg(test)]
+mod tests;
