@@ -170,7 +170,9 @@ pub struct RunSpec {
 /// Builds the exec request for `vm:run(cmd)`, `vm:run(cmd, {args…})` and
 /// `vm:run(cmd, opts)`.
 pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> mlua::Result<RunSpec> {
-    let shell = |cmd: &str| vec!["sh".to_string(), "-c".to_string(), cmd.to_string()];
+    // By absolute path: `env_clear` (or an `env` without PATH) must not make
+    // the shell itself unfindable.
+    let shell = |cmd: &str| vec!["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()];
     let t = match second {
         None | Some(Value::Nil) => {
             return Ok(RunSpec { req: ExecRequest { argv: shell(cmd), ..Default::default() }, stdin: vec![] })
@@ -261,12 +263,12 @@ mod tests {
     fn run_takes_a_shell_line_an_argument_list_or_options() {
         let lua = Lua::new();
         let shell = run_request(&lua, "vm:run", "echo hi", None).unwrap();
-        assert_eq!(shell.req.argv, ["sh", "-c", "echo hi"]);
+        assert_eq!(shell.req.argv, ["/bin/sh", "-c", "echo hi"]);
         let args = run_request(&lua, "vm:run", "ls", Some(Value::Table(table(&lua, "return {'-l', 3}")))).unwrap();
         assert_eq!(args.req.argv, ["ls", "-l", "3"]);
         let o = "return {env = {A = 1}, cwd = '/tmp', stdin = 'x', timeout = '2s'}";
         let spec = run_request(&lua, "vm:run", "cat", Some(Value::Table(table(&lua, o)))).unwrap();
-        assert_eq!(spec.req.argv, ["sh", "-c", "cat"]);
+        assert_eq!(spec.req.argv, ["/bin/sh", "-c", "cat"]);
         assert_eq!(spec.req.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(
             (spec.req.cwd.as_deref(), spec.req.timeout_ms, spec.stdin),

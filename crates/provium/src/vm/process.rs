@@ -34,15 +34,14 @@ struct Inner {
 pub struct GuestProcess(Arc<Mutex<Inner>>);
 
 impl GuestProcess {
-    /// Starts `req` on `vm`; a non-empty `stdin` is written to it and its
-    /// stdin closed.
+    /// Starts `req` on `vm`; a non-empty `stdin` is written to it, and its
+    /// stdin stays open until `close_stdin` (or the process is released).
     pub fn spawn(vm: &VmRef, command: &str, req: ExecRequest, stdin: &[u8]) -> Result<GuestProcess, VmError> {
         let (handle, pid) = {
             let mut g = lock(vm);
             let (h, pid) = g.with_agent("run_async", |a| a.spawn(req, true))?;
             if !stdin.is_empty() {
                 g.with_agent("run_async", |a| a.stdin_write(h, stdin))?;
-                g.with_agent("run_async", |a| a.stdin_close(h))?;
             }
             (h, pid)
         };
