@@ -290,8 +290,10 @@ impl UserData for BridgeUd {
         methods.add_method("uplink_gateway", |_, this, ()| Ok(this.bridge.uplink_gateway().map(|g| g.to_string())));
         methods.add_method("name", |_, this, ()| Ok(this.bridge.name()));
         methods.add_method("close", |_, this, ()| {
-            if let Some(b) = this.lab.remove_bridge(&this.bridge.name()).filter(|b| b.is(&this.bridge)) {
-                b.close();
+            // Out of its lab (only if the lab's bridge of that name is this one).
+            let name = this.bridge.name();
+            if this.lab.own_bridge(&name).is_some_and(|b| b.is(&this.bridge)) {
+                this.lab.remove_bridge(&name);
             }
             this.bridge.close();
             Ok(())

@@ -50,13 +50,8 @@ impl NetContext {
             used.insert(s);
             return s;
         }
-        let mut h = wanted.unwrap_or_else(|| {
-            let mut h: u32 = 0x811c_9dc5;
-            for b in name.bytes() {
-                h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-            }
-            (h ^ (h >> 16)) as u16
-        });
+        let h = crate::vmm::spec::fnv1a32(name.as_bytes());
+        let mut h = (h ^ (h >> 16)) as u16;
         // 10.0.x is where user-mode networking usually lives; keep clear.
         while used.contains(&h) || h >> 8 == 0 {
             h = h.wrapping_add(1);

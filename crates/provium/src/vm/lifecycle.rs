@@ -230,7 +230,7 @@ impl Vm {
     /// After a launch: plugs every attached NIC into its bridge, lowers the
     /// link of the others, gives the guest its addresses and hosts file.
     fn connect_nics(&mut self, inst: &Instance) -> Result<(), nics::NicError> {
-        let machine = self.running_as.as_ref().map(|m| m.machine.clone()).unwrap_or_else(|| Machine::standard(0, 0));
+        let machine = self.running_as.as_ref().expect("a launched VM records how it runs").machine.clone();
         self.nics.assign_free(&machine);
         let used: Vec<u8> = self.nics.attachments().iter().filter_map(|a| a.nic).collect();
         for (index, _) in machine.nics() {

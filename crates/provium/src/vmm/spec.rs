@@ -56,14 +56,15 @@ impl Mac {
     /// A locally administered address (`52:54:00:…`, QEMU's prefix) from
     /// FNV-1a over `key`: the same key always gives the same address.
     pub fn derived(key: &str) -> Mac {
-        let mut h: u32 = 0x811c_9dc5;
-        for b in key.bytes() {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-        let [_, a, b, c] = h.to_be_bytes();
+        let [_, a, b, c] = fnv1a32(key.as_bytes()).to_be_bytes();
         Mac([0x52, 0x54, 0x00, a, b, c])
     }
+}
+
+/// 32-bit FNV-1a: a stable, cheap hash for deriving names and addresses
+/// from text (MACs here, bridge subnets in `net`).
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 impl std::fmt::Display for Mac {
