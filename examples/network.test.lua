@@ -210,8 +210,11 @@ test("an uplink reaches a server the test started on the host's loopback", funct
   os.remove(dir)
   assert(os.execute("mkdir -p " .. dir .. " && echo hello from the host > " .. dir .. "/index.html"))
   local port = 20000 + math.random(0, 9999)
-  local server = ("busybox httpd -p 127.0.0.1:%d -h %s"):format(port, dir)
-  assert(os.execute(server), "host httpd")
+  -- In the foreground of a background shell job, so its pid is known and
+  -- plain `kill` stops it (no pkill needed on the host).
+  local started = io.popen(("busybox httpd -f -p 127.0.0.1:%d -h %s >/dev/null 2>&1 & echo $!"):format(port, dir))
+  local pid = assert(tonumber(started:read("l")), "host httpd started")
+  started:close()
   local ok, err = pcall(function()
     local gw = lan:enable_uplink()
     t:assert_eq(lan:uplink_gateway(), gw)
@@ -221,7 +224,7 @@ test("an uplink reaches a server the test started on the host's loopback", funct
     lan:disable_uplink()
     assert(not a:run(("timeout 3 wget -q -O - http://%s:%d/"):format(gw, port)):ok(), "no route after disable_uplink")
   end)
-  os.execute(("pkill -f '%s'; rm -rf %s"):format(server, dir))
+  os.execute(("kill %d; rm -rf %s"):format(pid, dir))
   if not ok then error(err, 0) end
 end)
 
