@@ -54,3 +54,22 @@ test("the shell form works with a cleared environment", function(t)
   r = vm:run("echo $ONLY", {env_clear = true, env = {ONLY = "me"}})
   t:assert_eq(r.stdout, "me\n")
 end)
+
+test("a dynamically linked host binary says which loader the guest lacks", function(t)
+  -- The host's /bin/true needs glibc's loader; the default guest is busybox
+  -- only. The file is there, so "not found" alone would be a wrong answer.
+  vm:push_file("/bin/true", "/tmp/hi")
+  vm:run("chmod +x /tmp/hi")
+  local loader = "/lib64/ld-linux-x86-64.so.2"
+  for _, r in ipairs({vm:run("/tmp/hi"), vm:run("/tmp/hi", {}), vm:run("hi", {env = {PATH = "/tmp"}})}) do
+    t:assert_eq(r.exit_code, 127)
+    t:assert_contains(r.stderr, "/tmp/hi needs " .. loader .. ", which this guest does not have")
+    t:assert_contains(r.stderr, "link it statically or use a guest with a C library")
+  end
+  local p = vm:run_async("/tmp/hi")
+  t:assert_contains(p:wait(30).stderr, "/tmp/hi needs " .. loader)
+  -- A command that really is missing still reads as missing.
+  local r = vm:run("no-such-command-here")
+  t:assert_eq(r.exit_code, 127)
+  t:assert(not r.stderr:find("needs", 1, true), r.stderr)
+end)

@@ -2,7 +2,9 @@
 //!
 //! The child is started by [`crate::spawn`] (own process group, registered
 //! with the reaper); stdin is fed from the host's `Data` frames by a feeder
-//! thread; stdout and stderr are captured. One `poll` loop watches the pipes
+//! thread; stdout and stderr go to the host as they are read, in
+//! [`OutputPipe`]-tagged `Data` frames, so nothing is held back or cut here
+//! (a slow host slows the command down through the port). One `poll` loop watches the pipes
 //! and the child's [`ExitSlot`](crate::reaper::ExitSlot), so the call
 //! returns **when the child exits**, not when its pipes close: a `server &` left behind keeps the pipes open but
 //! does not hang the command. A timeout, or a cancel from the host, kills
@@ -14,10 +16,10 @@ use std::process::{ChildStderr, ChildStdin, ChildStdout};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use provium_protocol::{ExecOutput, ExecRequest, ExitStatus, OpError, OpErrorKind, MAX_CAPTURE};
+use provium_protocol::{ExecRequest, ExitStatus, OpError, OpErrorKind, OutputPipe};
 
-use crate::session::Inbound;
-use crate::spawn::{command, spawn_registered};
+use crate::session::{Inbound, Sender};
+use crate::spawn::{command, search_path, spawn_registered};
 use crate::sys::{decode_status, kill_group, set_nonblocking, CancelFlag};
 
 /// Copies the host's stdin `Data` frames into the child's stdin pipe on a
@@ -33,19 +35,20 @@ fn feed_stdin(mut pipe: ChildStdin, inbox: Receiver<Inbound>) {
     });
 }
 
-pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Result<ExecOutput, OpError> {
+pub fn run(
+    req: ExecRequest,
+    out: &Sender,
+    inbox: Receiver<Inbound>,
+    cancel: &CancelFlag,
+) -> Result<ExitStatus, OpError> {
     let Some(prog) = req.argv.first() else {
         return Err(OpError { kind: OpErrorKind::BadRequest, errno: None, message: "exec: empty argv".into() });
     };
     let mut cmd = match command(&req) {
         Ok(cmd) => cmd,
         Err(u) => {
-            return Ok(ExecOutput {
-                status: ExitStatus::Exited(u.code),
-                stdout: Vec::new(),
-                stderr: format!("provium-agent: {}\n", u.message).into_bytes(),
-                truncated: false,
-            })
+            out.output(OutputPipe::Stderr, format!("provium-agent: {}\n", u.message).as_bytes());
+            return Ok(ExitStatus::Exited(u.code));
         }
     };
     let (mut child, pid, slot) = spawn_registered(&mut cmd, prog, req.stdin)?;
@@ -54,13 +57,18 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
     if let Some(pipe) = child.stdin.take() {
         feed_stdin(pipe, inbox);
     }
-    let mut io = ChildIo::new(child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let mut io = ChildIo::new(child.stdout.take().unwrap(), child.stderr.take().unwrap(), out);
     let mut killed_for_timeout = false;
     loop {
         if let Some(status) = slot.status() {
             io.drain_after_exit();
             let status = if killed_for_timeout { ExitStatus::TimedOut } else { decode_status(status) };
-            return Ok(io.into_output(status));
+            if status == ExitStatus::Exited(127) {
+                if let Some(why) = crate::elf::explain_not_found(&io.stderr_tail, &search_path(&req)) {
+                    out.output(OutputPipe::Stderr, format!("provium-agent: {why}\n").as_bytes());
+                }
+            }
+            return Ok(status);
         }
         let now = Instant::now();
         let mut wait_ms = 100i32;
@@ -78,21 +86,24 @@ pub fn run(req: ExecRequest, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> R
     }
 }
 
-/// The child's output pipes and what has come through them.
-struct ChildIo {
+/// The child's output pipes and where their bytes go.
+struct ChildIo<'a> {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
-    out: Vec<u8>,
-    err: Vec<u8>,
-    truncated: bool,
+    host: &'a Sender,
+    /// The last bytes of stderr, to explain a shell's `not found`.
+    stderr_tail: Vec<u8>,
 }
 
-impl ChildIo {
-    fn new(stdout: ChildStdout, stderr: ChildStderr) -> ChildIo {
+/// How much of stderr [`ChildIo::stderr_tail`] keeps.
+const STDERR_TAIL: usize = 4096;
+
+impl<'a> ChildIo<'a> {
+    fn new(stdout: ChildStdout, stderr: ChildStderr, host: &'a Sender) -> ChildIo<'a> {
         for fd in [stdout.as_raw_fd(), stderr.as_raw_fd()] {
             set_nonblocking(fd);
         }
-        ChildIo { stdout: Some(stdout), stderr: Some(stderr), out: Vec::new(), err: Vec::new(), truncated: false }
+        ChildIo { stdout: Some(stdout), stderr: Some(stderr), host, stderr_tail: Vec::new() }
     }
 
     fn poll_once(&mut self, exit_fd: i32, timeout_ms: i32) {
@@ -144,13 +155,13 @@ impl ChildIo {
                     return;
                 }
                 Ok(n) => {
-                    let room = MAX_CAPTURE.saturating_sub(self.out.len() + self.err.len());
-                    let keep = n.min(room);
-                    if keep < n {
-                        self.truncated = true;
+                    let pipe = if is_stdout { OutputPipe::Stdout } else { OutputPipe::Stderr };
+                    self.host.output(pipe, &buf[..n]);
+                    if !is_stdout {
+                        self.stderr_tail.extend_from_slice(&buf[..n]);
+                        let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL);
+                        self.stderr_tail.drain(..excess);
                     }
-                    let dst = if is_stdout { &mut self.out } else { &mut self.err };
-                    dst.extend_from_slice(&buf[..keep]);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return, // WouldBlock: nothing more for now
@@ -163,9 +174,5 @@ impl ChildIo {
     fn drain_after_exit(&mut self) {
         self.read_pipe(true);
         self.read_pipe(false);
-    }
-
-    fn into_output(self, status: ExitStatus) -> ExecOutput {
-        ExecOutput { status, stdout: self.out, stderr: self.err, truncated: self.truncated }
     }
 }

@@ -19,6 +19,7 @@
 //! handles: agent-global table of spawned processes and open files
 //! ```
 
+mod elf;
 mod exec;
 mod files;
 mod fsops;

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use provium_protocol::frame::{self, Decoder, FrameKind};
 use provium_protocol::{
-    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, Reply, Request, Response, PROTOCOL_VERSION,
+    decode_msg, encode_msg, Hello, HelloErr, HelloOk, OpError, OpErrorKind, OutputPipe, Reply, Request, Response,
+    PROTOCOL_VERSION,
 };
 
 use crate::sys::{poll_one, set_nonblocking, CancelFlag};
@@ -90,6 +91,16 @@ impl Sender {
     pub fn data(&self, bytes: &[u8]) {
         for chunk in bytes.chunks(frame::CHUNK) {
             self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
+        }
+    }
+
+    /// Bytes of a command's stdout or stderr, tagged with their pipe.
+    pub fn output(&self, pipe: OutputPipe, bytes: &[u8]) {
+        for chunk in bytes.chunks(frame::CHUNK) {
+            let mut body = Vec::with_capacity(chunk.len() + 1);
+            body.push(pipe as u8);
+            body.extend_from_slice(chunk);
+            self.writer.send(self.generation, self.channel, FrameKind::Data, &body);
         }
     }
 
@@ -265,7 +276,7 @@ fn instant(req: &Request) -> Option<Reply> {
 fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Reply {
     match req {
         Request::Ping | Request::SetTime { .. } | Request::GetTime => instant(&req).expect("instant requests"),
-        Request::Exec(e) => exec::run(e, inbox, cancel).map(Response::Exec),
+        Request::Exec(e) => exec::run(e, out, inbox, cancel).map(Response::Exec),
         Request::ReadFile { path } => fsops::read_file(&path, out),
         Request::WriteFile { path, perm, append } => fsops::write_file(&path, perm, append, &inbox),
         Request::Stat { path, follow_symlinks } => fsops::stat(&path, follow_symlinks),

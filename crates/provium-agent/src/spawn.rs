@@ -35,6 +35,16 @@ fn resolve(prog: &str, env_path: Option<&str>) -> Result<String, (i32, String)> 
     Err((127, format!("{prog}: command not found")))
 }
 
+/// The `PATH` the command of `req` sees: its own, the agent's unless the
+/// environment is cleared, else none.
+pub fn search_path(req: &ExecRequest) -> String {
+    match req.env.get("PATH") {
+        Some(p) => p.clone(),
+        None if req.env_clear => String::new(),
+        None => std::env::var("PATH").unwrap_or_default(),
+    }
+}
+
 /// Why a command cannot start: the shell's exit status for it (127: not
 /// found, 126: not executable) and what to say.
 pub struct Unrunnable {
@@ -47,12 +57,10 @@ pub struct Unrunnable {
 /// not be empty.
 pub fn command(req: &ExecRequest) -> Result<Command, Unrunnable> {
     let prog = &req.argv[0];
-    let env_path = if req.env_clear {
-        Some(req.env.get("PATH").cloned().unwrap_or_default())
-    } else {
-        req.env.get("PATH").cloned()
-    };
-    let resolved = resolve(prog, env_path.as_deref()).map_err(|(code, message)| Unrunnable { code, message })?;
+    let resolved = resolve(prog, Some(&search_path(req))).map_err(|(code, message)| Unrunnable { code, message })?;
+    if let Some(interp) = crate::elf::missing_interpreter(Path::new(&resolved)) {
+        return Err(Unrunnable { code: 127, message: crate::elf::explain(&resolved, &interp) });
+    }
     let mut cmd = Command::new(&resolved);
     cmd.arg0(prog).args(&req.argv[1..]).process_group(0);
     if req.env_clear {

@@ -29,8 +29,8 @@ mod ops;
 pub use frame::{Decoder, Frame, FrameError, FrameKind};
 pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
 pub use ops::{
-    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, OpenMode, ProcState,
-    Reply, Request, Response, StreamSource, TailStart, Whence, MAX_CAPTURE,
+    DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, OpenMode, OutputPipe,
+    ProcState, Reply, Request, Response, StreamSource, TailStart, Whence, AGENT_RETAIN,
 };
 
 /// A message body that could not be decoded.
@@ -64,7 +64,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 3);
+        assert_eq!(PROTOCOL_VERSION, 4);
     }
 
     #[test]
@@ -92,16 +92,10 @@ mod pin_tests {
 
     #[test]
     fn reply_bytes() {
-        let ok: Reply = Ok(Response::Exec(ExecOutput {
-            status: ExitStatus::Exited(0),
-            stdout: b"Linux\n".to_vec(),
-            stderr: vec![],
-            truncated: false,
-        }));
+        let ok: Reply = Ok(Response::Exec(ExitStatus::Exited(0)));
         assert_eq!(
             hex(&encode_msg(&ok)),
-            "81a24f6b82a46b696e64a465786563a576616c756584a673746174757382a46b696e64a6657869746564\
-             a576616c756500a67374646f7574c4064c696e75780aa6737464657272c400a97472756e6361746564c2"
+            "81a24f6b82a46b696e64a465786563a576616c756582a46b696e64a6657869746564a576616c756500"
         );
         let err: Reply = Err(OpError { kind: OpErrorKind::Os, errno: Some(2), message: "no such file".into() });
         assert_eq!(

@@ -49,20 +49,42 @@ pub enum ExitStatus {
     TimedOut,
 }
 
-/// The result of a command that ran (whatever its exit status).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of a command that ran (whatever its exit status), as the
+/// host assembles it: the status from [`Response::Exec`], the bytes from the
+/// [`OutputPipe`]-tagged `Data` frames that came before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecOutput {
     pub status: ExitStatus,
-    #[serde(with = "serde_bytes")]
     pub stdout: Vec<u8>,
-    #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
-    /// Set when output beyond [`MAX_CAPTURE`] was discarded.
-    pub truncated: bool,
 }
 
-/// The most output (stdout + stderr) one `Exec` reply carries.
-pub const MAX_CAPTURE: usize = 12 * 1024 * 1024;
+/// Which pipe a `Data` frame of an `Exec` (agent → host) comes from: its
+/// body's first byte is this value, the rest is the pipe's bytes. Output is
+/// never held back by the agent, so a command's output of any size arrives
+/// whole; the host decides how much it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OutputPipe {
+    Stdout = 1,
+    Stderr = 2,
+}
+
+impl OutputPipe {
+    /// The tag byte and the bytes of a tagged `Data` body.
+    pub fn split(body: &[u8]) -> Option<(OutputPipe, &[u8])> {
+        match body.split_first()? {
+            (1, rest) => Some((OutputPipe::Stdout, rest)),
+            (2, rest) => Some((OutputPipe::Stderr, rest)),
+            _ => None,
+        }
+    }
+}
+
+/// How much of a spawned process's output the agent retains for streams
+/// opened after the fact (stdout + stderr); the host collects the rest as
+/// it comes.
+pub const AGENT_RETAIN: usize = 12 * 1024 * 1024;
 
 /// Type of a directory entry, as `stat` sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,17 +176,13 @@ pub enum Whence {
     End,
 }
 
-/// A spawned process as the agent sees it now.
+/// A spawned process as the agent sees it now. Its output is read with
+/// [`StreamSource::Stdout`] / [`StreamSource::Stderr`] streams.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcState {
     pub pid: u32,
     /// `None` while it runs.
     pub status: Option<ExitStatus>,
-    /// Everything it has written so far (bounded by [`MAX_CAPTURE`]).
-    #[serde(with = "serde_bytes")]
-    pub stdout: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    pub stderr: Vec<u8>,
 }
 
 /// Every operation the host can ask for.
@@ -174,7 +192,9 @@ pub enum Request {
     /// Round-trip check; answered with [`Response::Done`].
     Ping,
     /// Run a command to completion (stdin as `Data` frames when
-    /// [`ExecRequest::stdin`]). Answered with [`Response::Exec`].
+    /// [`ExecRequest::stdin`]). stdout and stderr come back as they are
+    /// written, in [`OutputPipe`]-tagged `Data` frames; then
+    /// [`Response::Exec`].
     Exec(ExecRequest),
     /// File contents follow as `Data` frames, then [`Response::Done`].
     ReadFile {
@@ -342,7 +362,8 @@ impl Request {
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Response {
     Done,
-    Exec(ExecOutput),
+    /// How the command ended; its output came before, as tagged `Data`.
+    Exec(ExitStatus),
     Stat(Metadata),
     ListDir(Vec<DirEntry>),
     Spawned {

@@ -51,12 +51,7 @@ impl Proc {
     }
 
     fn state(&self, o: &Output) -> ProcState {
-        ProcState {
-            pid: self.pid as u32,
-            status: o.status,
-            stdout: o.retained[0].clone(),
-            stderr: o.retained[1].clone(),
-        }
+        ProcState { pid: self.pid as u32, status: o.status }
     }
 }
 
@@ -94,9 +89,10 @@ pub fn spawn(req: ExecRequest) -> Result<Response, OpError> {
     ];
     let deadline = req.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
     let p = proc.clone();
+    let search_path = crate::spawn::search_path(&req);
     std::thread::Builder::new()
         .name(format!("pump-{pid}"))
-        .spawn(move || output::pump(&p, &slot, pipes, deadline))
+        .spawn(move || output::pump(&p, &slot, pipes, deadline, &search_path))
         .map_err(|e| os_error("spawn: start the output thread", e))?;
     let handle = handles::insert(Handle::Proc(proc));
     Ok(Response::Spawned { handle, pid: pid as u32 })
@@ -197,7 +193,7 @@ pub fn release(proc: &Proc) {
 
 #[cfg(test)]
 mod tests {
-    use provium_protocol::{ExitStatus, MAX_CAPTURE};
+    use provium_protocol::{ExitStatus, AGENT_RETAIN};
 
     use super::*;
     use crate::stream::Chunk;
@@ -209,6 +205,19 @@ mod tests {
         match spawn(ExecRequest { argv, stdin, timeout_ms, ..Default::default() }).unwrap() {
             Response::Spawned { handle, pid } => (handle, pid),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Everything `pipe` of process `h` wrote, read by a new subscriber.
+    fn output(h: u64, pipe: Pipe) -> Vec<u8> {
+        let mut sub = handles::proc(h).unwrap().subscribe(pipe);
+        let mut all = Vec::new();
+        loop {
+            match sub.next(1 << 20, Duration::from_millis(100)) {
+                Chunk::Data(b) => all.extend_from_slice(&b),
+                Chunk::Idle => {}
+                Chunk::End => return all,
+            }
         }
     }
 
@@ -229,7 +238,7 @@ mod tests {
         assert_eq!(stdin_close(h).unwrap_err().kind, OpErrorKind::BadRequest);
         let s = state(wait(h, None, false, &cancel));
         assert_eq!(
-            (s.status, &s.stdout[..], &s.stderr[..]),
+            (s.status, &output(h, Pipe::Stdout)[..], &output(h, Pipe::Stderr)[..]),
             (Some(ExitStatus::Exited(3)), &b"got hi\n"[..], &b"err\n"[..])
         );
         let mut sub = handles::proc(h).unwrap().subscribe(Pipe::Stdout);
@@ -249,7 +258,7 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
         let (h, _) = start("echo before; sleep 30", false, Some(50));
         let s = state(wait(h, None, false, &cancel));
-        assert_eq!((s.status, &s.stdout[..]), (Some(ExitStatus::TimedOut), &b"before\n"[..]));
+        assert_eq!((s.status, &output(h, Pipe::Stdout)[..]), (Some(ExitStatus::TimedOut), &b"before\n"[..]));
         let err = spawn(ExecRequest { argv: vec!["no-such-program".into()], ..Default::default() }).unwrap_err();
         assert_eq!((err.kind, err.errno), (OpErrorKind::Os, Some(libc::ENOENT)), "{}", err.message);
     }
@@ -272,6 +281,6 @@ mod tests {
         }
         assert_eq!(total, 20 << 20);
         let s = state(wait(h, None, false, &cancel));
-        assert_eq!((s.status, s.stdout.len()), (Some(ExitStatus::Exited(0)), MAX_CAPTURE));
+        assert_eq!((s.status, output(h, Pipe::Stdout).len()), (Some(ExitStatus::Exited(0)), AGENT_RETAIN));
     }
 }

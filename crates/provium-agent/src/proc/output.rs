@@ -1,13 +1,14 @@
 //! A spawned process's output record and the pump thread that fills it.
 //!
 //! ```text
-//!  pipes ─► pump ─┬─► retained[stdout|stderr]  (≤ MAX_CAPTURE together; then retention stops)
+//!  pipes ─► pump ─┬─► retained[stdout|stderr]  (≤ AGENT_RETAIN together; then retention stops)
 //!                 └─► per-subscriber queues    (only bytes that retention dropped)
 //! ```
 //!
-//! Retention: the two pipes together keep at most [`MAX_CAPTURE`] bytes (the
-//! whole of a `ProcState` must fit in one frame); later output is not
-//! retained, so `Wait` shows the first 12 MiB. A subscriber (a `Stream` of
+//! Retention: the two pipes together keep at most [`AGENT_RETAIN`] bytes
+//! (guest memory is small); later output is not retained. The host
+//! subscribes to both pipes as soon as it spawns a process, so it sees every
+//! byte; retention serves streams opened later. A subscriber (a `Stream` of
 //! stdout or stderr) reads the retained bytes from the first one, then its
 //! own queue. A stream opened after retention stopped misses what was
 //! written between that point and its subscription.
@@ -28,7 +29,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use provium_protocol::{ExitStatus, MAX_CAPTURE};
+use provium_protocol::{ExitStatus, AGENT_RETAIN};
 
 use super::{Pipe, Proc};
 use crate::reaper::ExitSlot;
@@ -63,7 +64,7 @@ struct Sub {
 
 impl Output {
     fn append(&mut self, pipe: Pipe, bytes: &[u8]) {
-        let room = MAX_CAPTURE.saturating_sub(self.retained[0].len() + self.retained[1].len());
+        let room = AGENT_RETAIN.saturating_sub(self.retained[0].len() + self.retained[1].len());
         let keep = bytes.len().min(room);
         self.retained[pipe as usize].extend_from_slice(&bytes[..keep]);
         if keep < bytes.len() {
@@ -143,7 +144,13 @@ impl Drop for Subscription {
 }
 
 /// The per-process thread: pipes → [`Output`] until the exit is recorded.
-pub(super) fn pump(proc: &Proc, slot: &ExitSlot, mut pipes: [Option<File>; 2], deadline: Option<Instant>) {
+pub(super) fn pump(
+    proc: &Proc,
+    slot: &ExitSlot,
+    mut pipes: [Option<File>; 2],
+    deadline: Option<Instant>,
+    search_path: &str,
+) {
     for p in pipes.iter().flatten() {
         set_nonblocking(p.as_raw_fd());
     }
@@ -158,7 +165,14 @@ pub(super) fn pump(proc: &Proc, slot: &ExitSlot, mut pipes: [Option<File>; 2], d
                 }
             }
             let mut o = proc.lock();
-            o.status = Some(if o.timed_out { ExitStatus::TimedOut } else { decode_status(raw) });
+            let status = if o.timed_out { ExitStatus::TimedOut } else { decode_status(raw) };
+            if status == ExitStatus::Exited(127) {
+                let err = &o.retained[1];
+                if let Some(why) = crate::elf::explain_not_found(&err[err.len().saturating_sub(4096)..], search_path) {
+                    o.append(Pipe::Stderr, format!("provium-agent: {why}\n").as_bytes());
+                }
+            }
+            o.status = Some(status);
             proc.changed.notify_all();
             return;
         }
@@ -252,7 +266,7 @@ mod tests {
     #[test]
     fn past_the_retention_cap_bytes_queue_and_backlog_counts_them() {
         let mut o = Output::default();
-        o.retained[1] = vec![0; MAX_CAPTURE - 2];
+        o.retained[1] = vec![0; AGENT_RETAIN - 2];
         let id = sub(&mut o, Pipe::Stdout);
         o.append(Pipe::Stdout, b"abcdef");
         assert_eq!(o.retained[0], b"ab");

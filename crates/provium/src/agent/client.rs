@@ -51,6 +51,16 @@ pub enum AgentError {
     /// A reply of the wrong kind for the request.
     #[error("unexpected answer to {op}: {answer}")]
     Unexpected { op: &'static str, answer: String },
+    /// A command's output passed what provium keeps in memory.
+    #[error(
+        "the output passed {}, the most provium keeps of one command (stdout and stderr together); read \
+         larger output as it comes with vm:run_async(cmd) and proc:stdout_stream()",
+        super::output::size_text(*cap)
+    )]
+    OutputTooLarge { cap: usize },
+    /// A process's output streams stopped before its end.
+    #[error("the process's output could not be read whole: {0}")]
+    OutputIncomplete(String),
     #[error("protocol version mismatch: host speaks {host}, agent speaks {agent}; rebuild provium so both match")]
     Version { host: u32, agent: u32 },
     /// The handshake's answer (`what`: `HelloOk` or `HelloErr`) does not
@@ -182,7 +192,7 @@ impl AgentClient {
     }
 
     /// Why a route's sender is gone: the reader's reason for stopping.
-    fn disconnected(&self) -> AgentError {
+    pub(super) fn disconnected(&self) -> AgentError {
         match &crate::sync::lock(&self.routes).closed {
             Some(closed) => closed.error(),
             None => AgentError::Disconnected("the agent reader thread ended".into()),

@@ -2,10 +2,12 @@
 //!
 //! [`client`] owns the socket, the handshake and the routing of frames to
 //! channels; [`ops`] gives each request a typed method; [`stream`] is a
-//! credit-paced stream of bytes from the guest.
+//! credit-paced stream of bytes from the guest; [`output`] bounds and
+//! collects command output.
 
 mod client;
 mod ops;
+pub mod output;
 mod stream;
 
 pub use client::{AgentClient, AgentError};

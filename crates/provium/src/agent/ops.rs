@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 use provium_protocol::frame::FrameKind;
-use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpenMode, ProcState, Request, Response, Whence};
+use provium_protocol::{
+    DirEntry, ExecOutput, ExecRequest, Metadata, OpenMode, OutputPipe, ProcState, Request, Response, Whence,
+};
 
-use super::client::{AgentClient, AgentError};
+use super::client::{AgentClient, AgentError, Incoming};
+use super::output::{OutputBuf, MAX_OUTPUT};
 
 pub(super) fn unexpected(op: &'static str, resp: &Response) -> AgentError {
     AgentError::Unexpected { op, answer: format!("{resp:?}") }
@@ -22,15 +25,37 @@ impl AgentClient {
         self.call(&Request::Ping).map(|_| ())
     }
 
-    /// Runs a command; `stdin` (any size) is streamed after the request.
+    /// Runs a command; `stdin` (any size) is streamed after the request,
+    /// and its whole output comes back, up to [`MAX_OUTPUT`]: past that the
+    /// command is cancelled (its process group killed) and the call fails.
     pub fn exec(&self, mut req: ExecRequest, stdin: &[u8]) -> Result<ExecOutput, AgentError> {
         req.stdin = !stdin.is_empty();
         let (id, rx) = self.open(&Request::Exec(req))?;
         if !stdin.is_empty() {
             self.send_data(id, stdin)?;
         }
-        match self.finish(rx, None)? {
-            Response::Exec(out) => Ok(out),
+        let mut out = OutputBuf::default();
+        let reply = loop {
+            match rx.recv() {
+                Ok(Incoming::Data(body)) => {
+                    let Some((pipe, bytes)) = OutputPipe::split(&body) else {
+                        return Err(AgentError::Unexpected { op: "exec", answer: "an untagged output frame".into() });
+                    };
+                    if !out.overflowed && !out.push(pipe, bytes, MAX_OUTPUT) {
+                        self.cancel(id);
+                    }
+                }
+                Ok(Incoming::DataEnd) => {}
+                Ok(Incoming::Reply(reply)) => break reply.map_err(AgentError::Op)?,
+                Ok(Incoming::BadReply(e)) => return Err(AgentError::BadReply(e)),
+                Err(_) => return Err(self.disconnected()),
+            }
+        };
+        if out.overflowed {
+            return Err(AgentError::OutputTooLarge { cap: MAX_OUTPUT });
+        }
+        match reply {
+            Response::Exec(status) => Ok(ExecOutput { status, stdout: out.stdout, stderr: out.stderr }),
             other => Err(unexpected("exec", &other)),
         }
     }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mlua::{Lua, Table, UserDataMethods, Value};
-use provium_protocol::{ExitStatus, ProcState};
+use provium_protocol::ExitStatus;
+
+use crate::vm::process::ProcState;
 
 use super::errors::{raise, LuaResultExt};
 use super::opts;

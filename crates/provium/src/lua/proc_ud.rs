@@ -1,15 +1,15 @@
 //! `Process`: a command running in the background (`vm:run_async`,
-//! `vm:daemon`). Its output stays with the agent until the process object
-//! closes, so it can be read after the process stopped.
+//! `vm:daemon`). Its output is collected on the host as it comes, so it can
+//! be read after the process stopped.
 
 use mlua::{Lua, UserData, UserDataMethods, Value};
-use provium_protocol::{ExecOutput, ExitStatus, ProcState};
+use provium_protocol::{ExecOutput, ExitStatus};
 
 use super::errors::{creation_site, raise, LuaResultExt};
 use super::opts;
 use super::result_ud::RunResult;
 use super::stream_ud::StreamUd;
-use crate::vm::process::GuestProcess;
+use crate::vm::process::{GuestProcess, ProcState};
 
 /// A background process as Lua sees it; the process itself is
 /// `crate::vm::process::GuestProcess`.
@@ -52,7 +52,6 @@ pub fn run_result(command: &str, st: &ProcState) -> RunResult {
             status: st.status.unwrap_or(ExitStatus::Exited(-1)),
             stdout: st.stdout.clone(),
             stderr: st.stderr.clone(),
-            truncated: false,
         },
     }
 }

@@ -71,7 +71,6 @@ impl UserData for RunResult {
             })
         });
         fields.add_field_method_get("timed_out", |_, r| Ok(r.out.status == ExitStatus::TimedOut));
-        fields.add_field_method_get("truncated", |_, r| Ok(r.out.truncated));
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {

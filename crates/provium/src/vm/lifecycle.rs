@@ -466,7 +466,7 @@ impl Vm {
 
     /// Maps an agent failure: OS errors stay per-operation; a lost
     /// connection means the VM died, which changes its state.
-    fn failed(&mut self, op: &'static str, e: AgentError) -> VmError {
+    pub(crate) fn failed(&mut self, op: &'static str, e: AgentError) -> VmError {
         match e {
             AgentError::Op(oe) if oe.kind == OpErrorKind::TimedOut => {
                 VmError::TimedOut { vm: self.name.clone(), op, message: oe.message }

@@ -1,29 +1,44 @@
 //! [`GuestProcess`]: a command running in the background in a guest
-//! (`vm:run_async`, `vm:daemon`, `vm:background`). Its output stays with the
-//! agent until the process is closed, so it can be read after the process
-//! stopped; closing stops it (SIGTERM, a grace period, SIGKILL) and releases
-//! the agent's handle.
+//! (`vm:run_async`, `vm:daemon`, `vm:background`). Its output is collected
+//! on the host as it is written ([`ProcessOutput`]), whole up to
+//! [`MAX_OUTPUT`](crate::agent::output::MAX_OUTPUT), so it can be read
+//! after the process stopped; closing stops it (SIGTERM, a grace period,
+//! SIGKILL) and releases the agent's handle.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use provium_protocol::{ExecRequest, ProcState, StreamSource};
+use provium_protocol::{ExecRequest, ExitStatus, StreamSource};
 
 use super::resources::Site;
 use super::stream::Stream;
 use super::{VmError, VmRef};
+use crate::agent::output::ProcessOutput;
 use crate::agent::{AgentClient, AgentError};
 use crate::lab::{Close, CloseRank};
 use crate::sync::lock;
 
 /// How long `close()` lets a process react to SIGTERM before SIGKILL.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long after its exit a process's output may take to arrive.
+const OUTPUT_TAIL: Duration = Duration::from_secs(30);
+
+/// A process's state and its output so far (all of it once it ended).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcState {
+    pub pid: u32,
+    /// `None` while it runs.
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
 
 struct Inner {
     vm: VmRef,
     handle: u64,
     pid: u32,
     command: String,
+    output: ProcessOutput,
     /// The final state, once known (waited, stopped, killed).
     finished: Option<ProcState>,
     released: bool,
@@ -37,19 +52,21 @@ impl GuestProcess {
     /// Starts `req` on `vm`; a non-empty `stdin` is written to it, and its
     /// stdin stays open until `close_stdin` (or the process is released).
     pub fn spawn(vm: &VmRef, command: &str, req: ExecRequest, stdin: &[u8]) -> Result<GuestProcess, VmError> {
-        let (handle, pid) = {
+        let (handle, pid, output) = {
             let mut g = lock(vm);
             let (h, pid) = g.with_agent("run_async", |a| a.spawn(req, true))?;
+            let output = g.with_agent("run_async", |a| ProcessOutput::collect(a, h))?;
             if !stdin.is_empty() {
                 g.with_agent("run_async", |a| a.stdin_write(h, stdin))?;
             }
-            (h, pid)
+            (h, pid, output)
         };
         Ok(GuestProcess(Arc::new(Mutex::new(Inner {
             vm: vm.clone(),
             handle,
             pid,
             command: command.to_string(),
+            output,
             finished: None,
             released: false,
         }))))
@@ -86,10 +103,24 @@ impl GuestProcess {
         lock(&self.0).finished.clone()
     }
 
-    fn remember(&self, st: &ProcState) {
+    /// Adds the output to the agent's answer (all of it once the process
+    /// ended) and remembers a final state.
+    fn complete(&self, op: &'static str, st: provium_protocol::ProcState) -> Result<ProcState, VmError> {
+        let (vm, output) = {
+            let p = lock(&self.0);
+            (p.vm.clone(), p.output.clone())
+        };
+        // Not under the VM's lock: the last bytes may still be on their way.
+        let collected = match st.status {
+            Some(_) => output.wait_end(OUTPUT_TAIL),
+            None => output.so_far(),
+        };
+        let (stdout, stderr) = collected.map_err(|e| lock(&vm).failed(op, e))?;
+        let st = ProcState { pid: st.pid, status: st.status, stdout, stderr };
         if st.status.is_some() {
             lock(&self.0).finished = Some(st.clone());
         }
+        Ok(st)
     }
 
     /// The current state without blocking.
@@ -98,8 +129,7 @@ impl GuestProcess {
             return Ok(st);
         }
         let st = self.op("status", |a, h| a.wait(h, Some(Duration::ZERO), false))?;
-        self.remember(&st);
-        Ok(st)
+        self.complete("status", st)
     }
 
     /// Waits for the end; `kill_on_timeout` SIGKILLs the group at the deadline.
@@ -108,8 +138,7 @@ impl GuestProcess {
             return Ok(st);
         }
         let st = self.op("wait", |a, h| a.wait(h, timeout, kill_on_timeout))?;
-        self.remember(&st);
-        Ok(st)
+        self.complete("wait", st)
     }
 
     pub fn signal(&self, sig: i32) -> Result<(), VmError> {
