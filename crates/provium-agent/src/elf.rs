@@ -22,9 +22,7 @@ pub fn missing_interpreter(path: &Path) -> Option<String> {
 
 /// What to tell the user about `path` whose loader `interp` is missing.
 pub fn explain(path: &str, interp: &str) -> String {
-    format!(
-        "{path} needs {interp}, which this guest does not have: link it statically or use a guest with a C library"
-    )
+    format!("{path} needs {interp}, which this guest does not have: link it statically or use a guest with a C library")
 }
 
 /// The `PT_INTERP` string of a 64-bit little-endian ELF file.

@@ -85,7 +85,7 @@ fn exec_image_init() -> ! {
 /// The kernel starts init with only `HOME=/` and `TERM=linux`.
 fn set_default_env() {
     if std::env::var_os("PATH").is_none() {
-        std::env::set_var("PATH", "/sbin:/bin:/usr/sbin:/usr/bin");
+        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     }
     std::env::set_var("HOME", "/root");
     if std::env::var_os("TERM").is_none() {

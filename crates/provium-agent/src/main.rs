@@ -35,6 +35,7 @@ mod port;
 mod power;
 mod proc;
 mod reaper;
+mod services;
 mod session;
 mod spawn;
 mod stream;
@@ -54,6 +55,7 @@ fn main() {
     reaper::start();
     if mode == init::Mode::Standalone {
         power::start();
+        services::start_syslog();
     }
     let info = session::AgentInfo {
         start_uptime_ms,

@@ -70,9 +70,10 @@ pub fn cache_root() -> PathBuf {
 }
 
 /// The default guest's kernel command line (what `kernel_cmdline`
-/// replaces).
+/// replaces). `loglevel=5` puts the kernel's warnings and worse on the
+/// console (so a failure's excerpt shows them) but not its boot chatter.
 pub fn default_cmdline() -> String {
-    String::from("console=ttyS0 quiet cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on")
+    String::from("console=ttyS0 loglevel=5 cryptomgr.notests 8250.nr_uarts=1 random.trust_cpu=on")
 }
 
 /// Resolves profiles to boot images; shared by all test files of a run.

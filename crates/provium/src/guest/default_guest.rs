@@ -233,11 +233,22 @@ fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, 
         ("root", 0o700),
         ("run", 0o755),
         ("var", 0o755),
+        ("var/log", 0o755),
+        ("var/tmp", 0o1777),
+        ("var/lib", 0o755),
+        ("home", 0o755),
+        ("mnt", 0o755),
+        ("opt", 0o755),
+        ("srv", 0o755),
         ("bin", 0o755),
         ("sbin", 0o755),
+        ("usr", 0o755),
+        ("usr/local", 0o755),
+        ("usr/local/bin", 0o755),
     ] {
         w.dir(dir, mode);
     }
+    w.symlink("var/run", "/run");
     w.file("bin/busybox", 0o755, &busybox);
     for applet in applets.iter().filter(|a| a.as_str() != "bin/busybox") {
         w.symlink(applet, "/bin/busybox");

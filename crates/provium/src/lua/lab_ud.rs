@@ -93,15 +93,13 @@ pub fn all_vms(lua: &Lua) -> Vec<(String, VmRef)> {
     v
 }
 
-/// The last `lines` non-blank console lines of every VM of the file.
+/// The console excerpt of every VM of the file that has one.
 pub fn console_excerpts(lua: &Lua, lines: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for (name, vm) in all_vms(lua) {
         let tail = lock(&vm).console_tail(crate::vmm::CONSOLE_TAIL_BYTES);
-        let kept: Vec<&str> = tail.lines().filter(|l| !l.trim().is_empty()).collect();
-        if !kept.is_empty() {
-            let start = kept.len().saturating_sub(lines);
-            out.push((name, kept[start..].join("\n")));
+        if let Some(excerpt) = crate::vm::console::excerpt(&tail, lines) {
+            out.push((name, excerpt));
         }
     }
     out

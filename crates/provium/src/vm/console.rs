@@ -67,3 +67,37 @@ pub fn open(vm: &VmRef, site: Option<Site>) -> Option<std::io::Result<Stream>> {
         Ok(Stream::new(Box::new(source), "console closed", site, Some(guard)))
     })())
 }
+
+/// Console lines every default guest prints while booting on `microvm`
+/// (which has no PCI bus): harmless, and alarming in a failure's excerpt.
+const BENIGN_BOOT_LINES: &[&str] =
+    &["PCI: Fatal: No config space access function found", "PCI: System does not support PCI"];
+
+/// The last `lines` lines of a console log worth showing with a failure:
+/// non-blank, without the known-harmless boot lines. `None` when nothing is
+/// left, so that no empty excerpt is printed.
+pub fn excerpt(log: &str, lines: usize) -> Option<String> {
+    let kept: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty() && !BENIGN_BOOT_LINES.iter().any(|b| l.ends_with(b)))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    Some(kept[kept.len().saturating_sub(lines)..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_keeps_the_last_meaningful_lines_or_is_none() {
+        let boot = "[    0.41] PCI: Fatal: No config space access function found\r\n\r\n[    0.58] PCI: System does not support PCI\n";
+        assert_eq!(excerpt(boot, 20), None);
+        let log = format!("{boot}[    3.1] a warning\n\n[    3.2] provium-agent: oops\n");
+        assert_eq!(excerpt(&log, 20).unwrap(), "[    3.1] a warning\n[    3.2] provium-agent: oops");
+        assert_eq!(excerpt(&log, 1).unwrap(), "[    3.2] provium-agent: oops");
+    }
+}

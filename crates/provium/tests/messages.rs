@@ -1,0 +1,59 @@
+//! What a user reads when something goes wrong, against real guests: the
+//! console excerpt of a failure, wrong-state errors, the state after a
+//! timeout, and bad arguments. Each message names the object, the state and
+//! the way out.
+
+mod common;
+use common::{file, json_lines, Suite};
+
+/// Runs one file with `--json`; its report.
+fn run_file(s: &Suite, name: &str, text: &str) -> serde_json::Value {
+    s.write(name, text);
+    let out = s.run(&["--json", name]);
+    let reports = json_lines(&out);
+    file(&reports, name).clone()
+}
+
+fn test_named<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tests"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{report:#}"))
+}
+
+#[test]
+fn a_failures_console_excerpt_shows_kernel_warnings_and_is_left_out_when_empty() {
+    let s = Suite::new();
+    let r = run_file(
+        &s,
+        "excerpt.test.lua",
+        r#"
+local vm = provium:vm("v", "default"):boot()
+test("a warning was logged", function(t)
+  vm:run("echo '<4>provium-test: a warning from the kernel log' > /dev/kmsg")
+  vm:run("echo '<6>provium-test: info is boot chatter' > /dev/kmsg")
+  t:fail("look at the console")
+end)
+test("a quiet guest", function(t)
+  t:fail("nothing on the console")
+end)
+"#,
+    );
+    let warned = test_named(&r, "a warning was logged");
+    let excerpt = warned["console"]
+        .as_array()
+        .and_then(|c| c.iter().find(|e| e["vm"] == "v"))
+        .and_then(|e| e["tail"].as_str())
+        .unwrap_or_else(|| panic!("{warned:#}"));
+    assert!(excerpt.contains("provium-test: a warning from the kernel log"), "{excerpt}");
+    assert!(!excerpt.contains("info is boot chatter"), "{excerpt}");
+    assert!(!excerpt.contains("PCI: Fatal"), "known-harmless boot lines are left out: {excerpt}");
+
+    // The human report: the first test has its excerpt; a file with a
+    // quiet guest prints no empty header.
+    s.write(
+        "quiet.test.lua",
+        "local vm = provium:vm(\"q\", \"default\"):boot()\ntest(\"x\", function(t) t:fail(\"no\") end)\n",
+    );
+    let out = s.run(&["quiet.test.lua"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL x"), "{text}");
+    assert!(!text.contains("(console, last lines)"), "an empty excerpt has no header: {text}");
+}
