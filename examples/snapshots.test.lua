@@ -81,14 +81,15 @@ test("restore checks the VM's state and the file", function(t)
   local vm = provium:vm("v", "default"):boot()
   local s = vm:snapshot()
   t:assert_contains(t:assert_raises(function() vm:restore(s) end),
-    "vm `v`: restore needs a created, shut down or dead VM; call vm:shutdown() first (cannot restore)")
+    "vm `v` is booted; restore needs a created, shut-down or dead VM: call vm:shutdown() first")
   local fresh = provium:vm("fresh", "default")
   local bogus = os.tmpname()
   local f = io.open(bogus, "w"); f:write("not a snapshot"); f:close()
   t:assert_contains(t:assert_raises(function() fresh:restore(bogus) end), "is not a provium snapshot")
   os.remove(bogus)
   t:assert_contains(t:assert_raises(function() fresh:restore(42) end), "vm:restore: expected snapshot|string, got number")
-  t:assert_contains(t:assert_raises(function() fresh:snapshot() end), "VM not booted")
+  t:assert_contains(t:assert_raises(function() fresh:snapshot() end),
+    "vm `fresh` is created; snapshot needs a booted or paused VM: call vm:boot() first")
 end)
 
 test("a paused VM can be snapshotted and stays paused", function(t)

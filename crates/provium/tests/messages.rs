@@ -57,3 +57,36 @@ end)
     assert!(text.contains("FAIL x"), "{text}");
     assert!(!text.contains("(console, last lines)"), "an empty excerpt has no header: {text}");
 }
+
+#[test]
+fn a_vm_stopped_by_a_test_timeout_is_shutdown_and_says_who_stopped_it() {
+    let s = Suite::new();
+    let r = run_file(
+        &s,
+        "timeout.test.lua",
+        r#"
+local busy = provium:vm("busy", "default"):boot()
+local idle = provium:vm("idle", "default"):boot()
+test("slow", {timeout = 4}, function(t)
+  busy:run("sleep 60")
+end)
+test("after", function(t)
+  t:assert_eq(busy:state(), "shutdown")
+  t:assert_contains(t:assert_raises(function() busy:run("true") end),
+    'vm `busy` is shutdown; run needs a booted VM: it was stopped by the timeout of test "slow"')
+  -- `idle` ran nothing when it was stopped: its first op finds out.
+  t:assert_contains(t:assert_raises(function() idle:run("true") end),
+    'vm `idle` was stopped by the timeout of test "slow" (cannot run)')
+  t:assert_eq(idle:state(), "shutdown")
+end)
+"#,
+    );
+    let slow = test_named(&r, "slow");
+    assert_eq!(slow["status"], "failed", "{slow:#}");
+    let msg = slow["message"].as_str().unwrap();
+    assert!(msg.contains("test timeout exceeded"), "{msg}");
+    assert!(msg.contains("was stopped by the timeout of test \"slow\""), "{msg}");
+    assert!(!msg.contains("died"), "a timeout is not a crash: {msg}");
+    let after = test_named(&r, "after");
+    assert_eq!(after["status"], "passed", "{after:#}");
+}

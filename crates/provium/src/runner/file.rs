@@ -26,7 +26,8 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
     let mut report = FileReport::new(shown);
     let kills: Arc<Mutex<Vec<KillSwitch>>> = Arc::default();
     let file_limit = cfg.timeout.unwrap_or_default();
-    let watchdog = Watchdog::start(cfg.timeout, kills.clone(), Arc::default());
+    let watchdog =
+        Watchdog::start(cfg.timeout, kills.clone(), Arc::default(), format!("the file timeout ({file_limit:?})"));
     let test_fired: Arc<AtomicBool> = Arc::default();
     let interrupts = Interrupts { file: watchdog.flag(), file_limit, test: test_fired.clone() };
     let ctx = FileContext {
@@ -80,7 +81,12 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
                 Err(why) => Err(why.clone()),
             };
             test_fired.store(false, Ordering::SeqCst);
-            let test_dog = Watchdog::start(limit.clone().unwrap_or(None), kills.clone(), test_fired.clone());
+            let test_dog = Watchdog::start(
+                limit.clone().unwrap_or(None),
+                kills.clone(),
+                test_fired.clone(),
+                format!("the timeout of test \"{}\"", test.name),
+            );
             let mut outcome = match &limit {
                 Err(why) => Outcome::Failed(format!("test `{}`: {why}", test.name)),
                 Ok(_) => {

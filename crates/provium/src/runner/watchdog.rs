@@ -19,8 +19,14 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// Arms a watchdog that sets `fired` and kills every VM in `kills`
-    /// when `timeout` passes before it drops; `None` never fires.
-    pub fn start(timeout: Option<Duration>, kills: Arc<Mutex<Vec<KillSwitch>>>, fired: Arc<AtomicBool>) -> Watchdog {
+    /// when `timeout` passes before it drops; `None` never fires. `what`
+    /// names the timeout for the VMs' errors (`the timeout of test "x"`).
+    pub fn start(
+        timeout: Option<Duration>,
+        kills: Arc<Mutex<Vec<KillSwitch>>>,
+        fired: Arc<AtomicBool>,
+        what: String,
+    ) -> Watchdog {
         let Some(timeout) = timeout else {
             return Watchdog { fired, stop: None, thread: None };
         };
@@ -30,7 +36,7 @@ impl Watchdog {
             if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
                 f.store(true, Ordering::SeqCst);
                 for k in crate::sync::lock(&kills).iter() {
-                    k.kill();
+                    k.kill(&what);
                 }
             }
         });
@@ -63,16 +69,16 @@ mod tests {
 
     #[test]
     fn fires_after_its_time_and_not_when_dropped_before() {
-        let early = Watchdog::start(Some(Duration::from_secs(60)), Arc::default(), Arc::default());
+        let early = Watchdog::start(Some(Duration::from_secs(60)), Arc::default(), Arc::default(), "t".into());
         assert!(!early.fired());
         drop(early);
-        let dog = Watchdog::start(Some(Duration::from_millis(1)), Arc::default(), Arc::default());
+        let dog = Watchdog::start(Some(Duration::from_millis(1)), Arc::default(), Arc::default(), "t".into());
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !dog.fired() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(dog.fired());
-        let never = Watchdog::start(None, Arc::default(), Arc::default());
+        let never = Watchdog::start(None, Arc::default(), Arc::default(), "t".into());
         assert!(!never.fired());
     }
 }

@@ -10,8 +10,12 @@ use crate::vmm::LaunchError;
 pub enum VmError {
     #[error(transparent)]
     Nic(#[from] super::nics::NicError),
-    #[error("vm `{vm}`: {reason} (cannot {action})")]
-    WrongState { vm: String, action: &'static str, reason: &'static str },
+    /// `vm `w` is created; reset needs a booted VM: call vm:boot() first`.
+    #[error("vm `{vm}` is {}; {action} needs {}: {way_out}", state.as_str(), needs.as_str())]
+    WrongState { vm: String, state: super::VmState, action: &'static str, needs: super::state::Needs, way_out: String },
+    /// The VM was killed by provium (a timeout), not by a crash.
+    #[error("vm `{vm}` was stopped by {by} (cannot {op}); create a new VM (or restore a snapshot into this one)")]
+    Stopped { vm: String, op: &'static str, by: String },
     #[error("vm `{vm}`: cannot boot")]
     Image {
         vm: String,

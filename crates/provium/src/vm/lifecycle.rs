@@ -12,7 +12,7 @@ use super::kill::KillSwitch;
 use super::nics::{self, Attachment, Nics};
 use super::opts::{files_cpio, spec_memory_mib, BootOpts};
 use super::resources::Registry;
-use super::state::VmState;
+use super::state::{Needs, VmState};
 use crate::agent::{AgentClient, AgentError};
 use crate::events::{Event, Events};
 use crate::image::Images;
@@ -30,6 +30,8 @@ pub struct Vm {
     /// Console tail kept after the VM stops, for failure reports.
     last_console: String,
     kill_switch: KillSwitch,
+    /// Who stopped this VM when provium did (`the timeout of test "x"`).
+    stopped_by: Option<String>,
     resources: Arc<Registry>,
     /// What the running guest was started with, which a snapshot records.
     running_as: Option<SnapshotMeta>,
@@ -53,6 +55,7 @@ impl Vm {
             instance: None,
             last_console: String::new(),
             kill_switch: KillSwitch::default(),
+            stopped_by: None,
             resources: Arc::default(),
             running_as: None,
             events: Events::discard(),
@@ -100,7 +103,8 @@ impl Vm {
 
     fn running(&mut self, action: &'static str, allowed: VmState) -> Result<&mut Instance, VmError> {
         if self.state != allowed {
-            return Err(self.wrong_state(action));
+            let needs = if allowed == VmState::Paused { Needs::Paused } else { Needs::Booted };
+            return Err(self.wrong_state(action, needs));
         }
         Ok(self.instance.as_mut().expect("a running VM has an instance"))
     }
@@ -158,13 +162,19 @@ impl Vm {
         self.kill_switch.clone()
     }
 
-    fn wrong_state(&self, action: &'static str) -> VmError {
-        VmError::WrongState { vm: self.name.clone(), action, reason: self.state.refusal() }
+    fn wrong_state(&self, action: &'static str, needs: Needs) -> VmError {
+        VmError::WrongState {
+            vm: self.name.clone(),
+            state: self.state,
+            action,
+            needs,
+            way_out: self.state.way_out(needs, self.stopped_by.as_deref()),
+        }
     }
 
     pub fn boot(&mut self, opts: &BootOpts) -> Result<(), VmError> {
         if self.state != VmState::Created {
-            return Err(self.wrong_state("boot"));
+            return Err(self.wrong_state("boot", Needs::Created));
         }
         let opts = opts.over(&self.create_opts);
         let image =
@@ -194,6 +204,7 @@ impl Vm {
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
         let inst = Instance::launch(&self.name, spec, files, timeout).map_err(self.launch_failed("boot"))?;
         self.kill_switch.arm(inst.qemu.pid());
+        self.stopped_by = None;
         if let Some(t) = opts.initial_time {
             // The RTC started at `t` when QEMU did; set it again now so the
             // clock reads `t` when boot() returns, however long boot took.
@@ -339,7 +350,7 @@ impl Vm {
     /// host ends would not survive a restore.
     pub fn snapshot(&mut self, path: &std::path::Path) -> Result<u64, VmError> {
         if !matches!(self.state, VmState::Booted | VmState::Paused) {
-            return Err(self.wrong_state("snapshot"));
+            return Err(self.wrong_state("snapshot", Needs::BootedOrPaused));
         }
         let (files, streams) = (
             self.resources.count(crate::vm::resources::Class::File),
@@ -363,11 +374,7 @@ impl Vm {
     /// to the host's, unless it booted with `initial_time`).
     pub fn restore(&mut self, path: &std::path::Path) -> Result<(), VmError> {
         if !matches!(self.state, VmState::Created | VmState::Shutdown | VmState::Dead) {
-            return Err(VmError::WrongState {
-                vm: self.name.clone(),
-                action: "restore",
-                reason: "restore needs a created, shut down or dead VM; call vm:shutdown() first",
-            });
+            return Err(self.wrong_state("restore", Needs::CreatedOrShutdown));
         }
         let meta =
             snapfile::read_header(path).map_err(|source| VmError::SnapshotFile { vm: self.name.clone(), source })?;
@@ -394,6 +401,7 @@ impl Vm {
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         let inst = Instance::restore(&self.name, spec, path, timeout).map_err(self.launch_failed("restore"))?;
         self.kill_switch.arm(inst.qemu.pid());
+        self.stopped_by = None;
         if meta.initial_time.is_none() {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             if let Err(e) = inst.agent.set_time(now.as_nanos() as i64) {
@@ -460,7 +468,7 @@ impl Vm {
     fn agent(&mut self, action: &'static str) -> Result<AgentClient, VmError> {
         match (self.state, &self.instance) {
             (VmState::Booted, Some(inst)) => Ok(inst.agent.clone()),
-            _ => Err(self.wrong_state(action)),
+            _ => Err(self.wrong_state(action, Needs::Booted)),
         }
     }
 
@@ -472,6 +480,13 @@ impl Vm {
                 VmError::TimedOut { vm: self.name.clone(), op, message: oe.message }
             }
             AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
+            e if e.connection_lost() && self.kill_switch.reason().is_some() => {
+                // provium killed it (a timeout): a shutdown, not a crash.
+                let by = self.kill_switch.reason().unwrap_or_default();
+                self.shutdown();
+                self.stopped_by = Some(by.clone());
+                VmError::Stopped { vm: self.name.clone(), op, by }
+            }
             e if e.connection_lost() => {
                 let why = match e {
                     AgentError::Disconnected(why) => why,
@@ -518,7 +533,7 @@ impl Vm {
     /// harness restart does to the port).
     pub fn reconnect_agent(&mut self) -> Result<(), VmError> {
         if self.state != VmState::Booted {
-            return Err(self.wrong_state("reconnect"));
+            return Err(self.wrong_state("reconnect", Needs::Booted));
         }
         let inst = self.instance.as_mut().expect("booted VM has an instance");
         inst.reconnect_agent(Duration::from_secs(10)).map_err(self.launch_failed("reconnect"))
