@@ -56,6 +56,11 @@ pub fn open(path: &str, mode: OpenMode, perm: u32) -> Result<Response, OpError> 
 }
 
 impl OpenFile {
+    /// The descriptor, for an `ioctl`; it stays open while `self` lives.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self.file.lock().unwrap())
+    }
+
     /// One read of at most `max` bytes at the current offset (empty at EOF).
     pub fn read_some(&self, max: usize) -> Result<Vec<u8>, OpError> {
         let mut buf = vec![0u8; max];

@@ -12,6 +12,7 @@
 //!
 //! session: reader thread ─┬─ Ping / SetTime / GetTime: answered on the reader thread, in order
 //!                         └─ any other request ─ pool worker ─ exec / fsops / files / proc / stream / waits
+//!                                                              / syscall (raw syscall, ioctl, read_mem)
 //! pool:    an idle worker takes the next request; a new thread starts only when none is idle,
 //!          and a worker that finds 8 others idle ends (so threads are reused across requests)
 //! proc:    a pump thread per spawned process;  exec: a stdin feeder thread per command fed stdin
@@ -40,6 +41,7 @@ mod session;
 mod spawn;
 mod stream;
 mod sys;
+mod syscall;
 mod tail;
 mod waits;
 

@@ -29,7 +29,7 @@ use provium_protocol::{
 };
 
 use crate::sys::{poll_one, set_nonblocking, CancelFlag};
-use crate::{exec, files, fsops, handles, log, net, proc, stream, waits};
+use crate::{exec, files, fsops, handles, log, net, proc, stream, syscall, waits};
 
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
@@ -303,6 +303,9 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
             net::configure(&mac, set_mac.as_deref(), up, address.as_deref(), prefix)
         }
         Request::DefaultRoute { gateway, present } => net::default_route(&gateway, present),
+        Request::Syscall(call) => syscall::syscall(call),
+        Request::Ioctl(call) => syscall::ioctl(call),
+        Request::ReadMem { addr, len } => syscall::read_mem(addr, len),
     }
 }
 

@@ -24,10 +24,12 @@
 
 pub mod frame;
 mod hello;
+pub mod layer0;
 mod ops;
 
 pub use frame::{Decoder, Frame, FrameError, FrameKind};
 pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
+pub use layer0::{BufArg, IoctlCall, IoctlOutcome, MemRead, NestedPtr, SyscallCall, SyscallOutcome, MAX_LAYER0_BYTES};
 pub use ops::{
     DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, OpenMode, OutputPipe,
     ProcState, Reply, Request, Response, StreamSource, TailStart, Whence, AGENT_RETAIN,
@@ -144,11 +146,55 @@ mod pin_tests {
                 prefix: 24,
             },
             Request::DefaultRoute { gateway: "10.0.0.1".into(), present: true },
+            Request::Syscall(SyscallCall {
+                nr: 20,
+                args: [3, 0, 1, 0, 0, -1],
+                bufs: vec![vec![0; 16], b"hi".to_vec(), vec![]],
+                ptrs: vec![BufArg { buf: 0, arg: 1 }],
+                nested: vec![NestedPtr { parent: 0, child: 1, offset: 0 }],
+            }),
+            Request::Ioctl(IoctlCall {
+                handle: 4,
+                cmd: 0x541b,
+                data: vec![0; 4],
+                bufs: vec![b"x".to_vec()],
+                ptr_offsets: vec![0],
+            }),
+            Request::ReadMem { addr: u64::MAX, len: 8 },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn every_layer0_response_round_trips() {
+        let replies: Vec<Reply> = vec![
+            Ok(Response::Syscall(SyscallOutcome { ret: -1, errno: 2, out_bufs: vec![b"/x\0".to_vec(), vec![]] })),
+            Ok(Response::Ioctl(IoctlOutcome { ret: 0, errno: 0, out_data: vec![5, 0, 0, 0], out_bufs: vec![] })),
+            Ok(Response::Memory(MemRead::Bytes(b"Linux".to_vec()))),
+            Ok(Response::Memory(MemRead::Errno(5))),
+        ];
+        for r in replies {
+            let back: Reply = decode_msg("reply", &encode_msg(&r)).unwrap();
+            assert_eq!(back, r);
+        }
+    }
+
+    #[test]
+    fn layer0_buffers_travel_as_bin() {
+        // `bufs` is an array of msgpack bin (0xc4 <len> <bytes>), not of
+        // integers: a 4 KiB buffer costs 4 KiB on the wire.
+        let call = Request::Syscall(SyscallCall { nr: 63, bufs: vec![b"ab".to_vec()], ..Default::default() });
+        let b = hex(&encode_msg(&call));
+        assert!(b.contains("a46275667391c4026162"), "{b}");
+        let r: Reply = Ok(Response::Memory(MemRead::Bytes(vec![0x41])));
+        assert_eq!(
+            hex(&encode_msg(&r)),
+            "81a24f6b82a46b696e64a66d656d6f7279a576616c756582a46b696e64a562797465\
+             73a576616c7565c40141"
+        );
     }
 
     #[test]

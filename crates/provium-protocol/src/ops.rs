@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layer0::{IoctlCall, IoctlOutcome, MemRead, SyscallCall, SyscallOutcome};
+
 /// What to run for [`Request::Exec`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -321,6 +323,18 @@ pub enum Request {
         gateway: String,
         present: bool,
     },
+    /// A raw syscall in the agent process ([`crate::layer0`]); answered
+    /// with [`Response::Syscall`], whatever the syscall returned.
+    Syscall(SyscallCall),
+    /// `ioctl(2)` on an open file handle; answered with [`Response::Ioctl`].
+    Ioctl(IoctlCall),
+    /// Reads `len` bytes (at most [`crate::MAX_LAYER0_BYTES`]) of the
+    /// agent's own memory at `addr` (`/proc/self/mem`); answered with
+    /// [`Response::Memory`].
+    ReadMem {
+        addr: u64,
+        len: u32,
+    },
 }
 
 impl Request {
@@ -353,6 +367,9 @@ impl Request {
             Request::GetTime => "get_time",
             Request::NetConfig { .. } => "net_config",
             Request::DefaultRoute { .. } => "default_route",
+            Request::Syscall(_) => "syscall",
+            Request::Ioctl(_) => "ioctl",
+            Request::ReadMem { .. } => "read_mem",
         }
     }
 }
@@ -379,6 +396,9 @@ pub enum Response {
     Time(i64),
     /// The guest's name for an interface (`eth0`).
     Interface(String),
+    Syscall(SyscallOutcome),
+    Ioctl(IoctlOutcome),
+    Memory(MemRead),
 }
 
 /// Why an operation failed.

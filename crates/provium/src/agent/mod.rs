@@ -11,4 +11,5 @@ pub mod output;
 mod stream;
 
 pub use client::{AgentClient, AgentError};
+pub use ops::PendingSyscall;
 pub use stream::{AgentStream, Chunk, DEFAULT_WINDOW};

@@ -1,12 +1,15 @@
 //! One typed method per request. Each sends the request on a fresh channel
 //! and turns the reply into the value the caller wants; an unexpected reply
-//! kind is a protocol error.
+//! kind is a protocol error. A syscall can also be sent now and its reply
+//! read later ([`PendingSyscall`]), from any thread.
 
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use provium_protocol::frame::FrameKind;
 use provium_protocol::{
-    DirEntry, ExecOutput, ExecRequest, Metadata, OpenMode, OutputPipe, ProcState, Request, Response, Whence,
+    DirEntry, ExecOutput, ExecRequest, IoctlCall, IoctlOutcome, MemRead, Metadata, OpenMode, OutputPipe, ProcState,
+    Request, Response, SyscallCall, SyscallOutcome, Whence,
 };
 
 use super::client::{AgentClient, AgentError, Incoming};
@@ -213,5 +216,65 @@ impl AgentClient {
     /// Asks the agent to stop the work behind a channel.
     pub(super) fn cancel(&self, channel: u32) {
         let _ = self.send(channel, FrameKind::Cancel, &[]);
+    }
+}
+
+/// Layer-0 requests: the kernel as the agent process sees it.
+impl AgentClient {
+    /// Makes a raw syscall in the agent; a failing syscall is an `Ok`
+    /// outcome with `errno` set.
+    pub fn syscall(&self, call: SyscallCall) -> Result<SyscallOutcome, AgentError> {
+        self.syscall_async(call)?.wait()
+    }
+
+    /// Sends a syscall and returns at once; the agent makes it on a thread
+    /// of its own, so it may block there while other requests go on.
+    pub fn syscall_async(&self, call: SyscallCall) -> Result<PendingSyscall, AgentError> {
+        let (channel, rx) = self.open(&Request::Syscall(call))?;
+        Ok(PendingSyscall { client: self.clone(), channel, rx: Some(rx) })
+    }
+
+    /// `ioctl(2)` on the descriptor of an open file handle.
+    pub fn ioctl(&self, call: IoctlCall) -> Result<IoctlOutcome, AgentError> {
+        match self.call(&Request::Ioctl(call))? {
+            Response::Ioctl(out) => Ok(out),
+            other => Err(unexpected("ioctl", &other)),
+        }
+    }
+
+    /// `len` bytes of the agent's own memory at `addr`.
+    pub fn read_mem(&self, addr: u64, len: u32) -> Result<MemRead, AgentError> {
+        match self.call(&Request::ReadMem { addr, len })? {
+            Response::Memory(m) => Ok(m),
+            other => Err(unexpected("read_mem", &other)),
+        }
+    }
+}
+
+/// A syscall sent by [`AgentClient::syscall_async`] whose reply has not
+/// been read. Dropping it unread stops routing the reply (the syscall itself
+/// still runs to its end in the guest).
+pub struct PendingSyscall {
+    client: AgentClient,
+    channel: u32,
+    rx: Option<Receiver<Incoming>>,
+}
+
+impl PendingSyscall {
+    /// Waits for the reply.
+    pub fn wait(mut self) -> Result<SyscallOutcome, AgentError> {
+        let rx = self.rx.take().expect("a pending syscall is waited for once");
+        match self.client.finish(rx, None)? {
+            Response::Syscall(out) => Ok(out),
+            other => Err(unexpected("syscall", &other)),
+        }
+    }
+}
+
+impl Drop for PendingSyscall {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            self.client.forget(self.channel);
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! [`file::LuaFile`] is what the runner drives. One Lua type per file:
 //! [`framework`] (`test`, `t`), [`lab_ud`] (`provium` and labs), [`vm_ud`]
 //! (VMs), [`stream_ud`], [`proc_ud`], [`file_ud`], [`console_ud`],
-//! [`clock_ud`], [`snapshot_ud`], [`result_ud`]; [`opts`] parses option
+//! [`clock_ud`], [`snapshot_ud`], [`result_ud`], [`layer0_ud`] (syscalls and
+//! their pending results); [`opts`] parses option
 //! tables, [`errors`] shapes error text.
 
 pub mod bridge_ud;
@@ -19,6 +20,7 @@ pub mod fixtures;
 pub mod framework;
 pub mod jobs;
 pub mod lab_ud;
+pub mod layer0_ud;
 pub mod opts;
 pub mod proc_ud;
 pub mod reset;

@@ -143,6 +143,7 @@ impl UserData for VmUd {
         super::vm_streams::add_methods(methods);
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);
+        super::layer0_ud::add_methods(methods);
         methods.add_meta_method("__tostring", |_, this, ()| {
             let vm = this.lock();
             Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))

@@ -77,4 +77,11 @@ pub enum VmError {
     },
     #[error("vm `{vm}`: cannot restore `{path}`: it was saved under {saved}, and this run uses {here}")]
     AccelMismatch { vm: String, path: String, saved: String, here: String },
+    /// A layer-0 call the agent would refuse (a buffer index out of range,
+    /// a pointer outside its buffer, too many bytes); nothing was sent.
+    #[error("vm `{vm}`: {op}: {why}")]
+    BadCall { vm: String, op: &'static str, why: String },
+    /// `await()` on a pending syscall whose result was already taken.
+    #[error("vm `{vm}`: syscall_async: handle already awaited")]
+    AlreadyAwaited { vm: String },
 }

@@ -10,12 +10,15 @@
 //! - [`nics`]: its network cards and the bridges they are attached to;
 //! - [`stream`], [`process`], [`file`], [`console`]: what a VM opens that
 //!   lives on (streams, background processes, file handles, the console
-//!   stream); each closes behind `crate::lab::Close`.
+//!   stream); each closes behind `crate::lab::Close`;
+//! - [`layer0`]: raw syscalls (also sent now and awaited later), ioctls on
+//!   file handles, and reads of the agent's memory.
 
 pub mod console;
 pub mod error;
 pub mod file;
 pub mod kill;
+pub mod layer0;
 pub mod lifecycle;
 pub mod nics;
 pub mod opts;
