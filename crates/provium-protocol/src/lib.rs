@@ -66,7 +66,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 4);
+        assert_eq!(PROTOCOL_VERSION, 5);
     }
 
     #[test]
