@@ -191,6 +191,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         println!("provium: no *.test.lua files found");
         return Ok(exit_code(RunEnd::NothingToRun));
     }
+    // A missing kernel of a profile these files use is a config error,
+    // reported now rather than by the first boot.
+    config.check_files(&runner::profiles_used(&files, &config.profiles.keys().cloned().collect::<Vec<_>>()))?;
 
     cleanup::install_signal_handler();
     cleanup::sweep_stale();

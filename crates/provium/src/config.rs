@@ -2,9 +2,10 @@
 //!
 //! Every error names the file and, where it applies, the key. Relative paths
 //! in a profile resolve against the directory of the file that declares them,
-//! so a suite runs the same from any working directory. Paths are checked for
-//! existence when a VM boots, not here, so one config serves machines that
-//! only have some of the kernels.
+//! so a suite runs the same from any working directory. Whether the files a
+//! profile names exist is checked by [`Config::check_files`] for the
+//! profiles a run can use (before any VM boots), so one config still serves
+//! machines that only have some of the kernels.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid config in `{path}`: `{key}`: {message}")]
     Invalid { path: PathBuf, key: String, message: String },
+    #[error("invalid config in `{path}`: `{key}`: `{file}` does not exist{used}")]
+    MissingFile { path: PathBuf, key: String, file: PathBuf, used: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,8 +105,8 @@ impl Config {
     /// Parses config text; `path` names the file in errors and anchors
     /// relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: one_line(&e) })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: one_line(&e, text) })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let anchor = |p: PathBuf| {
             if p.is_absolute() || base.as_os_str().is_empty() {
@@ -153,6 +156,28 @@ impl Config {
         Ok(Config { path: Some(path.to_path_buf()), roots, cache_dir, profiles })
     }
 
+    /// Checks that the files of each profile in `names` exist (kernel,
+    /// initrd, cmdline file); unknown names and `default` are skipped.
+    /// `used` says why the profile matters (`; used by a.test.lua`).
+    pub fn check_files(&self, names: &[(String, String)]) -> Result<(), ConfigError> {
+        let path = self.path.clone().unwrap_or_else(|| PathBuf::from("provium.toml"));
+        for (name, used) in names {
+            let Some(p) = self.profiles.get(name) else { continue };
+            let files =
+                [("kernel", Some(&p.kernel)), ("initrd", p.initrd.as_ref()), ("cmdline_file", p.cmdline_file.as_ref())];
+            for (field, file) in files {
+                let Some(file) = file.filter(|f| !f.exists()) else { continue };
+                return Err(ConfigError::MissingFile {
+                    path: path.clone(),
+                    key: format!("profiles.{name}.{field}"),
+                    file: file.clone(),
+                    used: used.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Names every profile a test can use, the built-in one included.
     pub fn profile_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.profiles.keys().cloned().collect();
@@ -163,10 +188,16 @@ impl Config {
     }
 }
 
-fn one_line(e: &toml::de::Error) -> String {
+/// A TOML error in one line, with where it is (`line 3, column 7`).
+fn one_line(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().to_string();
     match e.span() {
-        Some(span) => format!("{msg} (at byte {})", span.start),
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {msg}")
+        }
         None => msg,
     }
 }
@@ -212,6 +243,25 @@ mod tests {
         let e = parse("[profiles.k]\nkernel = \"x\"\ncmdline = \"rdinit=/init\"\n").unwrap_err().to_string();
         assert!(e.contains("`profiles.k.cmdline`: already pins rdinit="), "{e}");
         let e = parse("[profiles.k\n").unwrap_err().to_string();
-        assert!(e.starts_with("cannot parse `/suite/provium.toml`"), "{e}");
+        assert!(e.starts_with("cannot parse `/suite/provium.toml`: line 1, column"), "{e}");
+        let e = parse("[profiles.k]\nkernel = \"x\"\nmemory = = 3\n").unwrap_err().to_string();
+        assert!(e.contains("line 3, column 10"), "{e}");
+    }
+
+    #[test]
+    fn missing_files_of_used_profiles_are_reported_with_their_key() {
+        let c = parse(
+            "[profiles.k]\nkernel = \"/no/vmlinuz\"\n[profiles.j]\nkernel = \"/bin/sh\"\ninitrd = \"/no/initrd\"\n",
+        )
+        .unwrap();
+        assert!(c.check_files(&[]).is_ok(), "nothing used, nothing checked");
+        let e = c.check_files(&[("k".into(), "; used by a.test.lua".into())]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid config in `/suite/provium.toml`: `profiles.k.kernel`: `/no/vmlinuz` does not exist; used by a.test.lua"
+        );
+        let e = c.check_files(&[("j".into(), String::new())]).unwrap_err().to_string();
+        assert!(e.contains("`profiles.j.initrd`: `/no/initrd` does not exist"), "{e}");
+        assert!(c.check_files(&[("default".into(), String::new()), ("nope".into(), String::new())]).is_ok());
     }
 }

@@ -90,3 +90,51 @@ end)
     let after = test_named(&r, "after");
     assert_eq!(after["status"], "passed", "{after:#}");
 }
+
+#[test]
+fn an_error_raised_with_a_table_shows_its_contents() {
+    let s = Suite::new();
+    let r = run_file(
+        &s,
+        "table_error.test.lua",
+        "test(\"raises a table\", function(t)\n  error({code = 1, why = \"bad\", nested = {2}})\nend)\n\
+         test(\"a bad argument\", function(t)\n  t:assert_eq(1, 1, 5)\nend)\n",
+    );
+    let msg = test_named(&r, "raises a table")["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("error raised with a table: {code = 1, nested = {[1] = 2}, why = \"bad\"}"), "{msg}");
+    assert!(!msg.contains("table: 0x"), "{msg}");
+    let msg = test_named(&r, "a bad argument")["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("table_error.test.lua:5: t:assert_eq: argument 3 (msg) must be a string or nil"), "{msg}");
+}
+
+#[test]
+fn config_errors_stop_the_run_at_load_naming_the_file_and_the_key() {
+    let s = Suite::new();
+    s.write(
+        "provium.toml",
+        "[profiles.nokernel]\nkernel = \"/nonexistent/vmlinuz\"\n\n[profiles.spare]\nkernel = \"/nonexistent/other\"\n",
+    );
+    s.write("a.test.lua", "test(\"boots\", function(t) provium:vm(\"v\", \"default\"):boot() end)\n");
+    s.write("b.test.lua", "test(\"missing kernel\", function(t) provium:vm(\"v\", \"nokernel\"):boot() end)\n");
+    let out = s.run(&["."]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`provium.toml`: `profiles.nokernel.kernel`: `/nonexistent/vmlinuz` does not exist; used by"),
+        "{err}"
+    );
+    assert!(err.contains("b.test.lua"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"), "no test ran");
+
+    // A profile no file names is not checked: the run goes on.
+    std::fs::remove_file(s.path().join("b.test.lua")).unwrap();
+    let out = s.run(&["."]);
+    assert_eq!(out.status.code(), Some(0), "`spare` is unused");
+
+    // A TOML syntax error says where, in lines and columns.
+    s.write("provium.toml", "[profiles.k]\nkernel = \"/x\"\ncmdline = = \"quiet\"\n");
+    let out = s.run(&["."]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot parse `provium.toml`: line 3, column 11"), "{err}");
+}

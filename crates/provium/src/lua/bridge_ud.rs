@@ -205,6 +205,7 @@ fn pair_arg(lua: &Lua, verb: &str, a: Value, b: Option<Value>) -> mlua::Result<(
 
 impl UserData for BridgeUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "bridge");
         methods.add_method("attach", |lua, this, v: Value| {
             let list: Vec<Value> = match v {
                 Value::Table(t) => t.sequence_values::<Value>().collect::<mlua::Result<_>>()?,
@@ -320,6 +321,7 @@ impl NicUd {
 
 impl UserData for NicUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "nic");
         methods.add_method("counters", |lua, this, ()| {
             let c = this.switch().counters(&this.vm_name).unwrap_or_default();
             let t = lua.create_table()?;

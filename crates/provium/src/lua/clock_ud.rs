@@ -49,6 +49,7 @@ fn finite_ns(lua: &Lua, what: &str, v: &Value) -> mlua::Result<i64> {
 
 impl UserData for ClockUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "clock");
         methods.add_method("get", |lua, this, ()| Ok(this.get_ns(lua)? as f64 / 1e9));
         methods.add_method("get_ns", |lua, this, ()| this.get_ns(lua));
         methods.add_method("set", |lua, this, v: Value| {

@@ -33,6 +33,7 @@ fn log_text(path: &std::path::Path) -> String {
 
 impl UserData for ConsoleUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "console");
         methods.add_method("read", |lua, this, ()| {
             match crate::vm::console::open(&this.0, creation_site(lua)) {
                 Some(Ok(stream)) => Ok(super::vm_streams::tracked(lua, stream)),

@@ -15,6 +15,7 @@ const READ_ALL_CHUNK: u64 = 64 * 1024;
 
 impl UserData for FileUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "file");
         methods.add_method("read", |lua, this, n: u64| {
             let data = this.0.op("read", |a, h| a.read(h, n)).lua(lua)?;
             lua.create_string(&data)

@@ -89,7 +89,7 @@ pub fn meta_skip(meta: Option<&Table>) -> Option<String> {
 
 /// Runs one test body and classifies how it ended.
 pub fn run_test(lua: &Lua, func: &Function, ctx: &TestCtx) -> Outcome {
-    let result = func.call::<()>(ctx.clone());
+    let result = call_showing_tables(lua, func, ctx.clone());
     let st = ctx.0.borrow();
     if let Some(reason) = &st.skipped {
         return Outcome::Skipped(reason.clone());
@@ -110,6 +110,59 @@ pub fn run_test(lua: &Lua, func: &Function, ctx: &TestCtx) -> Outcome {
                 Outcome::Passed
             }
         },
+    }
+}
+
+/// Calls `func(arg)`; an error *value* that is a table (`error({code = 1})`)
+/// comes back as its contents (`{code = 1}`), not as `table: 0x…`, which is
+/// all a plain call would keep of it.
+pub fn call_showing_tables(lua: &Lua, func: &Function, arg: impl mlua::IntoLua) -> mlua::Result<()> {
+    let handler = lua.create_function(|lua, e: Value| {
+        Ok(match e {
+            Value::Table(_) => {
+                Value::String(lua.create_string(format!("error raised with a table: {}", render(&e, 0)))?)
+            }
+            other => other,
+        })
+    })?;
+    let xpcall: Function = lua.globals().get("xpcall")?;
+    let (ok, err): (bool, Value) = xpcall.call((func.clone(), handler, arg))?;
+    match (ok, err) {
+        (true, _) => Ok(()),
+        (false, Value::Error(e)) => Err(*e),
+        (false, Value::String(s)) => Err(mlua::Error::RuntimeError(s.to_string_lossy())),
+        (false, other) => Err(mlua::Error::RuntimeError(render(&other, 0))),
+    }
+}
+
+/// A Lua value as source-like text: `{code = 1, msg = "x"}`, nested tables
+/// to a few levels, keys sorted.
+pub fn render(v: &Value, depth: usize) -> String {
+    match v {
+        Value::Nil => "nil".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{:?}", s.to_string_lossy()),
+        Value::Table(t) if depth < 3 => {
+            let mut items: Vec<(String, String)> = t
+                .clone()
+                .pairs::<Value, Value>()
+                .flatten()
+                .map(|(k, v)| {
+                    let key = match &k {
+                        Value::String(s) => s.to_string_lossy(),
+                        other => format!("[{}]", render(other, depth + 1)),
+                    };
+                    (key, render(&v, depth + 1))
+                })
+                .collect();
+            items.sort();
+            let body: Vec<String> = items.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            format!("{{{}}}", body.join(", "))
+        }
+        Value::Table(_) => "{…}".into(),
+        other => other.type_name().to_string(),
     }
 }
 
@@ -140,6 +193,7 @@ impl UserData for TestCtx {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "t");
         methods.add_method("assert", |lua, this, (cond, msg): (Value, Option<String>)| {
             let truthy = !matches!(cond, Value::Nil | Value::Boolean(false));
             if truthy {

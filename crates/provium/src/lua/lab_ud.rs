@@ -130,6 +130,7 @@ pub struct LabUd(pub Lab);
 
 impl UserData for LabUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "lab");
         methods.add_method("vm", |lua, this, args: MultiValue| {
             let args: Vec<Value> = args.into_iter().collect();
             let s = |v: &mlua::String| v.to_string_lossy();

@@ -22,6 +22,7 @@ pub struct PendingSyscallUd(PendingSyscall);
 
 impl UserData for PendingSyscallUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "pending");
         methods.add_method("await", |lua, this, ()| {
             let out = this.0.wait().lua(lua)?;
             syscall_table(lua, &out)

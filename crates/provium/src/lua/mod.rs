@@ -10,6 +10,7 @@
 //! their pending results); [`opts`] parses option
 //! tables, [`errors`] shapes error text.
 
+pub mod args;
 pub mod bridge_ud;
 pub mod clock_ud;
 pub mod console_ud;

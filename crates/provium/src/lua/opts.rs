@@ -66,15 +66,16 @@ fn boot_files(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<(String, Vec
     for entry in t.clone().sequence_values::<Table>() {
         let e = entry.map_err(|_| raise(lua, format!("{what}: files must be a list of {{path, content[, mode]}}")))?;
         check_keys(lua, &format!("{what}: files"), &e, &["path", "content", "mode"])?;
-        let path: String = e
-            .get::<Option<String>>("path")?
+        let path: String = super::args::field::<Option<String>>(lua, what, &e, "path")?
             .ok_or_else(|| raise(lua, format!("{what}: files: entry without `path`")))?;
         let bad = path.is_empty() || !path.starts_with('/') || path.split('/').any(|c| c == "." || c == "..");
         if bad {
             return Err(raise(lua, format!("{what}: files: path `{path}` must be absolute, without `.` or `..`")));
         }
-        let content = e.get::<Option<mlua::String>>("content")?.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
-        let mode = e.get::<Option<u32>>("mode")?.unwrap_or(0o644);
+        let content = super::args::field::<Option<mlua::String>>(lua, what, &e, "content")?
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default();
+        let mode = super::args::field::<Option<u32>>(lua, what, &e, "mode")?.unwrap_or(0o644);
         if mode > 0o7777 {
             return Err(raise(lua, format!("{what}: files: mode of `{path}` must be at most 0o7777 (4095)")));
         }
@@ -90,26 +91,26 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
     };
     check_keys(lua, what, &t, BOOT_KEYS)?;
     let mut o = BootOpts::default();
-    if let Some(v) = t.get::<Option<Value>>("memory")? {
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "memory")? {
         o.memory = Some(size(lua, &format!("{what}: memory"), &v)?);
     }
-    if let Some(v) = t.get::<Option<Value>>("cpus")? {
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "cpus")? {
         match v {
             Value::Integer(n) if (1..=256).contains(&n) => o.cpus = Some(n as u32),
             other => return Err(raise(lua, format!("{what}: cpus must be an integer from 1 to 256, got {other:?}"))),
         }
     }
-    o.kernel_cmdline = t.get::<Option<String>>("kernel_cmdline")?;
-    if let Some(v) = t.get::<Option<Value>>("agent_timeout")? {
+    o.kernel_cmdline = super::args::field::<Option<String>>(lua, what, &t, "kernel_cmdline")?;
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "agent_timeout")? {
         o.agent_timeout = Some(duration(lua, &format!("{what}: agent_timeout"), &v)?);
     }
-    if let Some(v) = t.get::<Option<Value>>("rng_seed")? {
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "rng_seed")? {
         match v {
             Value::Integer(n) => o.rng_seed = Some(n as u64),
             other => return Err(raise(lua, format!("{what}: rng_seed must be an integer, got {}", other.type_name()))),
         }
     }
-    if let Some(v) = t.get::<Option<Value>>("initial_time")? {
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "initial_time")? {
         let secs = match v {
             Value::Integer(n) => n as f64,
             Value::Number(f) if f.is_finite() => f,
@@ -122,13 +123,13 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
         };
         o.initial_time = Some(secs);
     }
-    if let Some(v) = t.get::<Option<Value>>("nics")? {
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "nics")? {
         match v {
             Value::Integer(n) if (0..=16).contains(&n) => o.nics = Some(n as u8),
             other => return Err(raise(lua, format!("{what}: nics must be an integer from 0 to 16, got {other:?}"))),
         }
     }
-    if let Some(files) = t.get::<Option<Table>>("files")? {
+    if let Some(files) = super::args::field::<Option<Table>>(lua, what, &t, "files")? {
         o.files = Some(boot_files(lua, what, &files)?);
     }
     Ok(o)
@@ -188,7 +189,7 @@ pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> m
         return Ok(RunSpec { req: ExecRequest { argv, ..Default::default() }, stdin: vec![] });
     }
     check_keys(lua, what, &t, RUN_KEYS)?;
-    let argv = match t.get::<Option<Table>>("args")? {
+    let argv = match super::args::field::<Option<Table>>(lua, what, &t, "args")? {
         Some(args) => {
             let mut argv = vec![cmd.to_string()];
             argv.extend(strings(lua, &format!("{what}: args"), &args)?);
@@ -197,10 +198,19 @@ pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> m
         None => shell(cmd),
     };
     let mut req = ExecRequest { argv, ..Default::default() };
-    if let Some(env) = t.get::<Option<Table>>("env")? {
+    if let Some(env) = super::args::field::<Option<Table>>(lua, what, &t, "env")? {
         let mut map = BTreeMap::new();
-        for pair in env.pairs::<String, Value>() {
+        for pair in env.pairs::<Value, Value>() {
             let (k, v) = pair?;
+            let k = match k {
+                Value::String(s) => s.to_string_lossy(),
+                other => {
+                    return Err(raise(lua, format!("{what}: env keys must be strings, got {}", other.type_name())))
+                }
+            };
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(raise(lua, format!("{what}: env key {k:?} must be non-empty, without `=` or NUL")));
+            }
             let v = match v {
                 Value::String(s) => s.to_string_lossy(),
                 Value::Integer(n) => n.to_string(),
@@ -210,17 +220,22 @@ pub fn run_request(lua: &Lua, what: &str, cmd: &str, second: Option<Value>) -> m
                     return Err(raise(lua, format!("{what}: env.{k} must be a string, got {}", other.type_name())))
                 }
             };
+            if v.contains('\0') {
+                return Err(raise(lua, format!("{what}: env.{k} may not contain a NUL byte")));
+            }
             map.insert(k, v);
         }
         req.env = map;
     }
-    req.env_clear = t.get::<Option<bool>>("env_clear")?.unwrap_or(false);
-    req.cwd = t.get::<Option<String>>("cwd")?;
-    let stdin = t.get::<Option<mlua::String>>("stdin")?.map(|s| s.as_bytes().to_vec()).unwrap_or_default();
-    if let Some(v) = t.get::<Option<Value>>("timeout")? {
+    req.env_clear = super::args::field::<Option<bool>>(lua, what, &t, "env_clear")?.unwrap_or(false);
+    req.cwd = super::args::field::<Option<String>>(lua, what, &t, "cwd")?;
+    let stdin = super::args::field::<Option<mlua::String>>(lua, what, &t, "stdin")?
+        .map(|s| s.as_bytes().to_vec())
+        .unwrap_or_default();
+    if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "timeout")? {
         req.timeout_ms = Some(duration(lua, &format!("{what}: timeout"), &v)?.as_millis() as u64);
     }
-    if let Some(ms) = t.get::<Option<i64>>("timeout_ms")? {
+    if let Some(ms) = super::args::field::<Option<i64>>(lua, what, &t, "timeout_ms")? {
         if ms < 0 {
             return Err(raise(lua, format!("{what}: timeout_ms must be non-negative, got {ms}")));
         }

@@ -65,6 +65,7 @@ impl ProcUd {
 
 impl UserData for ProcUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "proc");
         methods.add_method("wait", |lua, this, t: Option<Value>| {
             let timeout = match t {
                 None | Some(Value::Nil) => None,

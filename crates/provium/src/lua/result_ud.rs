@@ -74,6 +74,7 @@ impl UserData for RunResult {
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "result");
         methods.add_method("ok", |_, r, ()| Ok(r.ok()));
         methods.add_method(
             "assert_ok",

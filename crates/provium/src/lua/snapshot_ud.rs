@@ -25,6 +25,7 @@ pub struct LabSnapshotUd {
 
 impl UserData for SnapshotUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "snapshot");
         methods.add_method("path", |_, this, ()| Ok(this.path.display().to_string()));
         // Bytes on disk: a snapshot's RAM image is mostly holes.
         methods.add_method("size", |_, this, ()| Ok(crate::vmm::snapshot::disk_bytes(&this.path)));
@@ -38,6 +39,7 @@ impl UserData for SnapshotUd {
 
 impl UserData for LabSnapshotUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "lab_snapshot");
         methods.add_method("path", |_, this, ()| Ok(this.dir.display().to_string()));
         methods.add_method("size", |_, this, ()| Ok(dir_size(&this.dir)));
         methods.add_method("delete", |_, this, ()| {

@@ -24,6 +24,7 @@ fn timeout_arg(lua: &Lua, what: &str, v: Option<Value>, default: Duration) -> ml
 
 impl UserData for StreamUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "stream");
         methods.add_method("next", |lua, this, t: Option<Value>| {
             let timeout = timeout_arg(lua, "stream:next", t, DEFAULT_TIMEOUT)?;
             let got = this.0.next(timeout).map_err(|m| raise(lua, m))?;

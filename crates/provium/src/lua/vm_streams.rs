@@ -66,7 +66,7 @@ fn open_mode(lua: &Lua, t: &Table) -> mlua::Result<(OpenMode, u32)> {
     if !(mode.read || mode.write || mode.append) {
         return Err(raise(lua, "vm:open_file: must specify at least one of `read`, `write`, `append`"));
     }
-    Ok((mode, t.get::<Option<u32>>("perm")?.unwrap_or(0o644)))
+    Ok((mode, super::args::field::<Option<u32>>(lua, "vm:open_file", t, "perm")?.unwrap_or(0o644)))
 }
 
 fn tail_start(lua: &Lua, opts: Option<Table>) -> mlua::Result<TailStart> {

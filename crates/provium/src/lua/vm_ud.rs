@@ -32,6 +32,7 @@ fn entry_type_table(lua: &Lua, md: &provium_protocol::Metadata) -> mlua::Result<
 
 impl UserData for VmUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "vm");
         methods.add_function("boot", |lua, (ud, t): (AnyUserData, Option<Table>)| {
             let o = opts::boot_opts(lua, "vm:boot", t)?;
             ud.borrow::<VmUd>()?.lock().boot(&o).lua(lua)?;

@@ -48,7 +48,7 @@ fn wait_until(lua: &Lua, what: &str, f: Function, o: Option<Table>, interval: Du
             (
                 dur(lua, what, t.get("timeout")?, Duration::from_secs(10))?,
                 dur(lua, what, t.get("interval")?, interval)?,
-                t.get::<Option<String>>("desc")?.unwrap_or_else(|| "condition".into()),
+                super::args::field::<Option<String>>(lua, what, t, "desc")?.unwrap_or_else(|| "condition".into()),
             )
         }
         None => (Duration::from_secs(10), interval, "condition".to_string()),
@@ -144,7 +144,10 @@ fn polling_condition(lua: &Lua, args: MultiValue) -> mlua::Result<MultiValue> {
     let (interval, desc) = match &o {
         Some(t) => {
             opts::check_keys(lua, "polling_condition", t, &["interval", "desc"])?;
-            (dur(lua, "polling_condition", t.get("interval")?, Duration::ZERO)?, t.get::<Option<String>>("desc")?)
+            (
+                dur(lua, "polling_condition", t.get("interval")?, Duration::ZERO)?,
+                super::args::field::<Option<String>>(lua, "polling_condition", t, "desc")?,
+            )
         }
         None => (Duration::ZERO, None),
     };
@@ -282,13 +285,13 @@ fn daemon(lua: &Lua, vm: &VmRef, cmd: &str, o: Option<Table>) -> mlua::Result<Pr
     let o = o.unwrap_or(lua.create_table()?);
     opts::check_keys(lua, "vm:daemon", &o, &["port", "log", "file", "ready", "env", "timeout", "cwd"])?;
     let timeout = dur(lua, "vm:daemon", o.get("timeout")?, DAEMON_TIMEOUT)?;
-    let ready = if let Some(p) = o.get::<Option<u16>>("port")? {
+    let ready = if let Some(p) = super::args::field::<Option<u16>>(lua, "vm:daemon", &o, "port")? {
         Readiness::Port(p)
-    } else if let Some(f) = o.get::<Option<String>>("file")? {
+    } else if let Some(f) = super::args::field::<Option<String>>(lua, "vm:daemon", &o, "file")? {
         Readiness::File(f)
-    } else if let Some(l) = o.get::<Option<String>>("log")? {
+    } else if let Some(l) = super::args::field::<Option<String>>(lua, "vm:daemon", &o, "log")? {
         Readiness::Log(l)
-    } else if let Some(f) = o.get::<Option<Function>>("ready")? {
+    } else if let Some(f) = super::args::field::<Option<Function>>(lua, "vm:daemon", &o, "ready")? {
         Readiness::Func(f)
     } else {
         Readiness::Started

@@ -7,10 +7,12 @@
 pub mod discover;
 pub mod dispatch;
 pub mod file;
+pub mod profiles_used;
 pub mod watchdog;
 
 pub use discover::{discover, DiscoverError, TestFile};
 pub use dispatch::{default_jobs, run, RunConfig};
+pub use profiles_used::profiles_used;
 
 /// `provium fixture build|rebuild`: builds fixture `name` unless its key is
 /// cached, in a Lua state of its own.
