@@ -47,3 +47,24 @@ test("env keys with `=` or NUL are refused", function(t)
   -- Well-formed ones still work.
   t:assert_eq(vm:run("echo $A", {env = {A = "fine"}}).stdout, "fine\n")
 end)
+
+test("pack and unpack work with a dot or a colon", function(t)
+  local packed = provium:pack("<I4", 258)
+  t:assert_eq(packed, provium.pack("<I4", 258))
+  t:assert_eq(provium:unpack("<I4", packed), 258)
+  t:assert_eq(provium.unpack("<I4", packed), 258)
+end)
+
+test("reserved names are refused for VMs and bridges", function(t)
+  for _, name in ipairs({"pack", "unpack", "vm_fixture", "lab_fixture", "timeout"}) do
+    t:assert_contains(raised(function() provium:vm(name, "default") end), "`" .. name .. "` is reserved")
+  end
+  t:assert_contains(raised(function() provium:bridge("pack") end), "`pack` is reserved")
+end)
+
+test("a kernel_cmdline that pins another rdinit is refused, not overridden", function(t)
+  local v = provium:vm("pinned", "default")
+  local err = raised(function() v:boot({kernel_cmdline = "console=ttyS0 rdinit=/bin/sh"}) end)
+  t:assert_contains(err, "vm `pinned`: boot option `kernel_cmdline` pins rdinit=, but provium starts its agent")
+  t:assert_eq(v:state(), "created")
+end)

@@ -160,7 +160,11 @@ fn notes_printer() -> (Events, std::thread::JoinHandle<()>) {
 fn run(cli: Cli) -> Result<i32, CliError> {
     let config = Config::load(cli.config.as_deref())?;
     match &cli.command {
-        Some(Command::Doctor) => return Ok(doctor::run(&config)),
+        Some(Command::Doctor) => {
+            // A killed run's scratch and guest RAM files go, as on a run.
+            cleanup::sweep_stale();
+            return Ok(doctor::run(&config));
+        }
         Some(Command::Fixture { action }) => {
             cleanup::install_signal_handler();
             let images = Arc::new(Images::new(Arc::new(config.clone())));
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             return code;
         }
         Some(Command::List { paths }) => {
+            cleanup::sweep_stale();
             let files = runner::discover(&scan_paths(paths, &config))?;
             for f in &files {
                 println!("  {}", f.shown);
@@ -188,7 +193,11 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         files.retain(|t| t.shown.contains(f.as_str()));
     }
     if files.is_empty() {
-        println!("provium: no *.test.lua files found");
+        if cli.json {
+            println!("{}", crate::report::json::no_files_json());
+        } else {
+            println!("provium: no *.test.lua files found");
+        }
         return Ok(exit_code(RunEnd::NothingToRun));
     }
     // A missing kernel of a profile these files use is a config error,

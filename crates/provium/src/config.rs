@@ -130,9 +130,7 @@ impl Config {
                 }
             }
             let inject_agent = p.inject_agent.unwrap_or(true);
-            if inject_agent
-                && p.cmdline.split_whitespace().any(|t| t.starts_with("rdinit=") && t != "rdinit=/sbin/provium-agent")
-            {
+            if inject_agent && crate::vmm::argv::pins_other_rdinit(&p.cmdline) {
                 return Err(invalid(
                     key("cmdline"),
                     "already pins rdinit=; remove it, or set inject_agent = false and start the agent from the image",

@@ -138,3 +138,30 @@ fn config_errors_stop_the_run_at_load_naming_the_file_and_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot parse `provium.toml`: line 3, column 11"), "{err}");
 }
+
+#[test]
+fn no_files_in_json_is_a_json_line() {
+    let s = Suite::new();
+    std::fs::create_dir(s.path().join("empty")).unwrap();
+    let out = s.run(&["--json", "empty"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(json_lines(&out).is_empty(), "no file reports");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(line["type"], "no_files");
+    assert_eq!(line["message"], "no *.test.lua files found");
+}
+
+#[test]
+fn list_and_doctor_sweep_what_a_killed_run_left_in_dev_shm() {
+    let s = Suite::new();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    // A pid that cannot run: above the kernel's pid_max.
+    let stale = std::path::PathBuf::from(format!("/dev/shm/provium-{uid}/99999999-1-v"));
+    for cmd in [&["list", "."][..], &["doctor"][..]] {
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("ram"), b"guest memory").unwrap();
+        s.run(cmd);
+        assert!(!stale.exists(), "`provium {cmd:?}` left {}", stale.display());
+    }
+}

@@ -10,6 +10,11 @@ pub enum LabError {
     #[error("provium:{what}(\"{name}\", …): a name is letters, digits, `_`, `-` and `.`, not starting with `.`")]
     BadName { what: &'static str, name: String },
     #[error(
+        "provium:{what}(\"{name}\", …): `{name}` is reserved (lab.{name} means something else: pack, unpack, \
+         vm_fixture, lab_fixture, reset_between_tests and timeout are taken); pick another name"
+    )]
+    Reserved { what: &'static str, name: String },
+    #[error(
         "provium:{what}(\"{name}\", …): name already declared at a parent scope (lab `{parent}`). Pick a different \
          name, or use provium:{what}(\"{name}\") to reuse the parent-scope one."
     )]

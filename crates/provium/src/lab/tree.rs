@@ -47,6 +47,10 @@ pub enum Member {
 
 /// Whether `name` can name a VM or lab: it also names files and
 /// directories of lab snapshots.
+/// Names `lab.<name>` resolves to something else first (functions and file
+/// settings), so a VM, bridge or lab called so could not be reached.
+pub const RESERVED_NAMES: &[&str] = &["pack", "unpack", "vm_fixture", "lab_fixture", "reset_between_tests", "timeout"];
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
@@ -162,6 +166,9 @@ impl Lab {
     pub fn check_new_name(&self, what: &'static str, name: &str) -> Result<(), LabError> {
         if !valid_name(name) {
             return Err(LabError::BadName { what, name: name.to_string() });
+        }
+        if RESERVED_NAMES.contains(&name) {
+            return Err(LabError::Reserved { what, name: name.to_string() });
         }
         if let Some(parent) = self.declared_above(name) {
             return Err(LabError::DeclaredAbove { what, name: name.to_string(), parent });

@@ -240,7 +240,16 @@ fn index(lua: &Lua, this: &LabUd, key: Value) -> mlua::Result<Value> {
     match key.as_str() {
         "reset_between_tests" => return Ok(Value::Boolean(config.reset_between_tests)),
         "timeout" => return Ok(config.timeout.map(|d| Value::Number(d.as_secs_f64())).unwrap_or(Value::Nil)),
-        "pack" | "unpack" => return lua.globals().get::<mlua::Table>("string")?.get(key.as_str()),
+        // `provium.pack(fmt, …)` and `provium:pack(fmt, …)` both work.
+        "pack" | "unpack" => {
+            let f: mlua::Function = lua.globals().get::<mlua::Table>("string")?.get(key.as_str())?;
+            return Ok(Value::Function(lua.create_function(move |_, mut args: mlua::MultiValue| {
+                if matches!(args.front(), Some(Value::UserData(ud)) if ud.is::<LabUd>()) {
+                    args.pop_front();
+                }
+                f.call::<mlua::MultiValue>(args)
+            })?));
+        }
         // `provium.vm_fixture("x")` (dot call) works like the method form.
         "vm_fixture" => return Ok(Value::Function(lua.create_function(vm_fixture)?)),
         "lab_fixture" => return Ok(Value::Function(lua.create_function(lab_fixture)?)),

@@ -44,6 +44,11 @@ fn test_json(t: &TestReport) -> Value {
 }
 
 /// A finished file's object (without `v` and `type`).
+/// The one line of a run that found no test files.
+pub fn no_files_json() -> Value {
+    json!({"v": VERSION, "type": "no_files", "message": "no *.test.lua files found"})
+}
+
 pub fn file_json(f: &FileReport) -> Value {
     json!({
         "path": f.path,

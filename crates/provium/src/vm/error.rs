@@ -16,6 +16,9 @@ pub enum VmError {
     /// The VM was killed by provium (a timeout), not by a crash.
     #[error("vm `{vm}` was stopped by {by} (cannot {op}); create a new VM (or restore a snapshot into this one)")]
     Stopped { vm: String, op: &'static str, by: String },
+    /// A boot option that cannot work as given.
+    #[error("vm `{vm}`: boot option `{option}` {message}")]
+    BadOption { vm: String, option: &'static str, message: String },
     #[error("vm `{vm}`: cannot boot")]
     Image {
         vm: String,

@@ -179,6 +179,17 @@ impl Vm {
         let opts = opts.over(&self.create_opts);
         let image =
             self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
+        if let Some(cmdline) = &opts.kernel_cmdline {
+            if image.inject_agent && argv::pins_other_rdinit(cmdline) {
+                return Err(VmError::BadOption {
+                    vm: self.name.clone(),
+                    option: "kernel_cmdline",
+                    message: "pins rdinit=, but provium starts its agent as rdinit: remove it, or use a profile with \
+                              inject_agent = false whose image starts the agent"
+                        .into(),
+                });
+            }
+        }
         let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
         // With a seeded hwrng, the agent stops the kernel's hwrng thread
         // after its first read, so what a test reads is the same each boot

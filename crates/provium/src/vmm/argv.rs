@@ -273,6 +273,11 @@ pub fn machine_cmdline() -> Vec<String> {
 /// profile does not set itself, then what provium needs.
 /// `console=ttyS0` is added unless present (the serial port is what we log);
 /// `rdinit=` when the agent is injected.
+/// Whether `cmdline` sets `rdinit=` to something other than the agent.
+pub fn pins_other_rdinit(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|t| t.starts_with("rdinit=") && t != "rdinit=/sbin/provium-agent")
+}
+
 pub fn kernel_cmdline(base: &str, inject_agent: bool, extra: &[String]) -> String {
     let mut parts: Vec<String> = base.split_whitespace().map(str::to_string).collect();
     let key = |p: &str| p.split('=').next().unwrap_or(p).to_string();
