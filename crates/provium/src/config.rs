@@ -237,7 +237,7 @@ mod tests {
             "invalid config in `/suite/provium.toml`: `profiles.k.kernel`: missing; every profile needs a kernel"
         );
         let e = parse("[profiles.k]\nkernal = \"x\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("cannot parse `/suite/provium.toml`: unknown field `kernal`"), "{e}");
+        assert!(e.starts_with("cannot parse `/suite/provium.toml`: line 2, column 1: unknown field `kernal`"), "{e}");
         let e = parse("[profiles.k]\nkernel = \"x\"\ncmdline = \"rdinit=/init\"\n").unwrap_err().to_string();
         assert!(e.contains("`profiles.k.cmdline`: already pins rdinit="), "{e}");
         let e = parse("[profiles.k\n").unwrap_err().to_string();
