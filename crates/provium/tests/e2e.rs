@@ -477,3 +477,25 @@ fn a_failed_reset_names_the_reset() {
     assert!(text.starts_with("vm `reset`: reset failed"), "{text}");
     assert!(!text.contains("boot failed"), "{text}");
 }
+
+/// `todo(reason)` at file scope reports every test of the file as skipped
+/// with that reason, and runs no body.
+#[test]
+fn a_file_scope_todo_skips_every_test_without_running_it() {
+    let s = Suite::new();
+    s.write(
+        "later.test.lua",
+        "todo(\"the feature is not built yet\")\n\
+         test(\"one\", function(t) error(\"never runs\") end)\n\
+         test(\"two\", function(t) error(\"never runs\") end)\n",
+    );
+    let out = s.run(&["--json", "later.test.lua"]);
+    assert_eq!(out.status.code(), Some(0));
+    let reports = json_lines(&out);
+    let tests = reports[0]["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 2);
+    for t in tests {
+        assert_eq!(t["status"], "skipped", "{t}");
+        assert_eq!(t["message"], "todo: the feature is not built yet", "{t}");
+    }
+}

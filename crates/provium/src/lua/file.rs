@@ -43,6 +43,8 @@ pub struct TestMeta {
 pub struct LoadedTest {
     pub name: String,
     pub meta: TestMeta,
+    /// The `meta` table as written (`t.meta`).
+    meta_table: Option<RegistryKey>,
     func: RegistryKey,
 }
 
@@ -89,11 +91,19 @@ impl LuaFile {
 
     /// The tests the chunk registered, in order, with their `meta` parsed.
     pub fn take_tests(&self) -> Vec<LoadedTest> {
+        let file_todo = framework::file_todo(&self.lua);
         framework::take_tests(&self.lua)
             .into_iter()
             .map(|def| {
                 let meta: Option<Table> = def.meta.as_ref().and_then(|k| self.lua.registry_value(k).ok());
-                LoadedTest { meta: parse_meta(&self.lua, meta.as_ref()), name: def.name, func: def.func }
+                let mut parsed = parse_meta(&self.lua, meta.as_ref());
+                if def.todo {
+                    parsed.skip = Some(parsed.skip.filter(|s| s.starts_with("todo")).unwrap_or_else(|| "todo".into()));
+                }
+                if let Some(reason) = &file_todo {
+                    parsed.skip = Some(reason.clone());
+                }
+                LoadedTest { meta: parsed, name: def.name, meta_table: def.meta, func: def.func }
             })
             .collect()
     }
@@ -102,7 +112,8 @@ impl LuaFile {
     /// and classifies how it ended; returns its `t:log` lines too. The
     /// scope stays open until [`LuaFile::end_test`].
     pub fn run_test(&self, test: &LoadedTest) -> (Outcome, Vec<String>) {
-        let state = Rc::new(std::cell::RefCell::new(TestState { name: test.name.clone(), ..Default::default() }));
+        let meta: Option<Table> = test.meta_table.as_ref().and_then(|k| self.lua.registry_value(k).ok());
+        let state = Rc::new(std::cell::RefCell::new(TestState { name: test.name.clone(), meta, ..Default::default() }));
         let func: mlua::Function = self.lua.registry_value(&test.func).expect("registered test function");
         let outcome = match lab_ud::begin_test_scope(&self.lua, &test.name) {
             Ok(()) => framework::run_test(&self.lua, &func, &TestCtx(state.clone())),

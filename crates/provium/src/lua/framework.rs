@@ -21,18 +21,24 @@ pub struct TestDef {
     pub name: String,
     pub meta: Option<RegistryKey>,
     pub func: RegistryKey,
+    /// Registered with `todo(name, fn)`: reported, never run.
+    pub todo: bool,
 }
 
 /// Tests registered by the file's chunk, in declaration order.
 #[derive(Default)]
 pub struct Registry {
     pub tests: Vec<TestDef>,
+    /// Set by a file-scope `todo(reason?)`: every test is skipped so.
+    pub file_todo: Option<String>,
 }
 
 /// State behind `t`, shared with the runner.
 #[derive(Debug, Default)]
 pub struct TestState {
     pub name: String,
+    /// The test's `meta` table (`t.meta`), if it had one.
+    pub meta: Option<Table>,
     pub failed: Option<String>,
     pub skipped: Option<String>,
     pub log: Vec<String>,
@@ -42,34 +48,65 @@ pub struct TestState {
 #[derive(Clone)]
 pub struct TestCtx(pub Rc<RefCell<TestState>>);
 
-/// Installs `test` into the globals.
+/// `test(name, [meta,] fn)` and `todo(name, [meta,] fn)` as registration.
+fn register(lua: &Lua, what: &str, args: MultiValue, todo: bool) -> mlua::Result<()> {
+    let args: Vec<Value> = args.into_iter().collect();
+    let (name, meta, func) =
+        match args.as_slice() {
+            [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
+            [Value::String(n), Value::Table(m), Value::Function(f)] => {
+                (n.to_str()?.to_string(), Some(m.clone()), f.clone())
+            }
+            _ => return Err(raise(
+                lua,
+                format!(
+                    "{what}(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)"
+                ),
+            )),
+        };
+    let meta = meta.map(|m| lua.create_registry_value(m)).transpose()?;
+    let func = lua.create_registry_value(func)?;
+    let mut reg = lua.app_data_mut::<Registry>().expect("registry installed");
+    if reg.tests.iter().any(|t| t.name == name) {
+        drop(reg);
+        return Err(raise(lua, format!("{what}: duplicate name `{name}` in this file")));
+    }
+    reg.tests.push(TestDef { name, meta, func, todo });
+    Ok(())
+}
+
+/// Installs `test` and `todo` into the globals.
+///
+/// `todo(name, fn)` registers a test that is reported as skipped (`todo`)
+/// without running; `todo()` / `todo(reason)` marks the whole file so.
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     lua.set_app_data(Registry::default());
-    let test = lua.create_function(|lua, args: MultiValue| {
-        let args: Vec<Value> = args.into_iter().collect();
-        let (name, meta, func) =
-            match args.as_slice() {
-                [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
-                [Value::String(n), Value::Table(m), Value::Function(f)] => {
-                    (n.to_str()?.to_string(), Some(m.clone()), f.clone())
-                }
-                _ => return Err(raise(
-                    lua,
-                    "test(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)",
-                )),
-            };
-        let meta = meta.map(|m| lua.create_registry_value(m)).transpose()?;
-        let func = lua.create_registry_value(func)?;
-        let mut reg = lua.app_data_mut::<Registry>().expect("registry installed");
-        if reg.tests.iter().any(|t| t.name == name) {
-            drop(reg);
-            return Err(raise(lua, format!("test: duplicate name `{name}` in this file")));
-        }
-        reg.tests.push(TestDef { name, meta, func });
-        Ok(())
-    })?;
+    let test = lua.create_function(|lua, args: MultiValue| register(lua, "test", args, false))?;
     lua.globals().set("test", test)?;
+    let todo = lua.create_function(|lua, args: MultiValue| match args.len() {
+        0 | 1 => {
+            let reason = match args.front() {
+                None | Some(Value::Nil) => "todo".to_string(),
+                Some(Value::String(s)) => format!("todo: {}", s.to_string_lossy()),
+                Some(other) => {
+                    return Err(raise(
+                        lua,
+                        format!("todo(reason): the reason must be a string, got {}", other.type_name()),
+                    ))
+                }
+            };
+            lua.app_data_mut::<Registry>().expect("registry installed").file_todo = Some(reason);
+            Ok(())
+        }
+        _ => register(lua, "todo", args, true),
+    })?;
+    lua.globals().set("todo", todo)?;
     Ok(())
+}
+
+/// The reason a file-scope `todo(reason)` gave, if it was called.
+pub fn file_todo(lua: &Lua) -> Option<String> {
+    lua.app_data_ref::<Registry>().and_then(|r| r.file_todo.clone())
 }
 
 /// Takes the registered tests out of the state.
@@ -77,8 +114,14 @@ pub fn take_tests(lua: &Lua) -> Vec<TestDef> {
     std::mem::take(&mut lua.app_data_mut::<Registry>().expect("registry installed").tests)
 }
 
-/// `meta.skip`: `true`/non-zero → default reason; a string → that reason.
+/// `meta.todo` (`true` or a reason) and `meta.skip`: `true`/non-zero →
+/// default reason; a string → that reason.
 pub fn meta_skip(meta: Option<&Table>) -> Option<String> {
+    match meta?.get::<Value>("todo").ok()? {
+        Value::Boolean(true) => return Some("todo".into()),
+        Value::String(s) => return Some(format!("todo: {}", s.to_string_lossy())),
+        _ => {}
+    }
     match meta?.get::<Value>("skip").ok()? {
         Value::Boolean(true) => Some("skipped (meta.skip)".into()),
         Value::Integer(n) if n != 0 => Some("skipped (meta.skip)".into()),
@@ -190,6 +233,10 @@ impl TestCtx {
 impl UserData for TestCtx {
     fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
         fields.add_field_method_get("name", |_, this| Ok(this.0.borrow().name.clone()));
+        fields.add_field_method_get("meta", |lua, this| match &this.0.borrow().meta {
+            Some(m) => Ok(m.clone()),
+            None => lua.create_table(),
+        });
     }
 
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {

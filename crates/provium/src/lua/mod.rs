@@ -20,6 +20,7 @@ pub mod file_ud;
 pub mod fixtures;
 pub mod framework;
 pub mod jobs;
+pub mod json;
 pub mod lab_ud;
 pub mod layer0_ud;
 pub mod opts;
@@ -58,6 +59,7 @@ fn set_package_path(lua: &Lua, file: &Path, roots: &[PathBuf]) -> mlua::Result<(
 pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileContext) -> mlua::Result<()> {
     set_package_path(lua, path, roots)?;
     framework::install(lua)?;
+    json::install(lua)?;
     jobs::install(lua)?;
     waits::install(lua)?;
     lab_ud::install(lua, ctx)
