@@ -55,6 +55,10 @@ test("execute returns the exit code and stdout and never raises on failure", fun
   t:assert(os.time() - started < 10, "the timeout stopped it")
   t:assert_contains(t:assert_raises(function() m:execute("true", {timout = 1}) end),
     "vm:execute: unknown option `timout` (known: timeout)")
+  t:assert_contains(t:assert_raises(function() m:execute("true", 5) end),
+    "vm:execute: argument 2 (opts) must be a table or nil, got integer")
+  t:assert_contains(t:assert_raises(function() m:execute(42) end),
+    "vm:execute: argument 1 (cmd) must be a string, got integer")
 end)
 
 test("succeed returns stdout or raises with the command, exit code and stderr; fail is the converse", function(t)
@@ -193,6 +197,8 @@ test("send_chars and send_key type into a shell on the serial console", function
   t:assert_contains(t:assert_raises(function() k:send_key("f13") end),
     "vm `k`: send_key: unknown key `f13` (known: ret, enter, tab, esc, spc, backspace, ctrl-c, ctrl-d, ctrl-z, " ..
     "up, down, right, left)")
+  t:assert_contains(t:assert_raises(function() k:send_key(13) end),
+    "vm:send_key: argument 1 (key) must be a string, got integer")
   -- A login-less shell on ttyS0, its controlling terminal.
   k:run_async("setsid sh -c 'echo $$ > /tmp/console.pid; exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1'")
   k:wait_until_succeeds("ls -l /proc/$(cat /tmp/console.pid)/fd/0 | grep -q ttyS0", 20)

@@ -24,9 +24,9 @@ fn timeout(lua: &Lua, what: &str, v: Option<Value>) -> mlua::Result<Option<Durat
         None | Some(Value::Nil) => Ok(None),
         Some(Value::Table(t)) => {
             opts::check_keys(lua, what, &t, &["timeout"])?;
-            match t.get::<Value>("timeout")? {
-                Value::Nil => Ok(None),
-                v => opts::duration(lua, &format!("{what}: timeout"), &v).map(Some),
+            match super::args::field::<Option<Value>>(lua, what, &t, "timeout")? {
+                None => Ok(None),
+                Some(v) => opts::duration(lua, &format!("{what}: timeout"), &v).map(Some),
             }
         }
         Some(v) => opts::duration(lua, &format!("{what}: timeout"), &v).map(Some),
