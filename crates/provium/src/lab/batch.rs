@@ -1,5 +1,6 @@
-//! Operations on several VMs at once (`provium:boot()`, `lab:pause()`, lab
-//! snapshots): each VM on a thread of its own, every failure collected.
+//! Operations on several VMs at once (`provium:boot()`, `start_all()`,
+//! `lab:pause()`, lab snapshots): each VM on a thread of its own, every
+//! failure collected.
 
 use super::error::LabError;
 use super::tree::Lab;
@@ -34,6 +35,20 @@ impl Lab {
     /// Boots every VM of this lab still in `created`, in parallel.
     pub fn boot(&self) -> Result<(), LabError> {
         batch("boot", &self.vms_in(VmState::Created), |vm| vm.boot(&BootOpts::default()))
+    }
+
+    /// The NixOS driver's `start_all()`: boots, in parallel, every VM still
+    /// in `created` of this lab, of its sub-labs, and of the scopes it falls
+    /// through to (in a test's scope: the file's). Booted VMs are left be.
+    pub fn start_all(&self) -> Result<(), LabError> {
+        let mut vms = self.all_vms();
+        let mut up = self.parent();
+        while let Some(lab) = up {
+            vms.extend(lab.all_vms());
+            up = lab.parent();
+        }
+        vms.retain(|(_, vm)| lock(vm).state() == VmState::Created);
+        batch("start_all", &vms, |vm| vm.boot(&BootOpts::default()))
     }
 
     pub fn pause(&self) -> Result<(), LabError> {

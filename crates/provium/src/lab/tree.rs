@@ -128,7 +128,8 @@ impl Lab {
         self.node().bridges.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    fn parent(&self) -> Option<Lab> {
+    /// The scope this one falls through to (a test's scope: the file's).
+    pub(super) fn parent(&self) -> Option<Lab> {
         self.node().parent.clone()
     }
 

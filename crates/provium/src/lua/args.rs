@@ -74,6 +74,14 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vm:wait_until_fails", &["cmd", "timeout"]),
     ("vm:wait_for_file", &["path", "timeout"]),
     ("vm:wait_for_console_text", &["pattern", "timeout"]),
+    ("vm:execute", &["cmd", "opts"]),
+    ("vm:copy_from_host", &["host", "guest"]),
+    ("vm:copy_from_vm", &["guest", "host_dir"]),
+    ("vm:wait_for_shutdown", &["timeout"]),
+    ("vm:send_chars", &["text"]),
+    ("vm:send_key", &["key"]),
+    ("vm:systemctl", &["args"]),
+    ("vm:wait_for_unit", &["unit", "timeout"]),
 ];
 
 /// What a method's argument must be, from its Rust type.

@@ -53,6 +53,16 @@ pub fn calling_dir(lua: &Lua) -> Option<std::path::PathBuf> {
     None
 }
 
+/// A host path as a Lua file wrote it: a relative one is relative to that
+/// file's directory ([`calling_dir`]), else to the current directory.
+pub fn host_path(lua: &Lua, path: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(path);
+    match calling_dir(lua) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
 /// The error and its `source()` chain, joined with `: `.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

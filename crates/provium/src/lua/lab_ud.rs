@@ -167,6 +167,7 @@ impl UserData for LabUd {
             lab.boot().lua(lua)?;
             Ok(ud)
         });
+        methods.add_method("start_all", |lua, this, ()| this.0.start_all().lua(lua));
         methods.add_method("shutdown", |_, this, ()| {
             this.0.shutdown();
             Ok(())

@@ -7,8 +7,8 @@
 //! [`framework`] (`test`, `t`), [`lab_ud`] (`provium` and labs), [`vm_ud`]
 //! (VMs), [`stream_ud`], [`proc_ud`], [`file_ud`], [`console_ud`],
 //! [`clock_ud`], [`snapshot_ud`], [`result_ud`], [`layer0_ud`] (syscalls and
-//! their pending results); [`opts`] parses option
-//! tables, [`errors`] shapes error text.
+//! their pending results), [`nixos_ud`] (the NixOS driver's names); [`opts`]
+//! parses option tables, [`errors`] shapes error text.
 
 pub mod args;
 pub mod bridge_ud;
@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod json;
 pub mod lab_ud;
 pub mod layer0_ud;
+pub mod nixos_ud;
 pub mod opts;
 pub mod proc_ud;
 pub mod reset;
@@ -62,5 +63,6 @@ pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileCo
     json::install(lua)?;
     jobs::install(lua)?;
     waits::install(lua)?;
+    nixos_ud::install(lua)?;
     lab_ud::install(lua, ctx)
 }

@@ -100,12 +100,7 @@ impl UserData for VmUd {
             if let Some(t) = &o {
                 opts::check_keys(lua, "vm:push_file", t, &["auto_dep"])?;
             }
-            let mut path = std::path::PathBuf::from(&host);
-            if path.is_relative() {
-                if let Some(dir) = super::errors::calling_dir(lua) {
-                    path = dir.join(path);
-                }
-            }
+            let path = super::errors::host_path(lua, &host);
             let data = std::fs::read(&path)
                 .map_err(|e| raise(lua, format!("vm:push_file: read `{}` failed: {e}", path.display())))?;
             let perm =
@@ -145,6 +140,7 @@ impl UserData for VmUd {
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);
         super::layer0_ud::add_methods(methods);
+        super::nixos_ud::add_methods(methods);
         methods.add_meta_method("__tostring", |_, this, ()| {
             let vm = this.lock();
             Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))

@@ -10,6 +10,9 @@ use crate::vmm::LaunchError;
 pub enum VmError {
     #[error(transparent)]
     Nic(#[from] super::nics::NicError),
+    /// The NixOS-driver conveniences (`super::nixos`).
+    #[error(transparent)]
+    Nixos(#[from] super::nixos::NixosError),
     /// `vm `w` is created; reset needs a booted VM: call vm:boot() first`.
     #[error("vm `{vm}` is {}; {action} needs {}: {way_out}", state.as_str(), needs.as_str())]
     WrongState { vm: String, state: super::VmState, action: &'static str, needs: super::state::Needs, way_out: String },

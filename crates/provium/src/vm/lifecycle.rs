@@ -101,6 +101,19 @@ impl Vm {
         self.instance.as_ref().map(|i| i.id)
     }
 
+    /// The instance of a VM that runs (booted or paused), for the
+    /// operations of `super::nixos`.
+    pub(super) fn instance_mut(&mut self) -> Option<&mut Instance> {
+        self.instance.as_mut()
+    }
+
+    /// Stops QEMU like [`Vm::shutdown`] and records who stopped it, which
+    /// later wrong-state errors quote (`it was stopped by vm:crash()`).
+    pub(super) fn stop_as(&mut self, by: &str) {
+        self.shutdown();
+        self.stopped_by = Some(by.to_string());
+    }
+
     fn running(&mut self, action: &'static str, allowed: VmState) -> Result<&mut Instance, VmError> {
         if self.state != allowed {
             let needs = if allowed == VmState::Paused { Needs::Paused } else { Needs::Booted };
@@ -145,10 +158,11 @@ impl Vm {
     pub fn power_button(&mut self) -> Result<(), VmError> {
         let r = self.running("power_button", VmState::Booted)?.power_button(Duration::from_secs(60));
         let powered_off = r.map_err(|e| self.qmp_failed("power_button", e))?;
-        self.shutdown();
         if powered_off {
+            self.stop_as(super::nixos::power::GUEST_POWERED_OFF);
             Ok(())
         } else {
+            self.shutdown();
             Err(VmError::PowerButtonIgnored { vm: self.name.clone() })
         }
     }
@@ -162,7 +176,7 @@ impl Vm {
         self.kill_switch.clone()
     }
 
-    fn wrong_state(&self, action: &'static str, needs: Needs) -> VmError {
+    pub(super) fn wrong_state(&self, action: &'static str, needs: Needs) -> VmError {
         VmError::WrongState {
             vm: self.name.clone(),
             state: self.state,
@@ -503,32 +517,46 @@ impl Vm {
                     AgentError::Disconnected(why) => why,
                     other => crate::errors::chain(&other),
                 };
-                let console =
-                    self.instance.as_ref().map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES)).unwrap_or_default();
-                let qemu_exit = self.instance.as_mut().and_then(|inst| {
-                    if !inst.qemu.wait_exit(Duration::from_millis(300)) {
-                        return None;
-                    }
-                    let status = inst.qemu.exit_status().map(|s| s.to_string()).unwrap_or_default();
-                    let stderr = inst.qemu.stderr();
-                    Some(if stderr.is_empty() {
-                        format!("QEMU exited ({status})")
-                    } else {
-                        format!("QEMU exited ({status}): {stderr}")
-                    })
-                });
-                let why = qemu_exit.unwrap_or(why);
-                self.state = VmState::Dead;
-                self.unplug_nics();
-                if let Some(inst) = self.instance.take() {
-                    inst.stop();
-                }
-                self.last_console = console.clone();
-                self.kill_switch.disarm();
-                VmError::Died { vm: self.name.clone(), op, why, console: vmm::format_console(&console) }
+                self.lost(op, why)
             }
             other => VmError::Agent { vm: self.name.clone(), op, source: other },
         }
+    }
+
+    /// The guest went away during `op` (`why`: what the connection said):
+    /// a guest that powered itself off leaves the VM `shutdown`; otherwise
+    /// it died, and the error says how QEMU ended, with the console.
+    pub(super) fn lost(&mut self, op: &'static str, why: String) -> VmError {
+        let console = self.instance.as_ref().map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES)).unwrap_or_default();
+        let qemu_exit = self.instance.as_mut().and_then(|inst| {
+            if !inst.qemu.wait_exit(Duration::from_millis(300)) {
+                return None;
+            }
+            if super::nixos::power::guest_powered_off(inst) {
+                return Some(Ok(()));
+            }
+            let status = inst.qemu.exit_status().map(|s| s.to_string()).unwrap_or_default();
+            let after = super::nixos::power::why_qemu_exited(inst);
+            let stderr = inst.qemu.stderr();
+            Some(Err(if stderr.is_empty() {
+                format!("QEMU exited ({status}){after}")
+            } else {
+                format!("QEMU exited ({status}){after}: {stderr}")
+            }))
+        });
+        let why = match qemu_exit {
+            Some(Ok(())) => return self.powered_off_during(op),
+            Some(Err(exit)) => exit,
+            None => why,
+        };
+        self.state = VmState::Dead;
+        self.unplug_nics();
+        if let Some(inst) = self.instance.take() {
+            inst.stop();
+        }
+        self.last_console = console.clone();
+        self.kill_switch.disarm();
+        VmError::Died { vm: self.name.clone(), op, why, console: vmm::format_console(&console) }
     }
 
     pub fn with_agent<T>(

@@ -12,7 +12,9 @@
 //!   lives on (streams, background processes, file handles, the console
 //!   stream); each closes behind `crate::lab::Close`;
 //! - [`layer0`]: raw syscalls (also sent now and awaited later), ioctls on
-//!   file handles, and reads of the agent's memory.
+//!   file handles, and reads of the agent's memory;
+//! - [`nixos`]: the NixOS test driver's conveniences (`execute`, `crash`,
+//!   `wait_for_shutdown`, copies, console keys, systemd units).
 
 pub mod console;
 pub mod error;
@@ -21,6 +23,7 @@ pub mod kill;
 pub mod layer0;
 pub mod lifecycle;
 pub mod nics;
+pub mod nixos;
 pub mod opts;
 pub mod process;
 pub mod resources;

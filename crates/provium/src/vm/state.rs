@@ -7,6 +7,8 @@
 //!                      ▼  │
 //!                     paused
 //!
+//! booted ── the guest powers itself off (power button, `poweroff`) ──► shutdown
+//! booted / paused ── crash() (a power cut) ──► shutdown
 //! any running state ── QEMU or the agent connection dies ──► dead
 //! created / shutdown / dead ──restore()──► booted
 //! ```

@@ -171,6 +171,13 @@ impl QemuProcess {
         // (`exit_status` above found it running), so it cannot be reused.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         if !self.wait_exit(grace) {
+            self.kill();
+        }
+    }
+
+    /// SIGKILL at once (no grace: a power cut), and reap.
+    pub fn kill(&mut self) {
+        if self.exit_status().is_none() {
             let _ = self.child.kill();
             self.exited = self.child.wait().ok();
         }
@@ -179,9 +186,6 @@ impl QemuProcess {
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
-        if self.exit_status().is_none() {
-            let _ = self.child.kill();
-            self.exited = self.child.wait().ok();
-        }
+        self.kill();
     }
 }
