@@ -51,19 +51,20 @@ pub struct TestCtx(pub Rc<RefCell<TestState>>);
 /// `test(name, [meta,] fn)` and `todo(name, [meta,] fn)` as registration.
 fn register(lua: &Lua, what: &str, args: MultiValue, todo: bool) -> mlua::Result<()> {
     let args: Vec<Value> = args.into_iter().collect();
-    let (name, meta, func) =
-        match args.as_slice() {
-            [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
-            [Value::String(n), Value::Table(m), Value::Function(f)] => {
-                (n.to_str()?.to_string(), Some(m.clone()), f.clone())
-            }
-            _ => return Err(raise(
+    let (name, meta, func) = match args.as_slice() {
+        [Value::String(n), Value::Function(f)] => (n.to_str()?.to_string(), None, f.clone()),
+        [Value::String(n), Value::Table(m), Value::Function(f)] => {
+            (n.to_str()?.to_string(), Some(m.clone()), f.clone())
+        }
+        _ => {
+            return Err(raise(
                 lua,
                 format!(
                     "{what}(name, [meta,] fn): bad arguments (expected a name, an optional meta table, and a function)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let meta = meta.map(|m| lua.create_registry_value(m)).transpose()?;
     let func = lua.create_registry_value(func)?;
     let mut reg = lua.app_data_mut::<Registry>().expect("registry installed");
