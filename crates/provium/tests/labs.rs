@@ -269,3 +269,27 @@ end)
     assert!(message(t).contains("test timeout exceeded (10s)"), "{t:#}");
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
 }
+
+/// Files running at the same time meet at a barrier of the same name; run
+/// one at a time, the first waits alone and its barrier times out.
+#[test]
+fn files_running_together_meet_at_a_barrier() {
+    let s = Suite::new();
+    for name in ["left", "right"] {
+        s.write(
+            &format!("{name}.test.lua"),
+            "test(\"meets its peer\", function(t)\n  t:assert_eq(provium:barrier(\"meet\", 2, \"60s\"), true)\nend)\n",
+        );
+    }
+    let (out, _, _) = spawn_run(&s, &["--json", "-j", "2", "."]);
+    assert_eq!(out.status.code(), Some(0));
+    for r in json_lines(&out) {
+        assert_eq!(r["passed"], true, "{r:#}");
+    }
+    s.write("left.test.lua", "test(\"waits alone\", function(t)\n  provium:barrier(\"alone\", 2, \"300ms\")\nend)\n");
+    std::fs::remove_file(s.path().join("right.test.lua")).unwrap();
+    let (out, _, _) = spawn_run(&s, &["--json", "."]);
+    let reports = json_lines(&out);
+    let msg = file(&reports, "left.test.lua")["tests"][0]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("barrier `alone`: 1 of 2 arrived within 300ms"), "{msg}");
+}

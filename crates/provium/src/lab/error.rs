@@ -29,6 +29,10 @@ pub enum LabError {
     },
     #[error("provium:vm: no vm named `{name}` in lab `{lab}`")]
     NoSuchVm { name: String, lab: String },
+    #[error("lab:remove: no vm, bridge or lab named `{name}` in lab `{lab}`")]
+    NoSuchMember { name: String, lab: String },
+    #[error("lab:include: lab `{lab}` cannot include itself")]
+    IncludeSelf { lab: String },
     /// An operation run on several VMs at once failed on some of them.
     #[error("batch `{what}` failed:\n{}", failures.iter().map(|(vm, e)| format!("  {vm}: {}", crate::errors::chain(e))).collect::<Vec<_>>().join("\n"))]
     Batch { what: &'static str, failures: Vec<(String, VmError)> },

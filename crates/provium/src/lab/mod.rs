@@ -11,6 +11,7 @@
 //! - [`context`]: [`VmContext`], what a file's VMs are made with;
 //! - [`config`], [`error`]: file-scope keys, and what lab operations fail with.
 
+pub mod barrier;
 pub mod batch;
 pub mod close;
 pub mod config;
@@ -24,4 +25,4 @@ pub use close::{Close, CloseRank};
 pub use config::{LabConfig, CONFIG_KEYS};
 pub use context::VmContext;
 pub use error::LabError;
-pub use tree::{valid_name, Lab, Member};
+pub use tree::{valid_name, Lab, Member, Resource};

@@ -31,6 +31,25 @@ struct LabNode {
     /// Streams, processes and files opened while this scope was current.
     resources: Vec<Box<dyn Close>>,
     next_anonymous: usize,
+    /// Members added with [`Lab::include`]: reachable here, closed by the
+    /// scope that made them.
+    included: Vec<String>,
+    /// Members [`Lab::remove`]d from the graph that this scope still owns
+    /// (and closes when it ends: removing is not shutting down).
+    removed: Vec<Resource>,
+}
+
+/// The members of `list` that were not included (so are the lab's own).
+fn owned<T>(list: Vec<(String, T)>, included: &[String]) -> Vec<(String, T)> {
+    list.into_iter().filter(|(n, _)| !included.contains(n)).collect()
+}
+
+/// A VM, bridge or lab, as [`Lab::include`] takes it.
+#[derive(Clone)]
+pub enum Resource {
+    Vm(VmRef),
+    Bridge(Bridge),
+    Lab(Lab),
 }
 
 /// A lab: the file root, a test's scope, or a sub-lab. Clones share it.
@@ -68,6 +87,8 @@ impl Lab {
             parent: parent.cloned(),
             resources: Vec::new(),
             next_anonymous: 0,
+            included: Vec::new(),
+            removed: Vec::new(),
         })))
     }
 
@@ -267,6 +288,52 @@ impl Lab {
         v
     }
 
+    /// Adds an existing VM, bridge or lab to this lab under its own name
+    /// (checked like a new one). The scope that made it still closes it.
+    pub fn include(&self, r: Resource) -> Result<(), LabError> {
+        let (what, name) = match &r {
+            Resource::Vm(vm) => ("vm", lock(vm).name().to_string()),
+            Resource::Bridge(b) => ("bridge", b.name()),
+            Resource::Lab(l) => ("lab", l.name()),
+        };
+        if let Resource::Lab(l) = &r {
+            if l.is(self) {
+                return Err(LabError::IncludeSelf { lab: self.name() });
+            }
+        }
+        self.check_new_name(what, &name)?;
+        let mut node = self.node();
+        match r {
+            Resource::Vm(vm) => node.vms.push((name.clone(), vm)),
+            Resource::Bridge(b) => node.bridges.push((name.clone(), b)),
+            Resource::Lab(l) => node.labs.push((name.clone(), l)),
+        }
+        node.included.push(name);
+        Ok(())
+    }
+
+    /// Takes `name` out of this lab's graph (a VM, else a bridge, else a
+    /// sub-lab) without shutting it down; what this lab made, it still
+    /// closes when its scope ends. Returns what it was.
+    pub fn remove(&self, name: &str) -> Result<Member, LabError> {
+        let mut node = self.node();
+        let owned = !node.included.iter().any(|n| n == name);
+        node.included.retain(|n| n != name);
+        let (member, resource) = if let Some(i) = node.vms.iter().position(|(n, _)| n == name) {
+            (Member::Vm(name.into()), Resource::Vm(node.vms.remove(i).1))
+        } else if let Some(i) = node.bridges.iter().position(|(n, _)| n == name) {
+            (Member::Bridge(name.into()), Resource::Bridge(node.bridges.remove(i).1))
+        } else if let Some(i) = node.labs.iter().position(|(n, _)| n == name) {
+            (Member::SubLab(name.into()), Resource::Lab(node.labs.remove(i).1))
+        } else {
+            return Err(LabError::NoSuchMember { name: name.into(), lab: node.name.clone() });
+        };
+        if owned {
+            node.removed.push(resource);
+        }
+        Ok(member)
+    }
+
     /// Makes `r` this scope's: it closes when the scope ends.
     pub fn track(&self, r: Box<dyn Close>) {
         self.node().resources.push(r);
@@ -277,12 +344,21 @@ impl Lab {
     pub fn close(&self) {
         let (resources, bridges, labs, vms) = {
             let mut node = self.node();
-            (
-                std::mem::take(&mut node.resources),
-                std::mem::take(&mut node.bridges),
-                std::mem::take(&mut node.labs),
-                std::mem::take(&mut node.vms),
-            )
+            let included = std::mem::take(&mut node.included);
+            let mut vms = owned(std::mem::take(&mut node.vms), &included);
+            let mut bridges = owned(std::mem::take(&mut node.bridges), &included);
+            let mut labs = owned(std::mem::take(&mut node.labs), &included);
+            for r in std::mem::take(&mut node.removed) {
+                match r {
+                    Resource::Vm(vm) => {
+                        let name = lock(&vm).name().to_string();
+                        vms.insert(0, (name, vm))
+                    }
+                    Resource::Bridge(b) => bridges.insert(0, (b.name(), b)),
+                    Resource::Lab(l) => labs.insert(0, (l.name(), l)),
+                }
+            }
+            (std::mem::take(&mut node.resources), bridges, labs, vms)
         };
         close_all(resources);
         for (_, lab) in labs.into_iter().rev() {

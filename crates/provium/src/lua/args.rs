@@ -43,6 +43,7 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("lab:bridge", &["name", "opts"]),
     ("lab:lab", &["name"]),
     ("lab:snapshot", &["dir"]),
+    ("lab:barrier", &["name", "count", "timeout"]),
     ("vm:ioctl", &["fd", "cmd", "data", "opts"]),
     ("vm:read_mem", &["addr", "len"]),
     ("proc:wait", &["timeout"]),

@@ -12,7 +12,7 @@ use mlua::{Lua, MetaMethod, MultiValue, UserData, UserDataMethods, Value};
 use super::errors::{raise, LuaResultExt};
 use super::opts;
 use super::vm_ud::VmUd;
-use crate::lab::{self, Close, Lab, LabConfig, Member, VmContext, CONFIG_KEYS};
+use crate::lab::{self, Close, Lab, LabConfig, Member, Resource, VmContext, CONFIG_KEYS};
 use crate::sync::lock;
 use crate::vm::VmRef;
 
@@ -204,6 +204,38 @@ impl UserData for LabUd {
                 Err(raise(lua, format!("lab:depends_on_file(path): path must be a string, got {}", other.type_name())))
             }
         });
+        methods.add_method("include", |lua, this, what: Value| {
+            for r in resources_of(lua, &what)? {
+                this.0.include(r).map_err(|e| raise(lua, format!("lab:include: {}", crate::errors::chain(&e))))?;
+            }
+            Ok(())
+        });
+        methods.add_method("remove", |lua, this, what: Value| {
+            let name = match &what {
+                Value::String(s) => s.to_string_lossy(),
+                Value::UserData(_) => match resources_of(lua, &what)?.pop() {
+                    Some(Resource::Vm(vm)) => lock(&vm).name().to_string(),
+                    Some(Resource::Bridge(b)) => b.name(),
+                    Some(Resource::Lab(l)) => l.name(),
+                    None => unreachable!("one userdata is one resource"),
+                },
+                other => {
+                    return Err(raise(
+                        lua,
+                        format!("lab:remove: expected a name or a vm, bridge or lab, got {}", other.type_name()),
+                    ))
+                }
+            };
+            this.0.remove(&name).map(drop).lua(lua)
+        });
+        methods.add_method("barrier", |lua, _, (name, count, timeout): (String, u32, Option<Value>)| {
+            let timeout = match timeout {
+                None | Some(Value::Nil) => std::time::Duration::from_secs(60),
+                Some(v) => opts::duration(lua, "lab:barrier", &v)?,
+            };
+            lab::barrier::Barriers::global().wait(&name, count as usize, timeout).lua(lua)?;
+            Ok(true)
+        });
         methods.add_method("vm_names", |_, this, ()| Ok(this.0.vm_names()));
         methods.add_method("sub_lab_names", |_, this, ()| Ok(this.0.sub_lab_names()));
         methods.add_method("members", |lua, this, ()| {
@@ -229,6 +261,32 @@ impl UserData for LabUd {
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(format!("lab({}; {} vm(s))", this.0.name(), this.0.vms().len()))
         });
+    }
+}
+
+/// The VM, bridge or lab behind a userdata, or each of an array of them.
+fn resources_of(lua: &Lua, v: &Value) -> mlua::Result<Vec<Resource>> {
+    let one = |ud: &mlua::AnyUserData| -> Option<Resource> {
+        if let Ok(vm) = ud.borrow::<VmUd>() {
+            return Some(Resource::Vm(vm.0.clone()));
+        }
+        if let Ok(b) = ud.borrow::<super::bridge_ud::BridgeUd>() {
+            return Some(Resource::Bridge(b.bridge.clone()));
+        }
+        ud.borrow::<LabUd>().ok().map(|l| Resource::Lab(l.0.clone()))
+    };
+    let wrong = || raise(lua, "lab:include: expected vm, bridge, or lab userdata");
+    match v {
+        Value::UserData(ud) => Ok(vec![one(ud).ok_or_else(wrong)?]),
+        Value::Table(t) => t
+            .clone()
+            .sequence_values::<Value>()
+            .map(|e| match e? {
+                Value::UserData(ud) => one(&ud).ok_or_else(wrong),
+                _ => Err(raise(lua, "lab:include: array entries must be userdata (vm, bridge or lab)")),
+            })
+            .collect(),
+        _ => Err(wrong()),
     }
 }
 

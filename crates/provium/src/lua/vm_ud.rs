@@ -118,6 +118,7 @@ impl UserData for VmUd {
         methods.add_method("cid", |_, this, ()| Ok(this.lock().cid()));
         methods.add_method("pause", |lua, this, ()| this.lock().pause().lua(lua));
         methods.add_method("resume", |lua, this, ()| this.lock().resume().lua(lua));
+        methods.add_method("wakeup", |lua, this, ()| this.lock().wakeup().lua(lua));
         methods.add_method("reset", |lua, this, ()| this.lock().reset().lua(lua));
         methods.add_method("power_button", |lua, this, ()| this.lock().power_button().lua(lua));
         methods.add_method("clock", |_, this, ()| Ok(super::clock_ud::ClockUd(this.0.clone())));
@@ -141,6 +142,10 @@ impl UserData for VmUd {
         super::waits::add_methods(methods);
         super::layer0_ud::add_methods(methods);
         super::nixos_ud::add_methods(methods);
+        // Two handles on one VM are equal (`lab.a == a`).
+        methods.add_meta_method("__eq", |_, this, other: AnyUserData| {
+            Ok(other.borrow::<VmUd>().is_ok_and(|o| std::sync::Arc::ptr_eq(&o.0, &this.0)))
+        });
         methods.add_meta_method("__tostring", |_, this, ()| {
             let vm = this.lock();
             Ok(format!("vm({} state={})", vm.name(), vm.state().as_str()))

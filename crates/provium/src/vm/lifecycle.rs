@@ -138,6 +138,14 @@ impl Vm {
         Ok(())
     }
 
+    /// QMP `system_wakeup`: wakes a guest that suspended itself (S3). QEMU
+    /// refuses when the machine cannot suspend (the default guest's
+    /// `microvm` offers only suspend-to-idle, which any interrupt ends).
+    pub fn wakeup(&mut self) -> Result<(), VmError> {
+        let r = self.running("wakeup", VmState::Booted)?.wakeup();
+        r.map_err(|e| self.qmp_failed("wakeup", e))
+    }
+
     pub fn resume(&mut self) -> Result<(), VmError> {
         let r = self.running("resume", VmState::Paused)?.resume();
         r.map_err(|e| self.qmp_failed("resume", e))?;

@@ -325,6 +325,11 @@ impl Instance {
         self.qmp.execute("stop", None, QMP_TIMEOUT).map(drop)
     }
 
+    /// Wakes a guest that suspended itself to RAM (QMP `system_wakeup`).
+    pub fn wakeup(&self) -> Result<(), QmpError> {
+        self.qmp.execute("system_wakeup", None, QMP_TIMEOUT).map(drop)
+    }
+
     /// Thaws the vCPUs (QMP `cont`).
     pub fn resume(&self) -> Result<(), QmpError> {
         self.qmp.execute("cont", None, QMP_TIMEOUT).map(drop)

@@ -1,0 +1,51 @@
+-- Lab membership beyond declaring: include, remove, barrier, and wakeup.
+
+test("include adds existing VMs and bridges to a lab; remove takes them out", function(t)
+  local a = provium:vm("a", "default")
+  local net = provium:bridge("net")
+  local group = provium:lab("group")
+  group:include({a, net})
+  t:assert_eq(group.a, a)
+  t:assert_eq(group:vm_names()[1], "a")
+  t:assert_eq(group:bridge_names()[1], "net")
+  -- lab:boot acts on its members, included ones too.
+  group:boot()
+  t:assert_eq(a:state(), "booted")
+  t:assert_contains(t:assert_raises(function() group:include(a) end), "lab:include: provium:vm: name `a` already used in lab `group`")
+  t:assert_contains(t:assert_raises(function() group:include(42) end), "lab:include: expected vm, bridge, or lab userdata")
+  t:assert_contains(t:assert_raises(function() group:include({a, "b"}) end), "array entries must be userdata")
+  group:remove("a")
+  group:remove(net)
+  t:assert_eq(group.a, nil)
+  t:assert_eq(#group:members(), 0)
+  t:assert_contains(t:assert_raises(function() group:remove("a") end), "lab:remove: no vm, bridge or lab named `a`")
+  -- Removing is not shutting down, and the group's closing leaves `a` alone.
+  t:assert_eq(a:state(), "booted")
+  t:assert_eq(a:run("echo up").stdout, "up\n")
+end)
+
+test("a VM removed from the lab that made it still closes with its scope", function(t)
+  local b = provium:vm("b", "default"):boot()
+  provium:remove("b")
+  t:assert_eq(provium.b, nil)
+  t:assert_eq(b:state(), "booted")
+  _G.removed_vm = b
+end)
+
+test("...and is shut down after that test", function(t)
+  t:assert_eq(_G.removed_vm:state(), "shutdown")
+end)
+
+test("a barrier of one releases at once; one that does not fill raises", function(t)
+  t:assert_eq(provium:barrier("solo", 1), true)
+  local err = t:assert_raises(function() provium:barrier("pair", 2, "200ms") end)
+  t:assert_contains(err, "barrier `pair`: 1 of 2 arrived within 200ms")
+  t:assert_contains(t:assert_raises(function() provium:barrier("none", 0) end), "count must be at least 1")
+end)
+
+test("wakeup needs a machine that can suspend, and says so", function(t)
+  local vm = provium:vm("w", "default")
+  t:assert_contains(t:assert_raises(function() vm:wakeup() end), "vm `w` is created; wakeup needs a booted VM")
+  vm:boot()
+  t:assert_contains(t:assert_raises(function() vm:wakeup() end), "wake-up from suspend is not supported by this guest")
+end)
