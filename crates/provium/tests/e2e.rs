@@ -322,7 +322,7 @@ fn list_and_doctor() {
     let out = s.run(&["list"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("provium: cannot parse `provium.toml`: unknown field `kernal`"), "{err}");
+    assert!(err.contains("provium: cannot parse `provium.toml`: line 2, column 1: unknown field `kernal`"), "{err}");
 }
 
 #[test]
