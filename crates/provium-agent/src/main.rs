@@ -20,6 +20,7 @@
 //! handles: agent-global table of spawned processes and open files
 //! ```
 
+mod batch;
 mod elf;
 mod exec;
 mod files;

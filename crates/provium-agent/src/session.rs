@@ -29,7 +29,7 @@ use provium_protocol::{
 };
 
 use crate::sys::{poll_one, set_nonblocking, CancelFlag};
-use crate::{exec, files, fsops, handles, log, net, proc, stream, syscall, waits};
+use crate::{batch, exec, files, fsops, handles, log, net, proc, stream, syscall, waits};
 
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
@@ -85,10 +85,50 @@ pub struct Sender {
     writer: Arc<Writer>,
     generation: u64,
     channel: u32,
+    /// Inside a batch: bytes are kept here instead of sent.
+    capture: Option<Arc<Mutex<Captured>>>,
+}
+
+/// What an op of a batch produced, up to a budget.
+#[derive(Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Bytes still allowed (all ops of the batch together).
+    pub budget: usize,
+    pub overflowed: bool,
+}
+
+impl Captured {
+    fn keep(&mut self, pipe: OutputPipe, bytes: &[u8]) {
+        if bytes.len() > self.budget {
+            self.overflowed = true;
+            return;
+        }
+        self.budget -= bytes.len();
+        match pipe {
+            OutputPipe::Stdout => self.stdout.extend_from_slice(bytes),
+            OutputPipe::Stderr => self.stderr.extend_from_slice(bytes),
+        }
+    }
 }
 
 impl Sender {
+    /// A sender on the same channel that keeps bytes in `capture`.
+    pub fn capturing(&self, capture: Arc<Mutex<Captured>>) -> Sender {
+        Sender {
+            writer: self.writer.clone(),
+            generation: self.generation,
+            channel: self.channel,
+            capture: Some(capture),
+        }
+    }
+
     pub fn data(&self, bytes: &[u8]) {
+        if let Some(c) = &self.capture {
+            c.lock().unwrap().keep(OutputPipe::Stdout, bytes);
+            return;
+        }
         for chunk in bytes.chunks(frame::CHUNK) {
             self.writer.send(self.generation, self.channel, FrameKind::Data, chunk);
         }
@@ -96,6 +136,10 @@ impl Sender {
 
     /// Bytes of a command's stdout or stderr, tagged with their pipe.
     pub fn output(&self, pipe: OutputPipe, bytes: &[u8]) {
+        if let Some(c) = &self.capture {
+            c.lock().unwrap().keep(pipe, bytes);
+            return;
+        }
         for chunk in bytes.chunks(frame::CHUNK) {
             let mut body = Vec::with_capacity(chunk.len() + 1);
             body.push(pipe as u8);
@@ -105,6 +149,9 @@ impl Sender {
     }
 
     pub fn data_end(&self) {
+        if self.capture.is_some() {
+            return;
+        }
         self.writer.send(self.generation, self.channel, FrameKind::DataEnd, &[]);
     }
 
@@ -175,7 +222,7 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
         FrameKind::Hello => hello(&f.body, writer, channels, info),
         FrameKind::Request => {
             let generation = writer.generation.load(Ordering::SeqCst);
-            let out = Sender { writer: writer.clone(), generation, channel: f.channel };
+            let out = Sender { writer: writer.clone(), generation, channel: f.channel, capture: None };
             let req: Request = match decode_msg("request", &f.body) {
                 Ok(r) => r,
                 Err(e) => {
@@ -306,6 +353,7 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
         Request::Syscall(call) => syscall::syscall(call),
         Request::Ioctl(call) => syscall::ioctl(call),
         Request::ReadMem { addr, len } => syscall::read_mem(addr, len),
+        Request::Batch { ops } => Ok(batch::run(ops, out, cancel)),
     }
 }
 

@@ -22,11 +22,13 @@
 //! `Data` bodies are raw bytes. [`PROTOCOL_VERSION`] pins all of it, and the
 //! tests below pin exact bytes so that a silent change fails.
 
+pub mod batch;
 pub mod frame;
 mod hello;
 pub mod layer0;
 mod ops;
 
+pub use batch::{BatchItem, BatchOp, MAX_BATCH_BYTES};
 pub use frame::{Decoder, Frame, FrameError, FrameKind};
 pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
 pub use layer0::{BufArg, IoctlCall, IoctlOutcome, MemRead, NestedPtr, SyscallCall, SyscallOutcome, MAX_LAYER0_BYTES};
@@ -66,7 +68,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 5);
+        assert_eq!(PROTOCOL_VERSION, 6);
     }
 
     #[test]
@@ -161,6 +163,14 @@ mod pin_tests {
                 ptr_offsets: vec![0],
             }),
             Request::ReadMem { addr: u64::MAX, len: 8 },
+            Request::Batch {
+                ops: vec![
+                    BatchOp::Exec(ExecRequest::default()),
+                    BatchOp::WriteFile { path: "/a".into(), perm: 0o600, data: b"x".to_vec() },
+                    BatchOp::Stat { path: "/".into(), follow_symlinks: true },
+                    BatchOp::Syscall(SyscallCall::default()),
+                ],
+            },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();

@@ -335,6 +335,11 @@ pub enum Request {
         addr: u64,
         len: u32,
     },
+    /// Several ops in one round trip ([`crate::batch`]); answered with
+    /// [`Response::Batch`].
+    Batch {
+        ops: Vec<crate::batch::BatchOp>,
+    },
 }
 
 impl Request {
@@ -370,6 +375,7 @@ impl Request {
             Request::Syscall(_) => "syscall",
             Request::Ioctl(_) => "ioctl",
             Request::ReadMem { .. } => "read_mem",
+            Request::Batch { .. } => "batch",
         }
     }
 }
@@ -399,6 +405,8 @@ pub enum Response {
     Syscall(SyscallOutcome),
     Ioctl(IoctlOutcome),
     Memory(MemRead),
+    /// One item per op of a [`Request::Batch`], in order.
+    Batch(Vec<crate::batch::BatchItem>),
 }
 
 /// Why an operation failed.

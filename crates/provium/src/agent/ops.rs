@@ -234,6 +234,15 @@ impl AgentClient {
         Ok(PendingSyscall { client: self.clone(), channel, rx: Some(rx) })
     }
 
+    /// Several ops in one round trip; one item per op, in order.
+    pub fn batch(&self, ops: Vec<provium_protocol::BatchOp>) -> Result<Vec<provium_protocol::BatchItem>, AgentError> {
+        let n = ops.len();
+        match self.call(&Request::Batch { ops })? {
+            Response::Batch(items) if items.len() == n => Ok(items),
+            other => Err(unexpected("batch", &other)),
+        }
+    }
+
     /// `ioctl(2)` on the descriptor of an open file handle.
     pub fn ioctl(&self, call: IoctlCall) -> Result<IoctlOutcome, AgentError> {
         match self.call(&Request::Ioctl(call))? {

@@ -23,6 +23,15 @@ use super::errors::raise;
 /// take `Value`s check them themselves), by `object:method`.
 const PARAMS: &[(&str, &[&str])] = &[
     ("vm:boot", &["opts"]),
+    ("batch:run", &["cmd", "opts"]),
+    ("batch:read_file", &["path"]),
+    ("batch:write_file", &["path", "data"]),
+    ("batch:stat", &["path"]),
+    ("batch:listdir", &["path"]),
+    ("batch:mkdir", &["path", "opts"]),
+    ("batch:unlink", &["path"]),
+    ("batch:rename", &["from", "to"]),
+    ("vm:batch", &["fn"]),
     ("clock:set_ns", &["ns"]),
     ("console:expect", &["pattern", "timeout"]),
     ("console:write", &["data", "opts"]),

@@ -97,7 +97,7 @@ fn list_table(lua: &Lua, what: &str, name: &str, v: Value) -> mlua::Result<Optio
 }
 
 /// `nr, a1..a6` or `nr, {args=, bufs=, ptrs=, nested=}`.
-fn syscall_call(lua: &Lua, what: &str, args: MultiValue) -> mlua::Result<SyscallCall> {
+pub(super) fn syscall_call(lua: &Lua, what: &str, args: MultiValue) -> mlua::Result<SyscallCall> {
     let mut args = args.into_iter();
     let nr = match args.next() {
         None | Some(Value::Nil) => return Err(raise(lua, format!("{what}: missing syscall number"))),
@@ -206,7 +206,7 @@ fn out_bufs(lua: &Lua, bufs: &[Vec<u8>]) -> mlua::Result<Table> {
     lua.create_sequence_from(bufs.iter().map(|b| lua.create_string(b)).collect::<mlua::Result<Vec<_>>>()?)
 }
 
-fn syscall_table(lua: &Lua, out: &SyscallOutcome) -> mlua::Result<Table> {
+pub(super) fn syscall_table(lua: &Lua, out: &SyscallOutcome) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("ret", out.ret)?;
     t.set("result", out.ret)?;

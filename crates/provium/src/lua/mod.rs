@@ -11,6 +11,7 @@
 //! parses option tables, [`errors`] shapes error text.
 
 pub mod args;
+pub mod batch_ud;
 pub mod bridge_ud;
 pub mod clock_ud;
 pub mod console_ud;

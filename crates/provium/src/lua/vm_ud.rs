@@ -20,7 +20,40 @@ impl VmUd {
     }
 }
 
-fn entry_type_table(lua: &Lua, md: &provium_protocol::Metadata) -> mlua::Result<Table> {
+/// `{name, entry_type}` for each entry, as `vm:listdir` returns them.
+pub(super) fn listdir_table(lua: &Lua, entries: &[provium_protocol::DirEntry]) -> mlua::Result<Table> {
+    let out = lua.create_table()?;
+    for (i, e) in entries.iter().enumerate() {
+        let t = lua.create_table()?;
+        t.set("name", e.name.as_str())?;
+        t.set("entry_type", e.entry_type.as_str())?;
+        out.set(i + 1, t)?;
+    }
+    Ok(out)
+}
+
+/// `vm:mkdir`'s second argument: `true`, or `{parents, perm}`.
+pub(super) fn mkdir_opts(lua: &Lua, what: &str, o: Option<Value>) -> mlua::Result<(bool, u32)> {
+    Ok(match o {
+        None | Some(Value::Nil) => (false, 0o755),
+        Some(Value::Boolean(b)) => (b, 0o755),
+        Some(Value::Table(t)) => {
+            opts::check_keys(lua, what, &t, &["parents", "perm"])?;
+            (
+                super::args::field::<Option<bool>>(lua, what, &t, "parents")?.unwrap_or(false),
+                super::args::field::<Option<u32>>(lua, what, &t, "perm")?.unwrap_or(0o755),
+            )
+        }
+        Some(other) => {
+            return Err(raise(
+                lua,
+                format!("{what}: options must be a table {{parents, perm}}, got {}", other.type_name()),
+            ))
+        }
+    })
+}
+
+pub(super) fn entry_type_table(lua: &Lua, md: &provium_protocol::Metadata) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("size", md.size)?;
     t.set("mtime", md.mtime_ns as f64 / 1e9)?;
@@ -69,30 +102,10 @@ impl UserData for VmUd {
         });
         methods.add_method("listdir", |lua, this, path: String| {
             let entries = this.lock().listdir(&path).lua(lua)?;
-            let out = lua.create_table()?;
-            for (i, e) in entries.iter().enumerate() {
-                let t = lua.create_table()?;
-                t.set("name", e.name.as_str())?;
-                t.set("entry_type", e.entry_type.as_str())?;
-                out.set(i + 1, t)?;
-            }
-            Ok(out)
+            listdir_table(lua, &entries)
         });
         methods.add_method("mkdir", |lua, this, (path, o): (String, Option<Value>)| {
-            let (parents, perm) = match o {
-                None | Some(Value::Nil) => (false, 0o755),
-                Some(Value::Boolean(b)) => (b, 0o755),
-                Some(Value::Table(t)) => {
-                    opts::check_keys(lua, "vm:mkdir", &t, &["parents", "perm"])?;
-                    (t.get::<Option<bool>>("parents")?.unwrap_or(false), t.get::<Option<u32>>("perm")?.unwrap_or(0o755))
-                }
-                Some(other) => {
-                    return Err(raise(
-                        lua,
-                        format!("vm:mkdir: options must be a table {{parents, perm}}, got {}", other.type_name()),
-                    ))
-                }
-            };
+            let (parents, perm) = mkdir_opts(lua, "vm:mkdir", o)?;
             this.lock().mkdir(&path, parents, perm).lua(lua)
         });
         methods.add_method("push_file", |lua, this, (host, guest, o): (String, String, Option<mlua::Table>)| {
@@ -141,6 +154,7 @@ impl UserData for VmUd {
         super::jobs::add_methods(methods);
         super::waits::add_methods(methods);
         super::layer0_ud::add_methods(methods);
+        super::batch_ud::add_methods(methods);
         super::nixos_ud::add_methods(methods);
         // Two handles on one VM are equal (`lab.a == a`).
         methods.add_meta_method("__eq", |_, this, other: AnyUserData| {

@@ -16,6 +16,7 @@
 //! - [`nixos`]: the NixOS test driver's conveniences (`execute`, `crash`,
 //!   `wait_for_shutdown`, copies, console keys, systemd units).
 
+pub mod batch;
 pub mod console;
 pub mod error;
 pub mod file;
