@@ -15,9 +15,12 @@ use super::result_ud::RunResult;
 use super::vm_ud::VmUd;
 use crate::vm::batch::BatchOutcome;
 
-/// The ops `fn(b)` recorded, with each `run`'s command (for its result).
+/// One recorded op, with a `run`'s command (for its result).
+type Recorded = (BatchOp, Option<String>);
+
+/// The ops `fn(b)` recorded.
 #[derive(Clone, Default)]
-struct Recorder(Rc<RefCell<Vec<(BatchOp, Option<String>)>>>);
+struct Recorder(Rc<RefCell<Vec<Recorded>>>);
 
 impl Recorder {
     fn push(&self, op: BatchOp) {
