@@ -18,6 +18,11 @@
 //!  |              Reply(ch=6, Ok(Done))    |
 //!  |<--------------------------------------|
 //! ```
+//!
+//! A [`Request::Worker`] is the same exchange with a *worker* agent (a
+//! second agent process with credentials of its own): the main agent relays
+//! the channel's frames both ways, so the host sees no difference but who
+//! carried the request out.
 
 use std::collections::BTreeMap;
 
