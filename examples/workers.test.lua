@@ -58,6 +58,8 @@ test("run_async on a worker: wait, stdin, streams; a timeout is refused", functi
   t:assert_eq(r.exit_code, 4)
   t:assert_eq(r.stdout, "out\n")
   t:assert_eq(r.stderr, "1000\n")
+  -- Past the collectors' credit window (4 MiB): credit flows through the relay.
+  t:assert_eq(#w:run_async("head -c 10000000 /dev/zero"):wait(60).stdout, 10000000)
   local cat = w:run_async("cat", {stdin = "fed "})
   cat:stdin_write("more")
   cat:close_stdin()
@@ -164,6 +166,8 @@ test("open_file, threads and unknown options are refused clearly", function(t)
   t:assert_contains(e, "vm:spawn_worker: `thread=true` is not yet supported (v1 always spawns a process sub-agent)")
   e = t:assert_raises(function() vm:spawn_worker({user = 1000}) end)
   t:assert_contains(e, "vm:spawn_worker: unknown option `user`")
+  e = t:assert_raises(function() w:run(42) end)
+  t:assert_contains(e, "worker:run: argument 1 (cmd) must be a string, got integer")
 end)
 
 test("a worker survives a snapshot and a restore", {timeout = 240}, function(t)

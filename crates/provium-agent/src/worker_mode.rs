@@ -106,7 +106,7 @@ impl Creds {
         };
         let failed = |what: String| {
             let e = std::io::Error::last_os_error();
-            OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("spawn_worker: {what}: {e}") }
+            OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{what}: {e}") }
         };
         if let Some(g) = groups {
             // SAFETY: setgroups(2) reads `len` gid_t values at the pointer:
@@ -137,11 +137,7 @@ pub fn run() -> ! {
     WORKER.store(true, Ordering::SeqCst);
     let start_uptime_ms = init::boottime_ms();
     let args: Vec<String> = std::env::args().skip(2).collect();
-    let creds = Creds::parse(&args).map_err(|why| OpError {
-        kind: OpErrorKind::BadRequest,
-        errno: None,
-        message: format!("spawn_worker: {why}"),
-    });
+    let creds = Creds::parse(&args).map_err(|why| OpError { kind: OpErrorKind::BadRequest, errno: None, message: why });
     let link = take_link();
     if let Err(e) = creds.and_then(|c| c.apply()) {
         let reply: provium_protocol::Reply = Err(e);

@@ -210,7 +210,7 @@ fn creds_text(c: &Creds) -> String {
 /// serves.
 pub fn spawn(spec: &WorkerSpec) -> Result<Response, OpError> {
     let creds = Creds { uid: spec.uid, gid: spec.gid, groups: spec.groups.clone() };
-    let what = format!("spawn_worker ({})", creds_text(&creds));
+    let what = format!("worker ({})", creds_text(&creds));
     let exe = std::env::current_exe().map_err(|e| os_error(&format!("{what}: find the agent's binary"), e))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| os_error(&format!("{what}: socketpair"), e))?;
     let mut cmd = Command::new(&exe);
@@ -262,8 +262,10 @@ fn handshake(link: &UnixStream, slot: &ExitSlot) -> Result<Decoder, OpError> {
     let io = |e: std::io::Error| os_error("talk to the new worker", e);
     let mut link = link;
     link.set_read_timeout(Some(HELLO_TIMEOUT)).map_err(io)?;
-    frame::write_frame(&mut link, 0, FrameKind::Hello, &encode_msg(&Hello { protocol_version: PROTOCOL_VERSION }))
-        .map_err(io)?;
+    // A worker that cannot take its credentials says so and exits without
+    // reading: then this write fails, and its reason is still to be read.
+    let hello = encode_msg(&Hello { protocol_version: PROTOCOL_VERSION });
+    let sent = frame::write_frame(&mut link, 0, FrameKind::Hello, &hello);
     let mut decoder = Decoder::new();
     let mut buf = [0u8; 4096];
     let answer = loop {
@@ -275,7 +277,10 @@ fn handshake(link: &UnixStream, slot: &ExitSlot) -> Result<Decoder, OpError> {
         match link.read(&mut buf) {
             Ok(0) => {
                 let how = exit_within(slot, EXIT_WAIT).map_or("closed its link".into(), describe_exit);
-                return Err(failed(format!("the new worker {how} before it served")));
+                return Err(match sent {
+                    Err(e) if how == "closed its link" => io(e),
+                    _ => failed(format!("the new worker {how} before it served")),
+                });
             }
             Ok(n) => decoder.feed(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

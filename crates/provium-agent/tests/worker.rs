@@ -51,11 +51,12 @@ impl Agent {
             if let Some(f) = self.decoder.next_frame().unwrap() {
                 return Some(f);
             }
-            let n = self.link.read(&mut buf).expect("the agent answers within 30 s");
-            if n == 0 {
-                return None;
+            match self.link.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.decoder.feed(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("the agent answers within 30 s: {e}"),
             }
-            self.decoder.feed(&buf[..n]);
         }
     }
 
@@ -172,6 +173,19 @@ fn a_worker_that_cannot_take_its_credentials_says_why_and_exits() {
     let e = decode_msg::<Reply>("reply", &f.body).unwrap().unwrap_err();
     assert!(e.message.contains("`nobody` is not a user or group id"), "{}", e.message);
     assert_eq!(bad.child.wait().unwrap().code(), Some(3));
+}
+
+#[test]
+fn an_unprivileged_worker_cannot_start_a_root_one() {
+    if !is_root() {
+        return; // needs a uid to drop to
+    }
+    let mut nobody = Agent::worker(["65534", "65534", "-"]);
+    assert_eq!(nobody.hello().kind, FrameKind::HelloOk);
+    let spec = WorkerSpec { uid: Some(0), gid: Some(0), groups: None };
+    let e = nobody.call(&Request::SpawnWorker(spec)).reply.unwrap_err();
+    assert_eq!((e.kind, e.errno), (OpErrorKind::Os, Some(libc::EPERM)), "{}", e.message);
+    assert!(e.message.starts_with("worker (uid 0 gid 0): setgroups([]): "), "{}", e.message);
 }
 
 #[test]

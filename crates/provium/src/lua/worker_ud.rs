@@ -88,6 +88,7 @@ pub fn add_vm_methods<M: UserDataMethods<VmUd>>(methods: &mut M) {
 
 impl UserData for WorkerUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        let methods = &mut super::args::Checked::new(methods, "worker");
         methods.add_method("run", |lua, this, (cmd, second): (String, Option<Value>)| {
             super::waits::check_conditions(lua)?;
             let spec = opts::run_request(lua, "worker:run", &cmd, second)?;
