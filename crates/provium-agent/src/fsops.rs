@@ -68,7 +68,7 @@ pub fn write_file(path: &str, perm: u32, append: bool, inbound: &Receiver<Inboun
         match inbound.recv() {
             Ok(Inbound::Data(bytes)) => f.write_all(&bytes).map_err(|e| os("write_file", path, e))?,
             Ok(Inbound::DataEnd) => return Ok(Response::Done),
-            Ok(Inbound::Credit(_)) => {}
+            Ok(Inbound::Credit(_) | Inbound::Relayed(_)) => {}
             Ok(Inbound::Cancel) | Err(_) => {
                 return Err(OpError {
                     kind: OpErrorKind::Cancelled,

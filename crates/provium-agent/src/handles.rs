@@ -1,12 +1,12 @@
-//! The agent's handle table: spawned processes and open files under one
-//! counter.
+//! The agent's handle table: spawned processes, open files and workers
+//! under one counter.
 //!
 //! Handles are agent-global. They outlive the host session that made them (a
 //! new `Hello` drops channels, not processes or files) and go away only with
 //! `Release`. Numbers start at 1 and are never reused, so a stale handle is
 //! always [`OpErrorKind::UnknownHandle`], never somebody else's object. This
-//! module owns the table only; what a process or a file does lives in
-//! [`crate::proc`] and [`crate::files`].
+//! module owns the table only; what a process, a file or a worker does lives
+//! in [`crate::proc`], [`crate::files`] and [`crate::workers`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,11 +15,23 @@ use provium_protocol::{OpError, OpErrorKind};
 
 use crate::files::OpenFile;
 use crate::proc::Proc;
+use crate::workers::Worker;
 
 #[derive(Clone)]
 pub enum Handle {
     Proc(Arc<Proc>),
     File(Arc<OpenFile>),
+    Worker(Arc<Worker>),
+}
+
+impl Handle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Handle::Proc(_) => "a process",
+            Handle::File(_) => "a file",
+            Handle::Worker(_) => "a worker",
+        }
+    }
 }
 
 struct Table {
@@ -60,14 +72,21 @@ pub fn get(id: u64) -> Result<Handle, OpError> {
 pub fn proc(id: u64) -> Result<Arc<Proc>, OpError> {
     match get(id)? {
         Handle::Proc(p) => Ok(p),
-        Handle::File(_) => Err(wrong_kind(id, "a file", "a process")),
+        other => Err(wrong_kind(id, other.kind(), "a process")),
     }
 }
 
 pub fn file(id: u64) -> Result<Arc<OpenFile>, OpError> {
     match get(id)? {
         Handle::File(f) => Ok(f),
-        Handle::Proc(_) => Err(wrong_kind(id, "a process", "a file")),
+        other => Err(wrong_kind(id, other.kind(), "a file")),
+    }
+}
+
+pub fn worker(id: u64) -> Result<Arc<Worker>, OpError> {
+    match get(id)? {
+        Handle::Worker(w) => Ok(w),
+        other => Err(wrong_kind(id, other.kind(), "a worker")),
     }
 }
 

@@ -17,7 +17,9 @@
 //!          and a worker that finds 8 others idle ends (so threads are reused across requests)
 //! proc:    a pump thread per spawned process;  exec: a stdin feeder thread per command fed stdin
 //! reaper:  one thread reaps every child exit and wakes whoever waits for it
-//! handles: agent-global table of spawned processes and open files
+//! handles: agent-global table of spawned processes, open files and workers
+//! workers: `SpawnWorker` re-runs this binary as a worker (worker_mode: own uid/gid, the same
+//!          session over a socket pair); `Worker{w, req}` is relayed to it, frames both ways
 //! ```
 
 mod batch;
@@ -45,11 +47,16 @@ mod sys;
 mod syscall;
 mod tail;
 mod waits;
+mod worker_mode;
+mod workers;
 
 /// The name of the virtio-serial port the host listens on.
 pub const PORT_NAME: &str = "provium.agent";
 
 fn main() {
+    if worker_mode::requested() {
+        worker_mode::run();
+    }
     let start_uptime_ms = init::boottime_ms();
     let mode = init::become_init();
     kmod::load_wanted();
@@ -67,7 +74,7 @@ fn main() {
     };
     loop {
         match port::open(PORT_NAME) {
-            Ok(port) => session::serve(port, &info),
+            Ok(port) => session::serve(port, &info, session::Link::Port),
             Err(e) => log::warn(&format!("cannot open port `{PORT_NAME}`: {e}; retrying")),
         }
         std::thread::sleep(std::time::Duration::from_millis(200));

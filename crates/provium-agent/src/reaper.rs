@@ -6,6 +6,10 @@
 //! the registry lock across `spawn` + [`Registry::insert`], and the reaper
 //! thread delivers each status to the registered [`ExitSlot`]. Orphans'
 //! statuses are dropped.
+//!
+//! The registry also knows which registered children still run and the
+//! worst status of those that ended: a worker agent signals the ones that
+//! run ([`live`]) and joins them ([`wait_none_live`], [`worst_status`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -50,18 +54,37 @@ impl ExitSlot {
     }
 }
 
+/// A registered child: where its status goes, and whether it counts among
+/// the processes this agent started (a worker agent does not).
+struct Waiter {
+    slot: Arc<ExitSlot>,
+    counted: bool,
+}
+
 #[derive(Default)]
 pub struct Registry {
-    waiting: HashMap<i32, Arc<ExitSlot>>,
+    waiting: HashMap<i32, Waiter>,
     spawned: u64,
+    /// The worst [`shell_status`] of the registered children reaped so far.
+    worst: i32,
 }
 
 impl Registry {
     /// Registers a just-spawned child; call with the lock held since before
     /// the spawn.
     pub fn insert(&mut self, pid: i32) -> Arc<ExitSlot> {
+        self.register(pid, true)
+    }
+
+    /// Like [`Registry::insert`], for a child that is not one of the
+    /// processes [`live`] and [`worst_status`] account for (a worker).
+    pub fn insert_uncounted(&mut self, pid: i32) -> Arc<ExitSlot> {
+        self.register(pid, false)
+    }
+
+    fn register(&mut self, pid: i32, counted: bool) -> Arc<ExitSlot> {
         let slot = ExitSlot::new();
-        self.waiting.insert(pid, slot.clone());
+        self.waiting.insert(pid, Waiter { slot: slot.clone(), counted });
         self.spawned += 1;
         SPAWNED.notify_all();
         slot
@@ -70,6 +93,40 @@ impl Registry {
 
 static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
 static SPAWNED: Condvar = Condvar::new();
+/// Notified whenever a registered child is reaped.
+static REAPED: Condvar = Condvar::new();
+
+/// A wait status as a shell reports it: the exit code, or `128 + n` for
+/// signal `n`.
+pub fn shell_status(raw: i32) -> i32 {
+    if libc::WIFSIGNALED(raw) {
+        128 + libc::WTERMSIG(raw)
+    } else {
+        libc::WEXITSTATUS(raw)
+    }
+}
+
+/// The registered children that have not exited yet (each leads its own
+/// process group).
+pub fn live() -> Vec<i32> {
+    let mut pids: Vec<i32> = lock().waiting.iter().filter(|(_, w)| w.counted).map(|(&pid, _)| pid).collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The worst [`shell_status`] of the registered children reaped so far (0
+/// if none).
+pub fn worst_status() -> i32 {
+    lock().worst
+}
+
+/// Waits up to `timeout` until no registered child runs; whether none does.
+pub fn wait_none_live(timeout: std::time::Duration) -> bool {
+    let reg = lock();
+    let running = |r: &mut Registry| r.waiting.values().any(|w| w.counted);
+    let (mut reg, _) = REAPED.wait_timeout_while(reg, timeout, running).unwrap();
+    !running(&mut reg)
+}
 
 fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(|| Mutex::new(Registry::default()))
@@ -92,8 +149,14 @@ fn reap_forever() {
         // a live local i32 borrowed mutably for the call.
         let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
         if pid > 0 {
-            if let Some(slot) = lock().waiting.remove(&pid) {
-                slot.deliver(status);
+            let mut reg = lock();
+            if let Some(w) = reg.waiting.remove(&pid) {
+                if w.counted {
+                    reg.worst = reg.worst.max(shell_status(status));
+                }
+                drop(reg);
+                w.slot.deliver(status);
+                REAPED.notify_all();
             }
             continue;
         }
@@ -104,5 +167,17 @@ fn reap_forever() {
             let _unused =
                 SPAWNED.wait_timeout_while(reg, std::time::Duration::from_secs(1), |r| r.spawned == seen).unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_a_shell_reads_them() {
+        assert_eq!(shell_status(3 << 8), 3);
+        assert_eq!(shell_status(libc::SIGKILL), 137);
+        assert_eq!(shell_status(0), 0);
     }
 }

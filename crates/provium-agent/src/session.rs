@@ -29,7 +29,7 @@ use provium_protocol::{
 };
 
 use crate::sys::{poll_one, set_nonblocking, CancelFlag};
-use crate::{batch, exec, files, fsops, handles, log, net, proc, stream, syscall, waits};
+use crate::{batch, exec, files, fsops, handles, log, net, proc, stream, syscall, waits, worker_mode, workers};
 
 pub struct AgentInfo {
     pub start_uptime_ms: u64,
@@ -45,6 +45,18 @@ pub enum Inbound {
     /// The host can take this many more bytes (streams).
     Credit(u32),
     Cancel,
+    /// The worker this channel is relayed to answered ([`crate::workers`]
+    /// only; never from the host).
+    Relayed(Reply),
+}
+
+/// What the session runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The virtio-serial port: the host may close it and come back.
+    Port,
+    /// A worker's socket to the main agent: its end is the worker's end.
+    Worker,
 }
 
 /// The port's write side, shared by all handlers.
@@ -81,6 +93,7 @@ impl Writer {
 }
 
 /// A handler's way to answer on its channel.
+#[derive(Clone)]
 pub struct Sender {
     writer: Arc<Writer>,
     generation: u64,
@@ -155,6 +168,11 @@ impl Sender {
         self.writer.send(self.generation, self.channel, FrameKind::DataEnd, &[]);
     }
 
+    /// One frame as it is (a worker's `Data` or `DataEnd`, relayed).
+    pub fn raw(&self, kind: FrameKind, body: &[u8]) {
+        self.writer.send(self.generation, self.channel, kind, body);
+    }
+
     fn reply(&self, reply: &Reply) {
         self.writer.send(self.generation, self.channel, FrameKind::Reply, &encode_msg(reply));
     }
@@ -167,7 +185,10 @@ struct Channel {
 
 type Channels = Arc<Mutex<HashMap<u32, Channel>>>;
 
-pub fn serve(mut port: File, info: &AgentInfo) {
+/// Serves the host (or, for a worker, the main agent) over `port`. On the
+/// [`Link::Port`] it never returns; on [`Link::Worker`] it returns when the
+/// other end closes.
+pub fn serve(mut port: File, info: &AgentInfo, link: Link) {
     // The flag belongs to the open file, so the writer's dup below shares it.
     set_nonblocking(port.as_raw_fd());
     let writer =
@@ -182,6 +203,9 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                 // Host side closed: forget the partial frame and the channels.
                 decoder.reset();
                 cancel_all(&channels);
+                if link == Link::Worker {
+                    return;
+                }
                 std::thread::sleep(Duration::from_millis(5));
                 continue;
             }
@@ -203,6 +227,9 @@ pub fn serve(mut port: File, info: &AgentInfo) {
                     log::warn(&format!("bad frame from host ({e}); waiting for a new Hello"));
                     decoder.reset();
                     cancel_all(&channels);
+                    if link == Link::Worker {
+                        return;
+                    }
                     break;
                 }
             }
@@ -242,18 +269,20 @@ fn dispatch(f: frame::Frame, writer: &Arc<Writer>, channels: &Channels, info: &A
             }
             let (tx, rx) = channel();
             let cancel: CancelFlag = Arc::new(AtomicBool::new(false));
-            channels.lock().unwrap().insert(f.channel, Channel { inbox: tx, cancel: cancel.clone() });
+            channels.lock().unwrap().insert(f.channel, Channel { inbox: tx.clone(), cancel: cancel.clone() });
             let channels = channels.clone();
             crate::pool::run(move || {
                 let name = req.name();
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(req, &out, rx, &cancel)))
-                    .unwrap_or_else(|_| {
-                        Err(OpError {
-                            kind: OpErrorKind::Internal,
-                            errno: None,
-                            message: format!("{name}: agent handler panicked"),
-                        })
-                    });
+                let inbox = Inbox { rx, me: tx };
+                let reply =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(req, &out, inbox, &cancel)))
+                        .unwrap_or_else(|_| {
+                            Err(OpError {
+                                kind: OpErrorKind::Internal,
+                                errno: None,
+                                message: format!("{name}: agent handler panicked"),
+                            })
+                        });
                 let finish: crate::pool::Finish = Box::new(move || {
                     channels.lock().unwrap().remove(&out.channel);
                     out.reply(&reply);
@@ -320,7 +349,18 @@ fn instant(req: &Request) -> Option<Reply> {
     }
 }
 
-fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelFlag) -> Reply {
+/// A channel's inbound frames, and a way to add to them (a relayed
+/// request's answer arrives there too).
+pub struct Inbox {
+    pub rx: Receiver<Inbound>,
+    pub me: MpscSender<Inbound>,
+}
+
+fn handle(req: Request, out: &Sender, inbox: Inbox, cancel: &CancelFlag) -> Reply {
+    if let Some(refusal) = crate::worker_mode::refusal(&req) {
+        return Err(refusal);
+    }
+    let Inbox { rx: inbox, me } = inbox;
     match req {
         Request::Ping | Request::SetTime { .. } | Request::GetTime => instant(&req).expect("instant requests"),
         Request::Exec(e) => exec::run(e, out, inbox, cancel).map(Response::Exec),
@@ -354,15 +394,21 @@ fn handle(req: Request, out: &Sender, inbox: Receiver<Inbound>, cancel: &CancelF
         Request::Ioctl(call) => syscall::ioctl(call),
         Request::ReadMem { addr, len } => syscall::read_mem(addr, len),
         Request::Batch { ops } => Ok(batch::run(ops, out, cancel)),
+        Request::SpawnWorker(spec) => workers::spawn(&spec),
+        Request::Worker { worker, request } => workers::relay(worker, *request, out, Inbox { rx: inbox, me }),
+        Request::KillAll { signal } => Ok(worker_mode::kill_all(signal)),
+        Request::Join { timeout_ms } => worker_mode::join(timeout_ms, cancel),
     }
 }
 
 /// Forgets a handle: a process's group is SIGKILLed if it still runs; a
-/// file is closed once no stream reads it any more.
+/// file is closed once no stream reads it any more; a worker is told to
+/// end (and killed if it does not).
 fn release(handle: u64) -> Reply {
     match handles::remove(handle)? {
         handles::Handle::Proc(p) => proc::release(&p),
         handles::Handle::File(_) => {}
+        handles::Handle::Worker(w) => workers::release(&w),
     }
     Ok(Response::Done)
 }

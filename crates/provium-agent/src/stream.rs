@@ -100,7 +100,8 @@ impl Flow<'_> {
         match *msg {
             Inbound::Credit(n) => self.credit.grant(n),
             Inbound::Cancel => return false,
-            Inbound::Data(_) | Inbound::DataEnd => {} // not meaningful on a stream
+            // Not meaningful on a stream.
+            Inbound::Data(_) | Inbound::DataEnd | Inbound::Relayed(_) => {}
         }
         true
     }

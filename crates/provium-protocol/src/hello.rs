@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a frame kind, message, field or their encoding changes.
 /// Host and agent ship together; there is no backwards compatibility.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

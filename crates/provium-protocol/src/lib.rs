@@ -34,7 +34,7 @@ pub use hello::{Hello, HelloErr, HelloOk, PROTOCOL_VERSION};
 pub use layer0::{BufArg, IoctlCall, IoctlOutcome, MemRead, NestedPtr, SyscallCall, SyscallOutcome, MAX_LAYER0_BYTES};
 pub use ops::{
     DirEntry, EntryType, ExecOutput, ExecRequest, ExitStatus, Metadata, OpError, OpErrorKind, OpenMode, OutputPipe,
-    ProcState, Reply, Request, Response, StreamSource, TailStart, Whence, AGENT_RETAIN,
+    ProcState, Reply, Request, Response, StreamSource, TailStart, Whence, WorkerSpec, AGENT_RETAIN,
 };
 
 /// A message body that could not be decoded.
@@ -68,7 +68,7 @@ mod pin_tests {
 
     #[test]
     fn version_is_pinned() {
-        assert_eq!(PROTOCOL_VERSION, 6);
+        assert_eq!(PROTOCOL_VERSION, 7);
     }
 
     #[test]
@@ -171,6 +171,16 @@ mod pin_tests {
                     BatchOp::Syscall(SyscallCall::default()),
                 ],
             },
+            Request::SpawnWorker(WorkerSpec { uid: Some(1000), gid: Some(1000), groups: Some(vec![10, 20]) }),
+            Request::SpawnWorker(WorkerSpec::default()),
+            Request::Worker { worker: 7, request: Box::new(Request::Exec(ExecRequest::default())) },
+            Request::Worker {
+                worker: 7,
+                request: Box::new(Request::Stream { source: StreamSource::Stderr { handle: 9 }, window: 64 }),
+            },
+            Request::KillAll { signal: 15 },
+            Request::Join { timeout_ms: Some(2000) },
+            Request::Join { timeout_ms: None },
         ];
         for r in reqs {
             let back: Request = decode_msg("request", &encode_msg(&r)).unwrap();
@@ -190,6 +200,26 @@ mod pin_tests {
             let back: Reply = decode_msg("reply", &encode_msg(&r)).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn worker_messages_round_trip_and_are_pinned() {
+        let replies: Vec<Reply> = vec![
+            Ok(Response::Worker { handle: 3, pid: 245 }),
+            Ok(Response::Joined { status: 137 }),
+            Err(OpError { kind: OpErrorKind::WorkerGone, errno: None, message: "worker 3 died".into() }),
+        ];
+        for r in replies {
+            let back: Reply = decode_msg("reply", &encode_msg(&r)).unwrap();
+            assert_eq!(back, r);
+        }
+        // The relayed request rides whole inside `request`.
+        let req = Request::Worker { worker: 3, request: Box::new(Request::Ping) };
+        assert_eq!(
+            hex(&encode_msg(&req)),
+            "82a26f70a6776f726b6572a46172677382a6776f726b657203a772657175657374\
+             81a26f70a470696e67"
+        );
     }
 
     #[test]

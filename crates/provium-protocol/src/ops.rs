@@ -18,6 +18,11 @@
 //!  |              Reply(ch=6, Ok(Done))    |
 //!  |<--------------------------------------|
 //! ```
+//!
+//! A [`Request::Worker`] is the same exchange with a *worker* agent (a
+//! second agent process with credentials of its own): the main agent relays
+//! the channel's frames both ways, so the host sees no difference but who
+//! carried the request out.
 
 use std::collections::BTreeMap;
 
@@ -187,6 +192,17 @@ pub struct ProcState {
     pub status: Option<ExitStatus>,
 }
 
+/// Who a worker agent runs as ([`Request::SpawnWorker`]). `None` keeps the
+/// main agent's (root's) value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Supplementary groups. `None`: none at all once `uid` or `gid` is
+    /// set (root's are never kept by accident), else the agent's.
+    pub groups: Option<Vec<u32>>,
+}
+
 /// Every operation the host can ask for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
@@ -340,6 +356,36 @@ pub enum Request {
     Batch {
         ops: Vec<crate::batch::BatchOp>,
     },
+    /// Starts a *worker*: a second agent process in the guest, with the
+    /// credentials of `WorkerSpec`, that serves requests sent to it with
+    /// [`Request::Worker`]. Answered with [`Response::Worker`] once it
+    /// serves. It lives until [`Request::Release`] of its handle.
+    SpawnWorker(WorkerSpec),
+    /// `request` carried out by worker `worker` instead of the main agent.
+    /// The channel is relayed whole: `Data`, `DataEnd`, `Credit` and
+    /// `Cancel` go through to the worker, its `Data` and its `Reply` come
+    /// back, so any request (an `Exec` with its output, a `Stream`, a
+    /// `Syscall`) works as it does on the main agent. Handles it returns
+    /// belong to the worker. A worker whose process died answers
+    /// [`OpErrorKind::WorkerGone`]. A worker may start workers of its own
+    /// (they nest).
+    Worker {
+        worker: u64,
+        request: Box<Request>,
+    },
+    /// Only inside [`Request::Worker`]: sends `signal` to the process group
+    /// of every process the worker started that still runs;
+    /// [`Response::Count`] of them.
+    KillAll {
+        signal: i32,
+    },
+    /// Only inside [`Request::Worker`]: waits until every process the
+    /// worker started has exited (after `timeout_ms`, SIGKILLs the groups of
+    /// those still running), then answers [`Response::Joined`]. The worker
+    /// starts nothing new afterwards.
+    Join {
+        timeout_ms: Option<u64>,
+    },
 }
 
 impl Request {
@@ -376,6 +422,10 @@ impl Request {
             Request::Ioctl(_) => "ioctl",
             Request::ReadMem { .. } => "read_mem",
             Request::Batch { .. } => "batch",
+            Request::SpawnWorker(_) => "spawn_worker",
+            Request::Worker { .. } => "worker",
+            Request::KillAll { .. } => "kill_all",
+            Request::Join { .. } => "join",
         }
     }
 }
@@ -407,6 +457,17 @@ pub enum Response {
     Memory(MemRead),
     /// One item per op of a [`Request::Batch`], in order.
     Batch(Vec<crate::batch::BatchItem>),
+    /// A worker that serves ([`Request::SpawnWorker`]).
+    Worker {
+        handle: u64,
+        pid: u32,
+    },
+    /// The worst exit status of the processes a worker started
+    /// ([`Request::Join`]), shell-like (`128 + n` for signal `n`); 0 if it
+    /// started none.
+    Joined {
+        status: i32,
+    },
 }
 
 /// Why an operation failed.
@@ -434,6 +495,9 @@ pub enum OpErrorKind {
     /// No process or file has that handle (released, or from an earlier
     /// session).
     UnknownHandle,
+    /// The worker a [`Request::Worker`] names no longer serves: its process
+    /// died or exited. The message says which worker and how it ended.
+    WorkerGone,
 }
 
 impl std::fmt::Display for OpError {

@@ -128,11 +128,18 @@ struct Routes {
 }
 
 /// A connection to one guest's agent. Cheap to clone.
+///
+/// [`AgentClient::for_worker`] gives a view of the same connection whose
+/// every request is carried out by one worker agent of the guest (relayed
+/// by the main agent, channel and all), so each typed method works on a
+/// worker unchanged.
 #[derive(Clone)]
 pub struct AgentClient {
     writer: Arc<Mutex<UnixStream>>,
     routes: Arc<Mutex<Routes>>,
     next_channel: Arc<AtomicU32>,
+    /// The worker this view sends its requests to; `None`: the main agent.
+    worker: Option<u64>,
 }
 
 impl AgentClient {
@@ -150,6 +157,7 @@ impl AgentClient {
             writer: Arc::new(Mutex::new(stream)),
             routes: Arc::default(),
             next_channel: Arc::new(AtomicU32::new(1)),
+            worker: None,
         };
         let routes = client.routes.clone();
         std::thread::Builder::new()
@@ -186,6 +194,17 @@ impl AgentClient {
         }
     }
 
+    /// The same connection, with every request sent to worker `handle`
+    /// (`Request::Worker`) instead of the main agent.
+    pub fn for_worker(&self, handle: u64) -> AgentClient {
+        AgentClient { worker: Some(handle), ..self.clone() }
+    }
+
+    /// This connection as is (`None`), or its view for worker `worker`.
+    pub fn via(&self, worker: Option<u64>) -> AgentClient {
+        AgentClient { worker: worker.or(self.worker), ..self.clone() }
+    }
+
     /// Closes the connection; every waiting caller gets `Disconnected`.
     pub fn close(&self) {
         let _ = crate::sync::lock(&self.writer).shutdown(std::net::Shutdown::Both);
@@ -219,7 +238,11 @@ impl AgentClient {
             }
             r.channels.insert(id, tx);
         }
-        self.send(id, FrameKind::Request, &encode_msg(req))?;
+        let body = match self.worker {
+            Some(worker) => encode_msg(&Request::Worker { worker, request: Box::new(req.clone()) }),
+            None => encode_msg(req),
+        };
+        self.send(id, FrameKind::Request, &body)?;
         Ok((id, rx))
     }
 
@@ -427,6 +450,31 @@ mod tests {
         let result = client.call(&Request::Ping);
         let _agent = peer.join().unwrap();
         assert!(matches!(result, Err(AgentError::BadReply(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_worker_view_wraps_each_request_on_the_same_connection() {
+        let (client, mut agent) = pair();
+        let worker = client.for_worker(7);
+        let peer = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let f = read_frame(&mut agent);
+                seen.push(decode_msg::<Request>("request", &f.body).unwrap());
+                agent
+                    .write_all(&frame::encode(
+                        f.channel,
+                        FrameKind::Reply,
+                        &encode_msg(&Ok::<_, OpError>(Response::Done)),
+                    ))
+                    .unwrap();
+            }
+            (seen, agent)
+        });
+        worker.call(&Request::Ping).unwrap();
+        client.call(&Request::Ping).unwrap();
+        let (seen, _agent) = peer.join().unwrap();
+        assert_eq!(seen, [Request::Worker { worker: 7, request: Box::new(Request::Ping) }, Request::Ping]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use provium_protocol::frame::FrameKind;
 use provium_protocol::{
     DirEntry, ExecOutput, ExecRequest, IoctlCall, IoctlOutcome, MemRead, Metadata, OpenMode, OutputPipe, ProcState,
-    Request, Response, SyscallCall, SyscallOutcome, Whence,
+    Request, Response, SyscallCall, SyscallOutcome, Whence, WorkerSpec,
 };
 
 use super::client::{AgentClient, AgentError, Incoming};
@@ -256,6 +256,34 @@ impl AgentClient {
         match self.call(&Request::ReadMem { addr, len })? {
             Response::Memory(m) => Ok(m),
             other => Err(unexpected("read_mem", &other)),
+        }
+    }
+}
+
+/// Workers: second agent processes with credentials of their own. Requests
+/// reach one through [`AgentClient::for_worker`]; these are the requests
+/// only a worker takes, and the one that starts it.
+impl AgentClient {
+    /// Starts a worker; returns `(handle, pid)` once it serves.
+    pub fn spawn_worker(&self, spec: WorkerSpec) -> Result<(u64, u32), AgentError> {
+        match self.call(&Request::SpawnWorker(spec))? {
+            Response::Worker { handle, pid } => Ok((handle, pid)),
+            other => Err(unexpected("spawn_worker", &other)),
+        }
+    }
+
+    /// Sends `signal` to every process the worker started that still runs;
+    /// returns how many it reached (on a [`AgentClient::for_worker`] view).
+    pub fn kill_all(&self, signal: i32) -> Result<u64, AgentError> {
+        self.count("kill_all", &Request::KillAll { signal })
+    }
+
+    /// Waits for every process the worker started (SIGKILLing the rest
+    /// after `timeout`); returns their worst status, shell-like.
+    pub fn join(&self, timeout: Option<Duration>) -> Result<i32, AgentError> {
+        match self.call(&Request::Join { timeout_ms: timeout.map(millis) })? {
+            Response::Joined { status } => Ok(status),
+            other => Err(unexpected("join", &other)),
         }
     }
 }

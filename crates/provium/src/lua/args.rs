@@ -92,6 +92,12 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vm:send_key", &["key"]),
     ("vm:systemctl", &["args"]),
     ("vm:wait_for_unit", &["unit", "timeout"]),
+    ("vm:spawn_worker", &["opts"]),
+    ("worker:run", &["cmd", "opts"]),
+    ("worker:run_async", &["cmd", "opts"]),
+    ("worker:kill", &["sig"]),
+    ("worker:join", &["timeout"]),
+    ("worker:open_file", &["path", "mode"]),
 ];
 
 /// What a method's argument must be, from its Rust type.

@@ -17,8 +17,9 @@ use super::opts;
 use super::vm_ud::VmUd;
 use crate::vm::layer0::{PendingSyscall, SyscallCall, SyscallOutcome};
 
-/// What `vm:syscall_async` returns: `await()` gives the result table once.
-pub struct PendingSyscallUd(PendingSyscall);
+/// What `vm:syscall_async` (and `worker:syscall_async`) returns: `await()`
+/// gives the result table once.
+pub struct PendingSyscallUd(pub PendingSyscall);
 
 impl UserData for PendingSyscallUd {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
@@ -96,8 +97,9 @@ fn list_table(lua: &Lua, what: &str, name: &str, v: Value) -> mlua::Result<Optio
     }
 }
 
-/// `nr, a1..a6` or `nr, {args=, bufs=, ptrs=, nested=}`.
-pub(super) fn syscall_call(lua: &Lua, what: &str, args: MultiValue) -> mlua::Result<SyscallCall> {
+/// `nr, a1..a6` or `nr, {args=, bufs=, ptrs=, nested=}`; `what` names the
+/// call in errors.
+pub fn syscall_call(lua: &Lua, what: &str, args: MultiValue) -> mlua::Result<SyscallCall> {
     let mut args = args.into_iter();
     let nr = match args.next() {
         None | Some(Value::Nil) => return Err(raise(lua, format!("{what}: missing syscall number"))),
@@ -206,7 +208,8 @@ fn out_bufs(lua: &Lua, bufs: &[Vec<u8>]) -> mlua::Result<Table> {
     lua.create_sequence_from(bufs.iter().map(|b| lua.create_string(b)).collect::<mlua::Result<Vec<_>>>()?)
 }
 
-pub(super) fn syscall_table(lua: &Lua, out: &SyscallOutcome) -> mlua::Result<Table> {
+/// `{ret, result, errno, out_bufs}`.
+pub fn syscall_table(lua: &Lua, out: &SyscallOutcome) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("ret", out.ret)?;
     t.set("result", out.ret)?;

@@ -7,8 +7,9 @@
 //! [`framework`] (`test`, `t`), [`lab_ud`] (`provium` and labs), [`vm_ud`]
 //! (VMs), [`stream_ud`], [`proc_ud`], [`file_ud`], [`console_ud`],
 //! [`clock_ud`], [`snapshot_ud`], [`result_ud`], [`layer0_ud`] (syscalls and
-//! their pending results), [`nixos_ud`] (the NixOS driver's names); [`opts`]
-//! parses option tables, [`errors`] shapes error text.
+//! their pending results), [`nixos_ud`] (the NixOS driver's names),
+//! [`worker_ud`] (workers); [`opts`] parses option tables, [`errors`] shapes
+//! error text.
 
 pub mod args;
 pub mod batch_ud;
@@ -34,6 +35,7 @@ pub mod stream_ud;
 pub mod vm_streams;
 pub mod vm_ud;
 pub mod waits;
+pub mod worker_ud;
 
 use std::path::{Path, PathBuf};
 

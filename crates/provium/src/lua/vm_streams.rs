@@ -36,9 +36,9 @@ pub fn open_stream(
     Ok(tracked(lua, stream))
 }
 
-/// Starts a background process and tracks it.
-pub fn spawn(lua: &Lua, vm: &VmRef, what: &str, cmd: &str, second: Option<Value>) -> mlua::Result<ProcUd> {
-    if let Some(Value::Table(t)) = &second {
+/// Refuses a `timeout` for a background process: nothing would honour it.
+pub fn refuse_timeout(lua: &Lua, what: &str, second: &Option<Value>) -> mlua::Result<()> {
+    if let Some(Value::Table(t)) = second {
         if !t.get::<Value>("timeout")?.is_nil() || !t.get::<Value>("timeout_ms")?.is_nil() {
             return Err(raise(
                 lua,
@@ -46,6 +46,12 @@ pub fn spawn(lua: &Lua, vm: &VmRef, what: &str, cmd: &str, second: Option<Value>
             ));
         }
     }
+    Ok(())
+}
+
+/// Starts a background process and tracks it.
+pub fn spawn(lua: &Lua, vm: &VmRef, what: &str, cmd: &str, second: Option<Value>) -> mlua::Result<ProcUd> {
+    refuse_timeout(lua, what, &second)?;
     let spec = opts::run_request(lua, what, cmd, second)?;
     let p = GuestProcess::spawn(vm, cmd, spec.req, &spec.stdin).lua(lua)?;
     track(lua, p.clone());

@@ -156,6 +156,7 @@ impl UserData for VmUd {
         super::layer0_ud::add_methods(methods);
         super::batch_ud::add_methods(methods);
         super::nixos_ud::add_methods(methods);
+        super::worker_ud::add_vm_methods(methods);
         // Two handles on one VM are equal (`lab.a == a`).
         methods.add_meta_method("__eq", |_, this, other: AnyUserData| {
             Ok(other.borrow::<VmUd>().is_ok_and(|o| std::sync::Arc::ptr_eq(&o.0, &this.0)))

@@ -88,6 +88,13 @@ pub enum VmError {
     #[error("vm `{vm}`: {op}: {why}")]
     BadCall { vm: String, op: &'static str, why: String },
     /// `await()` on a pending syscall whose result was already taken.
-    #[error("vm `{vm}`: syscall_async: handle already awaited")]
-    AlreadyAwaited { vm: String },
+    #[error("vm `{vm}`: {op}: handle already awaited")]
+    AlreadyAwaited { vm: String, op: &'static str },
+    /// The worker's process ended (the agent's message says which worker
+    /// and how).
+    #[error("vm `{vm}`: {op}: {message}; spawn a new one with vm:spawn_worker()")]
+    WorkerGone { vm: String, op: &'static str, message: String },
+    /// An operation on a worker that was joined or closed.
+    #[error("vm `{vm}`: {op}: worker {worker} was {state}; spawn a new one with vm:spawn_worker()")]
+    WorkerDone { vm: String, op: &'static str, worker: u64, state: &'static str },
 }

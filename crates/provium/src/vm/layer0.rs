@@ -31,8 +31,19 @@ impl Vm {
 
     /// Makes a raw syscall in the agent and waits for it.
     pub fn syscall(&mut self, call: SyscallCall) -> Result<SyscallOutcome, VmError> {
-        self.check_call("syscall", call.check())?;
-        self.with_agent("syscall", |a| a.syscall(call))
+        self.syscall_on(None, "syscall", call)
+    }
+
+    /// A syscall made by worker `worker`'s process when given (else the
+    /// main agent's); `op` names it in errors.
+    pub fn syscall_on(
+        &mut self,
+        worker: Option<u64>,
+        op: &'static str,
+        call: SyscallCall,
+    ) -> Result<SyscallOutcome, VmError> {
+        self.check_call(op, call.check())?;
+        self.with_agent(op, |a| a.via(worker).syscall(call))
     }
 
     /// `ioctl(2)` on the descriptor behind agent file handle `call.handle`.
@@ -60,6 +71,8 @@ impl Vm {
 pub struct PendingSyscall {
     vm: VmRef,
     vm_name: String,
+    /// `syscall_async` or `worker:syscall_async`, for errors.
+    op: &'static str,
     nr: i64,
     pending: Mutex<Option<agent::PendingSyscall>>,
 }
@@ -67,11 +80,22 @@ pub struct PendingSyscall {
 impl PendingSyscall {
     /// Sends `call` to the agent of `vm` and returns at once.
     pub fn start(vm: &VmRef, call: SyscallCall) -> Result<PendingSyscall, VmError> {
+        PendingSyscall::start_on(vm, None, "syscall_async", call)
+    }
+
+    /// Like [`PendingSyscall::start`], made by worker `worker` when given;
+    /// `op` names it in errors.
+    pub fn start_on(
+        vm: &VmRef,
+        worker: Option<u64>,
+        op: &'static str,
+        call: SyscallCall,
+    ) -> Result<PendingSyscall, VmError> {
         let mut g = lock(vm);
-        g.check_call("syscall_async", call.check())?;
+        g.check_call(op, call.check())?;
         let nr = call.nr;
-        let pending = g.with_agent("syscall_async", |a| a.syscall_async(call))?;
-        Ok(PendingSyscall { vm: vm.clone(), vm_name: g.name().to_string(), nr, pending: Mutex::new(Some(pending)) })
+        let pending = g.with_agent(op, |a| a.via(worker).syscall_async(call))?;
+        Ok(PendingSyscall { vm: vm.clone(), vm_name: g.name().to_string(), op, nr, pending: Mutex::new(Some(pending)) })
     }
 
     /// The syscall number, for messages.
@@ -87,23 +111,25 @@ impl PendingSyscall {
     /// Waits for the syscall to return (the VM's lock is not held while it
     /// does); a second call fails with [`VmError::AlreadyAwaited`].
     pub fn wait(&self) -> Result<SyscallOutcome, VmError> {
-        let pending = lock(&self.pending).take().ok_or_else(|| VmError::AlreadyAwaited { vm: self.vm_name.clone() })?;
+        let pending = lock(&self.pending)
+            .take()
+            .ok_or_else(|| VmError::AlreadyAwaited { vm: self.vm_name.clone(), op: self.op })?;
         pending.wait().map_err(|e| self.failed(e))
     }
 
     fn failed(&self, e: AgentError) -> VmError {
-        const OP: &str = "syscall_async";
+        let op = self.op;
         let mut vm = lock(&self.vm);
         if !e.connection_lost() {
-            return vm.failed(OP, e);
+            return vm.failed(op, e);
         }
         // The connection the call went out on is gone. If the VM's present
         // one is gone too, the VM died: that error (marking it dead, with
         // the console) is the one to give. Otherwise the connection was
         // replaced (a reconnect, a restore) while the call was in flight.
-        match vm.with_agent(OP, |a| a.ping()) {
+        match vm.with_agent(op, |a| a.ping()) {
             Err(present) => present,
-            Ok(()) => VmError::Agent { vm: self.vm_name.clone(), op: OP, source: e },
+            Ok(()) => VmError::Agent { vm: self.vm_name.clone(), op, source: e },
         }
     }
 }

@@ -512,6 +512,9 @@ impl Vm {
             AgentError::Op(oe) if oe.kind == OpErrorKind::TimedOut => {
                 VmError::TimedOut { vm: self.name.clone(), op, message: oe.message }
             }
+            AgentError::Op(oe) if oe.kind == OpErrorKind::WorkerGone => {
+                VmError::WorkerGone { vm: self.name.clone(), op, message: oe.message }
+            }
             AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
             e if e.connection_lost() && self.kill_switch.reason().is_some() => {
                 // provium killed it (a timeout): a shutdown, not a crash.

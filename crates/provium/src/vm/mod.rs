@@ -14,7 +14,10 @@
 //! - [`layer0`]: raw syscalls (also sent now and awaited later), ioctls on
 //!   file handles, and reads of the agent's memory;
 //! - [`nixos`]: the NixOS test driver's conveniences (`execute`, `crash`,
-//!   `wait_for_shutdown`, copies, console keys, systemd units).
+//!   `wait_for_shutdown`, copies, console keys, systemd units);
+//! - [`worker`]: a second agent process in the guest with credentials of its
+//!   own (commands, processes and syscalls as another user), relayed through
+//!   the main agent; it closes behind `crate::lab::Close` too.
 
 pub mod batch;
 pub mod console;
@@ -30,6 +33,7 @@ pub mod process;
 pub mod resources;
 pub mod state;
 pub mod stream;
+pub mod worker;
 
 pub use error::VmError;
 pub use kill::KillSwitch;

@@ -3,7 +3,9 @@
 //! on the host as it is written ([`ProcessOutput`]), whole up to
 //! [`MAX_OUTPUT`](crate::agent::output::MAX_OUTPUT), so it can be read
 //! after the process stopped; closing stops it (SIGTERM, a grace period,
-//! SIGKILL) and releases the agent's handle.
+//! SIGKILL) and releases the agent's handle. A process of a worker
+//! (`worker:run_async`) is the worker's: every operation on it goes through
+//! that worker.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use provium_protocol::{ExecRequest, ExitStatus, StreamSource};
 
 use super::resources::Site;
 use super::stream::Stream;
+use super::worker::GuestWorker;
 use super::{VmError, VmRef};
 use crate::agent::output::ProcessOutput;
 use crate::agent::{AgentClient, AgentError};
@@ -35,6 +38,8 @@ pub struct ProcState {
 
 struct Inner {
     vm: VmRef,
+    /// The worker it runs under, if not the main agent.
+    worker: Option<GuestWorker>,
     handle: u64,
     pid: u32,
     command: String,
@@ -52,17 +57,35 @@ impl GuestProcess {
     /// Starts `req` on `vm`; a non-empty `stdin` is written to it, and its
     /// stdin stays open until `close_stdin` (or the process is released).
     pub fn spawn(vm: &VmRef, command: &str, req: ExecRequest, stdin: &[u8]) -> Result<GuestProcess, VmError> {
+        GuestProcess::spawn_on(vm, None, "run_async", command, req, stdin)
+    }
+
+    /// Like [`GuestProcess::spawn`], under `worker` when given; `op` names
+    /// the call in errors.
+    pub fn spawn_on(
+        vm: &VmRef,
+        worker: Option<&GuestWorker>,
+        op: &'static str,
+        command: &str,
+        req: ExecRequest,
+        stdin: &[u8],
+    ) -> Result<GuestProcess, VmError> {
+        let via = match worker {
+            Some(w) => Some(w.relay_handle(op)?),
+            None => None,
+        };
         let (handle, pid, output) = {
             let mut g = lock(vm);
-            let (h, pid) = g.with_agent("run_async", |a| a.spawn(req, true))?;
-            let output = g.with_agent("run_async", |a| ProcessOutput::collect(a, h))?;
+            let (h, pid) = g.with_agent(op, |a| a.via(via).spawn(req, true))?;
+            let output = g.with_agent(op, |a| ProcessOutput::collect(&a.via(via), h))?;
             if !stdin.is_empty() {
-                g.with_agent("run_async", |a| a.stdin_write(h, stdin))?;
+                g.with_agent(op, |a| a.via(via).stdin_write(h, stdin))?;
             }
             (h, pid, output)
         };
         Ok(GuestProcess(Arc::new(Mutex::new(Inner {
             vm: vm.clone(),
+            worker: worker.cloned(),
             handle,
             pid,
             command: command.to_string(),
@@ -85,18 +108,30 @@ impl GuestProcess {
         lock(&self.0).command.clone()
     }
 
-    /// Runs `f` with the agent and this process's handle.
+    /// The VM, this process's handle, and the worker it runs under (which
+    /// must not be closed).
+    fn target(&self, op: &'static str) -> Result<(VmRef, u64, Option<u64>), VmError> {
+        let (vm, handle, worker) = {
+            let p = lock(&self.0);
+            (p.vm.clone(), p.handle, p.worker.clone())
+        };
+        let via = match worker {
+            Some(w) => Some(w.relay_handle(op)?),
+            None => None,
+        };
+        Ok((vm, handle, via))
+    }
+
+    /// Runs `f` with the agent (or the worker it runs under) and this
+    /// process's handle.
     pub fn op<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&AgentClient, u64) -> Result<T, AgentError>,
     ) -> Result<T, VmError> {
-        let (vm, handle) = {
-            let p = lock(&self.0);
-            (p.vm.clone(), p.handle)
-        };
+        let (vm, handle, via) = self.target(op)?;
         let mut vm = lock(&vm);
-        vm.with_agent(op, |a| f(a, handle))
+        vm.with_agent(op, |a| f(&a.via(via), handle))
     }
 
     fn finished(&self) -> Option<ProcState> {
@@ -156,13 +191,10 @@ impl GuestProcess {
 
     /// A stream of its stdout (or stderr).
     pub fn stream(&self, stdout: bool, site: Option<Site>) -> Result<Stream, VmError> {
-        let (vm, handle) = {
-            let p = lock(&self.0);
-            (p.vm.clone(), p.handle)
-        };
-        let source = if stdout { StreamSource::Stdout { handle } } else { StreamSource::Stderr { handle } };
         let kind = if stdout { "proc_stdout_stream" } else { "proc_stderr_stream" };
-        Stream::open(&vm, kind, &handle.to_string(), source, site)
+        let (vm, handle, via) = self.target(kind)?;
+        let source = if stdout { StreamSource::Stdout { handle } } else { StreamSource::Stderr { handle } };
+        Stream::open_on(&vm, via, kind, &handle.to_string(), source, site)
     }
 
     /// Stops the process if it runs and releases its handle; idempotent.

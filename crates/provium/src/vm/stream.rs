@@ -80,8 +80,20 @@ impl Stream {
         source: StreamSource,
         site: Option<Site>,
     ) -> Result<Stream, VmError> {
+        Stream::open_on(vm, None, kind, detail, source, site)
+    }
+
+    /// Like [`Stream::open`], of a source of worker `worker` when given.
+    pub fn open_on(
+        vm: &VmRef,
+        worker: Option<u64>,
+        kind: &'static str,
+        detail: &str,
+        source: StreamSource,
+        site: Option<Site>,
+    ) -> Result<Stream, VmError> {
         let mut vm = lock(vm);
-        let s = vm.with_agent(kind, |a| a.open_stream(source, DEFAULT_WINDOW))?;
+        let s = vm.with_agent(kind, |a| a.via(worker).open_stream(source, DEFAULT_WINDOW))?;
         let guard = vm.resources().register(Class::Stream, kind, detail, site.clone());
         Ok(Stream::new(Box::new(s), "stream closed", site, Some(guard)))
     }
