@@ -12,7 +12,7 @@ use provium::agent::AgentError;
 use provium::image::Images;
 use provium::vm::{BootOpts, Vm, VmError, DEFAULT_MEMORY};
 use provium::vmm::Accel;
-use provium_protocol::ExecRequest;
+use provium_protocol::{BatchOp, ExecRequest};
 
 use crate::report::{ColdBoot, FileIo, IdleMemory, Leftovers, PortLatency, RoundTrip, StreamIo, Summary};
 
@@ -165,12 +165,14 @@ impl Bench {
             "round trips: exec median {:.2} ms, ping median {:.2} ms over {runs} runs",
             exec.median_ms, ping.median_ms
         );
+        let batch = batch_row(&mut vm, runs.min(50))?;
         let rt = RoundTrip {
             what: "host-side wall time of one exec of `true` on a booted VM, and of one \
                    agent ping (request → reply, no guest process)",
             exec_over_ping: exec.median_ms / ping.median_ms,
             exec_true: exec,
             ping,
+            batch,
         };
         let io = file_io(&mut vm, file_bytes)?;
         let agent = vm.agent_client().expect("a booted VM has an agent connection");
@@ -343,6 +345,33 @@ fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`BATCH_OPS`] `stat`s one by one, then as one batch, `trials` times each.
+fn batch_row(vm: &mut Vm, trials: usize) -> Result<crate::report::BatchRow, BenchError> {
+    use crate::report::BATCH_OPS;
+    let ops = || (0..BATCH_OPS).map(|_| BatchOp::Stat { path: "/".into(), follow_symlinks: true }).collect::<Vec<_>>();
+    let (mut single, mut batched) = (Vec::with_capacity(trials), Vec::with_capacity(trials));
+    for _ in 0..trials {
+        let t = Instant::now();
+        for _ in 0..BATCH_OPS {
+            step("single stat", vm.stat("/"))?;
+        }
+        single.push(t.elapsed());
+        let t = Instant::now();
+        let outcomes = step("batched stats", vm.batch(ops()))?;
+        batched.push(t.elapsed());
+        assert_eq!(outcomes.len(), BATCH_OPS, "one outcome per op");
+    }
+    let single = Summary::of(&single).expect("trials >= 1");
+    let batched = Summary::of(&batched).expect("trials >= 1");
+    eprintln!("batch: {BATCH_OPS} stats {:.2} ms batched, {:.2} ms one by one", batched.median_ms, single.median_ms);
+    Ok(crate::report::BatchRow {
+        what: "wall time of 20 stat() calls on a booted VM: as single requests, and as one vm:batch",
+        speedup: single.median_ms / batched.median_ms,
+        single,
+        batched,
+    })
 }
 
 #[cfg(test)]

@@ -101,6 +101,22 @@ pub struct RoundTrip {
     pub ping: Summary,
     /// Median exec over median ping.
     pub exec_over_ping: f64,
+    /// `vm:batch` of [`BATCH_OPS`] stats against the same stats one by one.
+    pub batch: BatchRow,
+}
+
+/// How many ops the batch row ships.
+pub const BATCH_OPS: usize = 20;
+
+#[derive(Debug, Serialize)]
+pub struct BatchRow {
+    pub what: &'static str,
+    /// [`BATCH_OPS`] `stat`s, one request each.
+    pub single: Summary,
+    /// The same `stat`s in one `Batch` request.
+    pub batched: Summary,
+    /// Median single over median batched.
+    pub speedup: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -294,6 +310,19 @@ impl Report {
                 "exec `true`".into(),
                 format!("{} median, {} p90", secs(r.exec_true.median_ms), secs(r.exec_true.p90_ms)),
                 format!("round trip of one exec of `true` on a booted VM, {} runs", r.exec_true.n),
+            ),
+            (
+                format!("{BATCH_OPS} stats, batched"),
+                format!(
+                    "{} median vs {} one by one ({:.1}× faster)",
+                    secs(r.batch.batched.median_ms),
+                    secs(r.batch.single.median_ms),
+                    r.batch.speedup
+                ),
+                format!(
+                    "vm:batch of {BATCH_OPS} stats against the same stats as single requests, {} trials",
+                    r.batch.single.n
+                ),
             ),
             (
                 "  agent ping".into(),
