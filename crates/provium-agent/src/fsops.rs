@@ -5,7 +5,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::sync::mpsc::Receiver;
 
 use provium_protocol::frame::CHUNK;
@@ -17,24 +17,8 @@ fn os(op: &str, path: &str, e: io::Error) -> OpError {
     OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{op} `{path}`: {e}") }
 }
 
-fn entry_type(ft: fs::FileType) -> EntryType {
-    if ft.is_file() {
-        EntryType::File
-    } else if ft.is_dir() {
-        EntryType::Directory
-    } else if ft.is_symlink() {
-        EntryType::Symlink
-    } else if ft.is_fifo() {
-        EntryType::Fifo
-    } else if ft.is_socket() {
-        EntryType::Socket
-    } else if ft.is_block_device() {
-        EntryType::BlockDevice
-    } else if ft.is_char_device() {
-        EntryType::CharDevice
-    } else {
-        EntryType::Other
-    }
+fn entry_type(ft: std::fs::FileType) -> EntryType {
+    EntryType::of(ft)
 }
 
 /// Streams the file to the host as `Data` frames.

@@ -108,6 +108,29 @@ pub enum EntryType {
 }
 
 impl EntryType {
+    /// The type of a file as the local file system reports it (the agent's
+    /// `stat`, the host's side of a copy).
+    pub fn of(ft: std::fs::FileType) -> EntryType {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_file() {
+            EntryType::File
+        } else if ft.is_dir() {
+            EntryType::Directory
+        } else if ft.is_symlink() {
+            EntryType::Symlink
+        } else if ft.is_fifo() {
+            EntryType::Fifo
+        } else if ft.is_socket() {
+            EntryType::Socket
+        } else if ft.is_block_device() {
+            EntryType::BlockDevice
+        } else if ft.is_char_device() {
+            EntryType::CharDevice
+        } else {
+            EntryType::Other
+        }
+    }
+
     /// The snake_case name users see in Lua.
     pub fn as_str(self) -> &'static str {
         match self {

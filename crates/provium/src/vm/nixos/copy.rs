@@ -52,24 +52,7 @@ fn kind(t: EntryType) -> &'static str {
 }
 
 fn host_kind(ft: std::fs::FileType) -> EntryType {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_file() {
-        EntryType::File
-    } else if ft.is_dir() {
-        EntryType::Directory
-    } else if ft.is_symlink() {
-        EntryType::Symlink
-    } else if ft.is_fifo() {
-        EntryType::Fifo
-    } else if ft.is_socket() {
-        EntryType::Socket
-    } else if ft.is_block_device() {
-        EntryType::BlockDevice
-    } else if ft.is_char_device() {
-        EntryType::CharDevice
-    } else {
-        EntryType::Other
-    }
+    EntryType::of(ft)
 }
 
 impl Vm {
