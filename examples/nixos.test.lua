@@ -274,3 +274,10 @@ test("where systemd runs, wait_for_unit polls systemctl until the unit is active
   sd:run("(sleep 1; echo active > /run/fake-units/queued.service) >/dev/null 2>&1 &")
   sd:wait_for_unit("queued.service", 20)
 end)
+
+test("busybox poweroff (without -f) powers the guest off", function(t)
+  local v = provium:vm("plainoff", "default"):boot()
+  v:run("(sleep 1; poweroff) >/dev/null 2>&1 &"):assert_ok()
+  v:wait_for_shutdown(60)
+  t:assert_eq(v:state(), "shutdown")
+end)

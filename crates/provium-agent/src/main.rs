@@ -65,6 +65,7 @@ fn main() {
     reaper::start();
     if mode == init::Mode::Standalone {
         power::start();
+        power::handle_poweroff_signals();
         services::start_syslog();
     }
     let info = session::AgentInfo {

@@ -1,7 +1,10 @@
 //! The ACPI power button, for the agent acting as init: watches every input
 //! device for `KEY_POWER` and powers the guest off cleanly (sync, then
-//! `reboot(POWER_OFF)`), the way an init system would. When the image has
-//! its own init, that init handles the button and this is not started.
+//! `reboot(POWER_OFF)`), the way an init system would. It also answers
+//! busybox's `poweroff` and `halt`, which ask PID 1 with SIGUSR2 and SIGUSR1
+//! (the kernel delivers a signal to PID 1 only if it has a handler). When
+//! the image has its own init, that init handles all of this and none of it
+//! is started.
 
 use std::io::Read;
 use std::time::Duration;
@@ -33,6 +36,27 @@ fn watch(mut dev: std::fs::File) {
                 libc::reboot(libc::RB_POWER_OFF);
             }
         }
+    }
+}
+
+/// `poweroff` / `halt` from busybox: sync, then power off.
+extern "C" fn on_poweroff_request(_sig: libc::c_int) {
+    // SAFETY: sync(2) and reboot(2) are async-signal-safe system calls that
+    // take no memory of ours. The agent is PID 1 here (installed only in
+    // standalone mode), so no other init's shutdown is cut short.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+}
+
+/// Makes PID 1 honour busybox's `poweroff` (SIGUSR2) and `halt` (SIGUSR1).
+pub fn handle_poweroff_signals() {
+    for sig in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: signal(2) installs a handler for one signal number; the
+        // handler is an `extern "C"` fn that only makes async-signal-safe
+        // system calls. Children reset it to the default on exec.
+        unsafe { libc::signal(sig, on_poweroff_request as *const () as libc::sighandler_t) };
     }
 }
 
