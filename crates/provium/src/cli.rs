@@ -32,6 +32,10 @@ pub struct Cli {
     /// Keep files whose path contains this text.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Run one shard of the files: `hash:K/N` (by path) or `count:K/N` (by
+    /// position), K from 1 to N; the N shards together run every file once.
+    #[arg(long, global = true)]
+    pub partition: Option<runner::partition::Partition>,
     /// Per-file wall-clock timeout ("300", "90s", "5m"; 0 disables).
     #[arg(long, default_value = "300")]
     pub timeout: String,
@@ -177,7 +181,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Some(Command::List { paths }) => {
             cleanup::sweep_stale();
-            let files = runner::discover(&scan_paths(paths, &config))?;
+            let mut files = runner::discover(&scan_paths(paths, &config))?;
+            if let Some(p) = &cli.partition {
+                files = p.select(files);
+            }
             for f in &files {
                 println!("  {}", f.shown);
             }
@@ -191,6 +198,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     let mut files = runner::discover(&scan_paths(&cli.paths, &config))?;
     if let Some(f) = &cli.filter {
         files.retain(|t| t.shown.contains(f.as_str()));
+    }
+    if let Some(p) = &cli.partition {
+        files = p.select(files);
     }
     if files.is_empty() {
         if cli.json {

@@ -499,3 +499,40 @@ fn a_file_scope_todo_skips_every_test_without_running_it() {
         assert_eq!(t["message"], "todo: the feature is not built yet", "{t}");
     }
 }
+
+/// The shards of `examples/` (`--partition hash:K/N`, `count:K/N`) cover
+/// every file exactly once, for N = 1, 2, 3.
+#[test]
+fn partitions_of_the_examples_cover_every_file_exactly_once() {
+    let s = Suite::new();
+    let listed = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["list"];
+        args.extend_from_slice(extra);
+        let dir = examples_dir();
+        args.push(dir.to_str().unwrap());
+        let out = s.run(&args);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.ends_with(".test.lua"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let all = listed(&[]);
+    assert!(all.len() > 10, "{all:?}");
+    for kind in ["hash", "count"] {
+        for n in 1..=3 {
+            let mut union = Vec::new();
+            for k in 1..=n {
+                union.extend(listed(&["--partition", &format!("{kind}:{k}/{n}")]));
+            }
+            union.sort();
+            let mut expected = all.clone();
+            expected.sort();
+            assert_eq!(union, expected, "{kind}:K/{n}");
+        }
+    }
+    let out = s.run(&["--partition", "count:3/2", "list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--partition `count:3/2`: K must be from 1 to N"));
+}

@@ -7,6 +7,7 @@
 pub mod discover;
 pub mod dispatch;
 pub mod file;
+pub mod partition;
 pub mod profiles_used;
 pub mod watchdog;
 
