@@ -20,16 +20,14 @@ pub fn run(ops: Vec<BatchOp>, out: &Sender, cancel: &CancelFlag) -> Response {
     for op in ops {
         let capture = Arc::new(Mutex::new(Captured { budget, ..Default::default() }));
         let sink = out.capturing(capture.clone());
-        let name = op_name(&op);
+        let name = op.name();
         let mut reply = one(op, &sink, cancel);
         let mut c = std::mem::take(&mut *capture.lock().unwrap());
-        if c.overflowed {
+        if !c.overflowed {
+            budget = c.budget;
+        } else {
             // Its bytes are dropped, so the next ops get the room back.
             (c.stdout, c.stderr) = (Vec::new(), Vec::new());
-        } else {
-            budget = c.budget;
-        }
-        if c.overflowed {
             reply = Err(OpError {
                 kind: OpErrorKind::BadRequest,
                 errno: None,
@@ -42,20 +40,6 @@ pub fn run(ops: Vec<BatchOp>, out: &Sender, cancel: &CancelFlag) -> Response {
         items.push(BatchItem { reply, stdout: c.stdout, stderr: c.stderr });
     }
     Response::Batch(items)
-}
-
-fn op_name(op: &BatchOp) -> &'static str {
-    match op {
-        BatchOp::Exec(_) => "run",
-        BatchOp::ReadFile { .. } => "read_file",
-        BatchOp::WriteFile { .. } => "write_file",
-        BatchOp::Stat { .. } => "stat",
-        BatchOp::ListDir { .. } => "listdir",
-        BatchOp::Mkdir { .. } => "mkdir",
-        BatchOp::Unlink { .. } => "unlink",
-        BatchOp::Rename { .. } => "rename",
-        BatchOp::Syscall(_) => "syscall",
-    }
 }
 
 fn one(op: BatchOp, sink: &Sender, cancel: &CancelFlag) -> Result<Response, OpError> {

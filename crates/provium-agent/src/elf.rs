@@ -11,6 +11,8 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use provium_protocol::ExitStatus;
+
 /// The interpreter `path` names in its program headers when that file does
 /// not exist here; `None` for anything else (not ELF, static, loader
 /// present, unreadable).
@@ -57,6 +59,20 @@ fn interpreter(file: &File) -> Option<String> {
         return String::from_utf8(name[..end].to_vec()).ok();
     }
     None
+}
+
+/// How much of the end of stderr is enough to find the shell's complaint.
+pub const STDERR_TAIL: usize = 4096;
+
+/// The line to add to stderr after a command ended with `status`, when it
+/// is the shell's 127 for a program whose loader is missing; `stderr` is
+/// what the command wrote (only its last [`STDERR_TAIL`] bytes are read).
+pub fn after_exit(status: ExitStatus, stderr: &[u8], path: &str) -> Option<Vec<u8>> {
+    if status != ExitStatus::Exited(127) {
+        return None;
+    }
+    let why = explain_not_found(&stderr[stderr.len().saturating_sub(STDERR_TAIL)..], path)?;
+    Some(format!("provium-agent: {why}\n").into_bytes())
 }
 
 /// Finds the program a shell reported as not found in its stderr (`sh:
@@ -124,6 +140,9 @@ mod tests {
         let by_path = explain_not_found(b"sh: needs-missing: not found\n", dir.to_str().unwrap()).unwrap();
         assert!(by_path.starts_with(&format!("{}", missing.display())), "{by_path}");
         assert_eq!(explain_not_found(b"sh: nothing-here: not found\n", dir.to_str().unwrap()), None);
+        let line = after_exit(ExitStatus::Exited(127), tail.as_bytes(), "").unwrap();
+        assert!(String::from_utf8(line).unwrap().starts_with("provium-agent: "));
+        assert_eq!(after_exit(ExitStatus::Exited(1), tail.as_bytes(), ""), None, "only the shell's 127");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

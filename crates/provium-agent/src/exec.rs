@@ -63,10 +63,8 @@ pub fn run(
         if let Some(status) = slot.status() {
             io.drain_after_exit();
             let status = if killed_for_timeout { ExitStatus::TimedOut } else { decode_status(status) };
-            if status == ExitStatus::Exited(127) {
-                if let Some(why) = crate::elf::explain_not_found(&io.stderr_tail, &search_path(&req)) {
-                    out.output(OutputPipe::Stderr, format!("provium-agent: {why}\n").as_bytes());
-                }
+            if let Some(line) = crate::elf::after_exit(status, &io.stderr_tail, &search_path(&req)) {
+                out.output(OutputPipe::Stderr, &line);
             }
             return Ok(status);
         }
@@ -94,9 +92,6 @@ struct ChildIo<'a> {
     /// The last bytes of stderr, to explain a shell's `not found`.
     stderr_tail: Vec<u8>,
 }
-
-/// How much of stderr [`ChildIo::stderr_tail`] keeps.
-const STDERR_TAIL: usize = 4096;
 
 impl<'a> ChildIo<'a> {
     fn new(stdout: ChildStdout, stderr: ChildStderr, host: &'a Sender) -> ChildIo<'a> {
@@ -159,7 +154,7 @@ impl<'a> ChildIo<'a> {
                     self.host.output(pipe, &buf[..n]);
                     if !is_stdout {
                         self.stderr_tail.extend_from_slice(&buf[..n]);
-                        let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL);
+                        let excess = self.stderr_tail.len().saturating_sub(crate::elf::STDERR_TAIL);
                         self.stderr_tail.drain(..excess);
                     }
                 }

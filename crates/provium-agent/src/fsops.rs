@@ -17,10 +17,6 @@ fn os(op: &str, path: &str, e: io::Error) -> OpError {
     OpError { kind: OpErrorKind::Os, errno: e.raw_os_error(), message: format!("{op} `{path}`: {e}") }
 }
 
-fn entry_type(ft: std::fs::FileType) -> EntryType {
-    EntryType::of(ft)
-}
-
 /// Streams the file to the host as `Data` frames.
 pub fn read_file(path: &str, out: &Sender) -> Result<Response, OpError> {
     let mut f = fs::File::open(path).map_err(|e| os("read_file", path, e))?;
@@ -71,7 +67,7 @@ pub fn stat(path: &str, follow: bool) -> Result<Response, OpError> {
         size: md.size(),
         mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         perm: md.mode() & 0o7777,
-        entry_type: entry_type(md.file_type()),
+        entry_type: EntryType::of(md.file_type()),
     }))
 }
 
@@ -80,7 +76,8 @@ pub fn listdir(path: &str) -> Result<Response, OpError> {
     for entry in fs::read_dir(path).map_err(|e| os("listdir", path, e))? {
         let entry = entry.map_err(|e| os("listdir", path, e))?;
         let ft = entry.file_type().map_err(|e| os("listdir", path, e))?;
-        entries.push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), entry_type: entry_type(ft) });
+        entries
+            .push(DirEntry { name: entry.file_name().to_string_lossy().into_owned(), entry_type: EntryType::of(ft) });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Response::ListDir(entries))

@@ -54,6 +54,23 @@ pub enum BatchOp {
     Syscall(SyscallCall),
 }
 
+impl BatchOp {
+    /// The op as `vm:batch`'s recorder names it (`run`, `stat`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            BatchOp::Exec(_) => "run",
+            BatchOp::ReadFile { .. } => "read_file",
+            BatchOp::WriteFile { .. } => "write_file",
+            BatchOp::Stat { .. } => "stat",
+            BatchOp::ListDir { .. } => "listdir",
+            BatchOp::Mkdir { .. } => "mkdir",
+            BatchOp::Unlink { .. } => "unlink",
+            BatchOp::Rename { .. } => "rename",
+            BatchOp::Syscall(_) => "syscall",
+        }
+    }
+}
+
 /// What one op answered: its reply, and the bytes it produced (a command's
 /// stdout and stderr; a read file's contents in `stdout`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -166,11 +166,8 @@ pub(super) fn pump(
             }
             let mut o = proc.lock();
             let status = if o.timed_out { ExitStatus::TimedOut } else { decode_status(raw) };
-            if status == ExitStatus::Exited(127) {
-                let err = &o.retained[1];
-                if let Some(why) = crate::elf::explain_not_found(&err[err.len().saturating_sub(4096)..], search_path) {
-                    o.append(Pipe::Stderr, format!("provium-agent: {why}\n").as_bytes());
-                }
+            if let Some(line) = crate::elf::after_exit(status, &o.retained[1], search_path) {
+                o.append(Pipe::Stderr, &line);
             }
             o.status = Some(status);
             proc.changed.notify_all();

@@ -88,28 +88,21 @@ impl ProcessOutput {
                     let chunk = stream.next(Duration::from_secs(3600));
                     let (lock, changed) = &*this.shared;
                     let mut c = crate::sync::lock(lock);
-                    match chunk {
-                        Chunk::Data(bytes) => {
-                            if !c.buf.push(pipe, &bytes, this.cap) {
-                                // Keep nothing more: the agent stops sending
-                                // once the stream is closed.
-                                c.ended[pipe as usize - 1] = true;
-                                changed.notify_all();
-                                return;
-                            }
-                        }
-                        Chunk::Timeout => {}
-                        Chunk::Eof => {
-                            c.ended[pipe as usize - 1] = true;
-                            changed.notify_all();
-                            return;
-                        }
+                    let more = match chunk {
+                        // Past the cap nothing more is kept: dropping the
+                        // stream makes the agent stop sending.
+                        Chunk::Data(bytes) => c.buf.push(pipe, &bytes, this.cap),
+                        Chunk::Timeout => true,
+                        Chunk::Eof => false,
                         Chunk::Failed(why) => {
-                            c.ended[pipe as usize - 1] = true;
                             c.failed.get_or_insert(why);
-                            changed.notify_all();
-                            return;
+                            false
                         }
+                    };
+                    if !more {
+                        c.ended[pipe as usize - 1] = true;
+                        changed.notify_all();
+                        return;
                     }
                 })
                 .expect("spawn an output collector thread");

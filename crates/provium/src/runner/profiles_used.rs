@@ -15,6 +15,9 @@ const DEPTH: usize = 3;
 
 /// `(profile, "; used by <file>")` for each of `names` that some file names.
 pub fn profiles_used(files: &[TestFile], names: &[String]) -> Vec<(String, String)> {
+    if names.is_empty() {
+        return Vec::new(); // no profiles in provium.toml: read no file
+    }
     let mut sources: Vec<(String, String)> = Vec::new();
     let mut dirs: Vec<PathBuf> = Vec::new();
     for f in files {

@@ -51,10 +51,6 @@ fn kind(t: EntryType) -> &'static str {
     }
 }
 
-fn host_kind(ft: std::fs::FileType) -> EntryType {
-    EntryType::of(ft)
-}
-
 impl Vm {
     fn host_failed(&self, op: &'static str, what: &'static str, path: &Path, source: std::io::Error) -> VmError {
         self.nixos_error(|vm| NixosError::Host { vm, op, what, path: path.to_path_buf(), source })
@@ -100,7 +96,7 @@ impl Vm {
 
     fn put(&mut self, host: &Path, guest: &str, md: &std::fs::Metadata) -> Result<(), VmError> {
         let perm = md.permissions().mode() & 0o7777;
-        match host_kind(md.file_type()) {
+        match EntryType::of(md.file_type()) {
             EntryType::File => {
                 let data = std::fs::read(host).map_err(|e| self.host_failed(TO_GUEST, "read", host, e))?;
                 self.with_agent(TO_GUEST, |a| a.write_file(guest, &data, perm, false))?;
