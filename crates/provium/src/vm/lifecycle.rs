@@ -114,6 +114,15 @@ impl Vm {
         self.stopped_by = Some(by.to_string());
     }
 
+    /// When provium itself killed the VM (a timeout pulled its kill
+    /// switch): records it as a shutdown, not a crash, and the error that
+    /// says who stopped it.
+    pub(super) fn stopped_by_provium(&mut self, op: &'static str) -> Option<VmError> {
+        let by = self.kill_switch.reason()?;
+        self.stop_as(&by);
+        Some(VmError::Stopped { vm: self.name.clone(), op, by })
+    }
+
     fn running(&mut self, action: &'static str, allowed: VmState) -> Result<&mut Instance, VmError> {
         if self.state != allowed {
             let needs = if allowed == VmState::Paused { Needs::Paused } else { Needs::Booted };
@@ -516,13 +525,6 @@ impl Vm {
                 VmError::WorkerGone { vm: self.name.clone(), op, message: oe.message }
             }
             AgentError::Op(oe) => VmError::Os { vm: self.name.clone(), op, message: oe.message, errno: oe.errno },
-            e if e.connection_lost() && self.kill_switch.reason().is_some() => {
-                // provium killed it (a timeout): a shutdown, not a crash.
-                let by = self.kill_switch.reason().unwrap_or_default();
-                self.shutdown();
-                self.stopped_by = Some(by.clone());
-                VmError::Stopped { vm: self.name.clone(), op, by }
-            }
             e if e.connection_lost() => {
                 let why = match e {
                     AgentError::Disconnected(why) => why,
@@ -538,6 +540,9 @@ impl Vm {
     /// a guest that powered itself off leaves the VM `shutdown`; otherwise
     /// it died, and the error says how QEMU ended, with the console.
     pub(super) fn lost(&mut self, op: &'static str, why: String) -> VmError {
+        if let Some(stopped) = self.stopped_by_provium(op) {
+            return stopped;
+        }
         let console = self.instance.as_ref().map(|i| i.console_tail(vmm::CONSOLE_TAIL_BYTES)).unwrap_or_default();
         let qemu_exit = self.instance.as_mut().and_then(|inst| {
             if !inst.qemu.wait_exit(Duration::from_millis(300)) {

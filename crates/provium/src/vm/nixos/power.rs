@@ -83,10 +83,9 @@ impl Vm {
             return Err(self.nixos_error(|vm| NixosError::StillRunning { vm, timeout }));
         }
         let powered_off = guest_powered_off(inst);
-        if let Some(by) = self.kill_switch().reason() {
-            // provium stopped it meanwhile (a test's timeout).
-            self.stop_as(&by);
-            return Err(VmError::Stopped { vm: self.name().to_string(), op: OP, by });
+        // provium stopped it meanwhile (a test's timeout)?
+        if let Some(stopped) = self.stopped_by_provium(OP) {
+            return Err(stopped);
         }
         if powered_off {
             self.stop_as(GUEST_POWERED_OFF);
