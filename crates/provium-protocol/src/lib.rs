@@ -23,6 +23,7 @@
 //! tests below pin exact bytes so that a silent change fails.
 
 pub mod batch;
+pub mod events;
 pub mod frame;
 mod hello;
 pub mod layer0;

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::events::{ChannelSink, Event, Events};
 use crate::fixture::{Fixtures, Store};
 use crate::image::Images;
-use crate::report::{exit_code, human, json, progress, Reporter, RunEnd, RunSummary};
+use crate::report::{exit_code, human, json, progress, wire, Reporter, RunEnd, RunSummary};
 use crate::runner::{self, RunConfig};
 use crate::{cleanup, doctor, units, vmm};
 
@@ -42,9 +42,20 @@ pub struct Cli {
     /// Files to run at once (default: CPUs, bounded by memory).
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
-    /// One JSON object per file on stdout.
-    #[arg(long)]
+    /// One JSON object per event line on stdout.
+    #[arg(long, conflicts_with = "events_stdout")]
     pub json: bool,
+    /// Write the msgpack event stream to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub save_events: Option<PathBuf>,
+    /// Write the msgpack event stream to stdout (the human output moves to
+    /// stderr).
+    #[arg(long)]
+    pub events_stdout: bool,
+    /// Serve the msgpack event stream on a Unix socket at PATH, to every
+    /// client that connects.
+    #[arg(long, value_name = "PATH")]
+    pub events_socket: Option<PathBuf>,
     /// Seed for the run's random choices (bridge loss); printed at the start
     /// and after a failure, so a run can be repeated (also PROVIUM_SEED)
     #[arg(long)]
@@ -81,6 +92,18 @@ pub enum CliError {
     Timeout(units::UnitError),
     #[error(transparent)]
     FixtureCache(#[from] crate::fixture::StoreError),
+    #[error("--save-events `{path}`: cannot create the file")]
+    SaveEvents {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--events-socket `{path}`: cannot listen there")]
+    EventsSocket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Where fixture names are looked up: the config's roots, else the
@@ -231,9 +254,27 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         seed,
     });
     let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel, &events)?;
+    let mut reporters = reporters(&cli)?;
     let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events, seed });
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
 
+    let mut summary = RunSummary::default();
+    for event in rx {
+        summary.record(&event);
+        for r in reporters.iter_mut() {
+            r.event(&event);
+        }
+        if matches!(event, Event::RunFinished { .. }) {
+            break;
+        }
+    }
+    let _ = runner_thread.join();
+    Ok(exit_code(RunEnd::Ran(&summary)))
+}
+
+/// The run's consumers of events: the human or JSON renderer (on stderr
+/// when stdout carries the msgpack stream), and each msgpack sink asked for.
+fn reporters(cli: &Cli) -> Result<Vec<Box<dyn Reporter>>, CliError> {
     let verbosity = if cli.verbose {
         human::Verbosity::Verbose
     } else if cli.quiet {
@@ -241,22 +282,31 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     } else {
         human::Verbosity::Normal
     };
-    let mut reporter: Box<dyn Reporter> = if cli.json {
-        Box::new(json::JsonReporter::new(std::io::stdout(), std::io::stderr()))
+    let mut out: Vec<Box<dyn Reporter>> = Vec::new();
+    if cli.json {
+        out.push(Box::new(json::JsonReporter::new(std::io::stdout(), std::io::stderr())));
     } else {
         let live = progress::wanted(std::io::stderr().is_terminal(), cli.json, cli.quiet);
-        Box::new(human::HumanReporter::new(verbosity, live, std::io::stdout(), std::io::stderr()))
-    };
-    let mut summary = RunSummary::default();
-    for event in rx {
-        summary.record(&event);
-        reporter.event(&event);
-        if matches!(event, Event::RunFinished { .. }) {
-            break;
-        }
+        let human: Box<dyn Reporter> = if cli.events_stdout {
+            Box::new(human::HumanReporter::new(verbosity, live, std::io::stderr(), std::io::stderr()))
+        } else {
+            Box::new(human::HumanReporter::new(verbosity, live, std::io::stdout(), std::io::stderr()))
+        };
+        out.push(human);
     }
-    let _ = runner_thread.join();
-    Ok(exit_code(RunEnd::Ran(&summary)))
+    if cli.events_stdout {
+        out.push(Box::new(wire::FrameWriter::new(std::io::stdout())));
+    }
+    if let Some(path) = &cli.save_events {
+        let file = std::fs::File::create(path).map_err(|source| CliError::SaveEvents { path: path.clone(), source })?;
+        out.push(Box::new(wire::FrameWriter::new(std::io::BufWriter::new(file))));
+    }
+    if let Some(path) = &cli.events_socket {
+        let fan =
+            wire::SocketFanout::bind(path).map_err(|source| CliError::EventsSocket { path: path.clone(), source })?;
+        out.push(Box::new(fan));
+    }
+    Ok(out)
 }
 
 /// KVM only if the probe says so; the probe needs the default guest, and if

@@ -19,6 +19,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use provium_protocol::events::{MetaMap, MetaValue, ResourceAmount};
 pub use results::{Counts, FileReport, Outcome, TestReport};
 
 /// Something that happened during a run.
@@ -26,29 +27,69 @@ pub use results::{Counts, FileReport, Outcome, TestReport};
 pub enum Event {
     /// The run begins: how many files, how many at once, which accelerator.
     RunStarted { files: usize, jobs: usize, accel: String, accel_reason: String, seed: u64 },
+    /// A file will run (emitted for every file before any is dispatched).
+    /// `fixture_refs`: the fixtures its source names.
+    FileDiscovered { file: String, fixture_refs: Vec<String> },
+    /// A file waits for the pool before it can start (or before a boot or
+    /// claim can go on).
+    FileBlocked { file: String, waiting_for: ResourceAmount, reason: BlockReason },
+    /// A file got its per-file reservation and starts.
+    FileDispatched { file: String, reservation: ResourceAmount },
     /// A file's Lua state is about to run its chunk.
     FileStarted { file: String },
+    /// A test's body is about to run (not emitted for tests skipped
+    /// before they run: those only finish, as skipped).
+    TestStarted { file: String, name: String, meta: MetaMap },
     /// One test ended (the file goes on).
     TestFinished { file: String, test: TestReport },
     /// A file ended: its whole report.
     FileFinished { report: FileReport },
     /// Every file has ended; the run is over.
     RunFinished { duration: Duration },
+    /// A VM's QEMU was started (its boot goes on; `boot()` has not returned).
+    VmSpawned { file: Option<String>, vm: String, profile: String, memory_bytes: u64 },
     /// A VM's guest answered its first Hello (`boot()` is about to return).
     VmBooted { file: Option<String>, vm: String, took: Duration },
-    /// A VM's QEMU was stopped.
-    VmStopped { file: Option<String>, vm: String },
+    /// A VM's QEMU was stopped, `ran` after it was spawned.
+    VmStopped { file: Option<String>, vm: String, ran: Duration },
+    /// The pool's use, now and then.
+    PoolState { used: ResourceAmount, available: ResourceAmount },
+    /// `provium:claim{...}` got its amount.
+    ClaimAcquired { file: String, amount: ResourceAmount },
+    /// A file's claim went back to the pool (at the end of the file).
+    ClaimReleased { file: String, amount: ResourceAmount },
     /// A fixture has no cache entry for its key: it is being built.
     FixtureBuilding { file: Option<String>, name: String, path: PathBuf },
     /// Another file or process builds this fixture; waiting for it.
     FixtureWaiting { file: Option<String>, name: String, holder: String },
     /// A fixture was built and stored.
     FixtureBuilt { file: Option<String>, name: String, took: Duration, cache_bytes: u64 },
+    /// A fixture was restored from the cache (emitted after the restore
+    /// succeeded).
+    FixtureCacheHit { file: Option<String>, name: String },
     /// A cache entry went: `reason` says why ("is corrupt (…)", "is beyond
     /// the cache's size cap"); `rebuilding` when it is built again now.
     FixtureEvicted { file: Option<String>, key: String, reason: String, rebuilding: bool },
     /// Something the user should know that is not a test result.
     Warning { file: Option<String>, message: String },
+}
+
+/// Why a file waits for the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockReason {
+    /// What it asks for does not fit in what is free.
+    PoolFull,
+    /// The host is under memory or CPU pressure (PSI); new work waits.
+    PsiPressure,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::PoolFull => "pool_full",
+            BlockReason::PsiPressure => "psi_pressure",
+        }
+    }
 }
 
 /// Where events go. Implementations must not block for long: emitters are

@@ -20,6 +20,8 @@ pub struct TestReport {
     pub duration: Duration,
     /// For failures: (vm name, last console lines) of each VM in scope.
     pub console: Vec<(String, String)>,
+    /// The test's `meta` table, as data.
+    pub meta: super::MetaMap,
 }
 
 /// One finished test file.

@@ -15,7 +15,7 @@ use super::errors::message;
 use super::framework::{self, TestCtx, TestState};
 use super::lab_ud::{self, FileContext};
 use super::{install_api, opts, reset, waits};
-use crate::events::Outcome;
+use crate::events::{MetaMap, MetaValue, Outcome};
 use crate::lab::LabConfig;
 
 /// Flags the runner's watchdogs set; the Lua state checks them every few
@@ -30,13 +30,15 @@ pub struct Interrupts {
 }
 
 /// A test's `meta` table, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TestMeta {
     /// `meta.skip`: the reason shown.
     pub skip: Option<String>,
     /// `meta.timeout`: `Ok(None)` when unset; a bad value fails only its
     /// own test.
     pub timeout: Result<Option<Duration>, String>,
+    /// The whole table as data (events, tag selection, `console_checks`).
+    pub data: MetaMap,
 }
 
 /// One registered test.
@@ -159,7 +161,42 @@ fn parse_meta(lua: &Lua, meta: Option<&Table>) -> TestMeta {
         Ok(_) => Ok(None),
         Err(e) => Err(message(&e)),
     };
-    TestMeta { skip: framework::meta_skip(meta), timeout }
+    let data = meta.map(|m| match to_meta(&mlua::Value::Table(m.clone()), 0) {
+        MetaValue::Map(map) => map,
+        _ => MetaMap::new(),
+    });
+    TestMeta { skip: framework::meta_skip(meta), timeout, data: data.unwrap_or_default() }
+}
+
+/// A Lua value as meta data: a table with a sequence part is an array,
+/// any other table a map of its string keys; a string that is not UTF-8 is
+/// bytes; functions and userdata are left out (as `nil`). Nesting stops at
+/// 16 levels (a table that contains itself).
+fn to_meta(v: &mlua::Value, depth: usize) -> MetaValue {
+    use mlua::Value as V;
+    match v {
+        V::Boolean(b) => MetaValue::Bool(*b),
+        V::Integer(i) => MetaValue::Int(*i),
+        V::Number(n) => MetaValue::Float(*n),
+        V::String(s) => match s.to_str() {
+            Ok(text) => MetaValue::Str(text.to_string()),
+            Err(_) => MetaValue::Bytes(s.as_bytes().to_vec()),
+        },
+        V::Table(t) if depth < 16 => {
+            if t.raw_len() > 0 {
+                MetaValue::Array(t.sequence_values::<V>().flatten().map(|v| to_meta(&v, depth + 1)).collect())
+            } else {
+                let mut map = MetaMap::new();
+                for (k, v) in t.pairs::<V, V>().flatten() {
+                    if let V::String(k) = k {
+                        map.insert(k.to_string_lossy(), to_meta(&v, depth + 1));
+                    }
+                }
+                MetaValue::Map(map)
+            }
+        }
+        _ => MetaValue::Null,
+    }
 }
 
 #[cfg(test)]
@@ -173,8 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn meta_becomes_data_with_arrays_maps_and_bytes() {
+        let m = meta(
+            "return {tags = {'net', 'slow'}, area = 'boot', n = 3, f = 0.5, raw = '\\255', \
+                      nested = {k = true}, fn = print}",
+        )
+        .data;
+        assert_eq!(m["tags"].strings(), vec!["net", "slow"]);
+        assert_eq!(m["area"], MetaValue::Str("boot".into()));
+        assert_eq!((m["n"].clone(), m["f"].clone()), (MetaValue::Int(3), MetaValue::Float(0.5)));
+        assert_eq!(m["raw"], MetaValue::Bytes(vec![255]));
+        assert_eq!(m["nested"], MetaValue::Map(MetaMap::from([("k".into(), MetaValue::Bool(true))])));
+        assert_eq!(m["fn"], MetaValue::Null);
+    }
+
+    #[test]
     fn meta_is_parsed_and_a_bad_timeout_is_kept_as_its_message() {
-        assert_eq!(meta("return {}"), TestMeta { skip: None, timeout: Ok(None) });
+        assert_eq!(meta("return {}"), TestMeta { skip: None, timeout: Ok(None), data: MetaMap::new() });
         assert_eq!(meta("return {skip = true}").skip.as_deref(), Some("skipped (meta.skip)"));
         assert_eq!(meta("return {skip = 'flaky'}").skip.as_deref(), Some("skipped: flaky"));
         assert_eq!(meta("return {skip = false}").skip, None);

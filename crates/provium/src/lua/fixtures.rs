@@ -97,5 +97,6 @@ pub fn build_from_cli(name: &str, fixtures: Arc<Fixtures>, vms: VmContext) -> Re
     let key = fixtures.key(name).map_err(|e| crate::errors::chain(&e))?;
     let cached = || Ok(fixtures.store.lookup(&key.hex).is_some());
     build::build_once(&fixtures, &vms.events, name, &key, &cached, &mut builder(&fixtures, &vms))
+        .map(|_built| ())
         .map_err(|e| crate::errors::chain(&e))
 }

@@ -7,7 +7,13 @@
 //! - `file` `{path, timeout:"in_time"|"timed_out", passed, chunk_error|null,
 //!   duration_s, tests:[{name, status:"passed"|"failed"|"skipped",
 //!   message|null, log:[…], duration_s, console:[{vm, tail}]}]}`;
-//! - `vm_booted` `{file, vm, took_s}`, `vm_stopped` `{file, vm}`;
+//! - `file_discovered` `{file, fixture_refs}`, `file_blocked` `{file,
+//!   waiting_for:{memory_bytes, cpus}, reason}`, `file_dispatched` `{file,
+//!   reservation}`, `test_started` `{file, name}`;
+//! - `vm_spawned` `{file, vm, profile, memory_bytes}`, `vm_booted` `{file, vm,
+//!   took_s}`, `vm_stopped` `{file, vm, ran_s}`;
+//! - `pool_state` `{used, available}`, `claim_acquired`/`claim_released`
+//!   `{file, amount}`, `fixture_cache_hit` `{file, name}`;
 //! - `fixture_building` `{file, name, path}`, `fixture_waiting` `{file, name,
 //!   holder}`, `fixture_built` `{file, name, took_s, cache_bytes}`,
 //!   `fixture_evicted` `{file, key, reason, rebuilding}`;
@@ -60,6 +66,10 @@ pub fn file_json(f: &FileReport) -> Value {
     })
 }
 
+fn amount(a: &crate::events::ResourceAmount) -> Value {
+    json!({"memory_bytes": a.memory_bytes, "cpus": a.cpus})
+}
+
 /// The line for `e`, given the summary so far (for `run_finished`).
 pub fn event_json(e: &Event, summary: &RunSummary) -> Value {
     let (kind, mut body) = match e {
@@ -83,7 +93,28 @@ pub fn event_json(e: &Event, summary: &RunSummary) -> Value {
         Event::VmBooted { file, vm, took } => {
             ("vm_booted", json!({"file": file, "vm": vm, "took_s": took.as_secs_f64()}))
         }
-        Event::VmStopped { file, vm } => ("vm_stopped", json!({"file": file, "vm": vm})),
+        Event::VmStopped { file, vm, ran } => {
+            ("vm_stopped", json!({"file": file, "vm": vm, "ran_s": ran.as_secs_f64()}))
+        }
+        Event::VmSpawned { file, vm, profile, memory_bytes } => {
+            ("vm_spawned", json!({"file": file, "vm": vm, "profile": profile, "memory_bytes": memory_bytes}))
+        }
+        Event::FileDiscovered { file, fixture_refs } => {
+            ("file_discovered", json!({"file": file, "fixture_refs": fixture_refs}))
+        }
+        Event::FileBlocked { file, waiting_for, reason } => {
+            ("file_blocked", json!({"file": file, "waiting_for": amount(waiting_for), "reason": reason.as_str()}))
+        }
+        Event::FileDispatched { file, reservation } => {
+            ("file_dispatched", json!({"file": file, "reservation": amount(reservation)}))
+        }
+        Event::TestStarted { file, name, .. } => ("test_started", json!({"file": file, "name": name})),
+        Event::PoolState { used, available } => {
+            ("pool_state", json!({"used": amount(used), "available": amount(available)}))
+        }
+        Event::ClaimAcquired { file, amount: a } => ("claim_acquired", json!({"file": file, "amount": amount(a)})),
+        Event::ClaimReleased { file, amount: a } => ("claim_released", json!({"file": file, "amount": amount(a)})),
+        Event::FixtureCacheHit { file, name } => ("fixture_cache_hit", json!({"file": file, "name": name})),
         Event::FixtureBuilding { file, name, path } => {
             ("fixture_building", json!({"file": file, "name": name, "path": path}))
         }
@@ -144,6 +175,7 @@ mod tests {
             log: vec!["l".into()],
             duration: Default::default(),
             console: vec![],
+            meta: Default::default(),
         });
         let v = event_json(&Event::FileFinished { report: f }, &RunSummary::default());
         assert_eq!(v["v"], VERSION);

@@ -4,11 +4,13 @@
 //! - [`human`]: the terminal format (and [`progress`], the live line on an
 //!   interactive terminal);
 //! - [`json`]: one versioned JSON object per event line, for machines;
+//! - [`wire`]: the msgpack event stream (file, stdout, socket);
 //! - [`RunSummary`] and [`exit_code`]: what the run amounts to.
 
 pub mod human;
 pub mod json;
 pub mod progress;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -94,6 +96,7 @@ mod tests {
                 log: vec![],
                 duration: Duration::ZERO,
                 console: vec![],
+                meta: Default::default(),
             });
         }
         f.chunk_error = chunk_error.then(|| "boom".into());

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::discover::TestFile;
-use crate::events::{Event, Events, FileReport};
+use crate::events::{Event, Events, FileReport, ResourceAmount};
 use crate::image::Images;
 use crate::vmm::Accel;
 
@@ -25,6 +25,10 @@ pub fn default_jobs() -> usize {
     cpus.min(mem_gib).max(1)
 }
 
+/// What a file holds of the pool while it runs, besides its VMs: its Lua
+/// state and the host side of its connections.
+pub const PER_FILE_OVERHEAD: ResourceAmount = ResourceAmount { memory_bytes: 50 << 20, cpus: 0 };
+
 /// What a run shares across files.
 pub struct RunConfig {
     pub images: Arc<Images>,
@@ -42,6 +46,11 @@ pub struct RunConfig {
 /// after `RunFinished`.
 pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
     let started = Instant::now();
+    for f in &files {
+        let source = std::fs::read_to_string(&f.path).unwrap_or_default();
+        let fixture_refs = crate::fixture::key::scan(&source).fixtures;
+        cfg.events.emit(Event::FileDiscovered { file: f.shown.clone(), fixture_refs });
+    }
     let queue = Arc::new(Mutex::new(files.into_iter().collect::<VecDeque<_>>()));
     let workers: Vec<_> = (0..cfg.jobs.max(1))
         .map(|i| {
@@ -54,6 +63,7 @@ pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
                     let Some(file) = crate::sync::lock(&queue).pop_front() else {
                         break;
                     };
+                    cfg.events.emit(Event::FileDispatched { file: file.shown.clone(), reservation: PER_FILE_OVERHEAD });
                     let report = run_one(&file, &cfg);
                     cfg.events.emit(Event::FileFinished { report });
                 })

@@ -69,6 +69,11 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
     for test in lua.take_tests() {
         let t0 = Instant::now();
         let mut log = Vec::new();
+        // A test skipped before it runs only finishes (as skipped).
+        if test.meta.skip.is_none() {
+            let meta = test.meta.data.clone();
+            cfg.events.emit(Event::TestStarted { file: shown.to_string(), name: test.name.clone(), meta });
+        }
         let outcome = if watchdog.fired() {
             Outcome::Failed(format!("not run: the file timeout ({file_limit:?}) was exceeded"))
         } else if let Some(reason) = &test.meta.skip {
@@ -123,7 +128,14 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
                 ));
             }
         }
-        let t = TestReport { name: test.name.clone(), outcome, log, duration: t0.elapsed(), console };
+        let t = TestReport {
+            name: test.name.clone(),
+            outcome,
+            log,
+            duration: t0.elapsed(),
+            console,
+            meta: test.meta.data.clone(),
+        };
         cfg.events.emit(Event::TestFinished { file: shown.to_string(), test: t.clone() });
         report.tests.push(t);
     }

@@ -41,6 +41,9 @@ pub struct Vm {
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
+    /// When the running QEMU was spawned (`vm_spawned` was emitted and
+    /// `vm_shutdown` is owed).
+    spawned_at: Option<std::time::Instant>,
 }
 
 impl Vm {
@@ -61,6 +64,7 @@ impl Vm {
             events: Events::discard(),
             nics: Nics::default(),
             last_boot: None,
+            spawned_at: None,
         }
     }
 
@@ -72,6 +76,24 @@ impl Vm {
 
     fn emit_booted(&self, took: Duration) {
         self.events.emit(Event::VmBooted { file: self.events.file(), vm: self.name.clone(), took });
+    }
+
+    /// QEMU is about to be spawned with `memory_mib` of guest RAM.
+    fn emit_spawned(&mut self, memory_mib: u64) {
+        self.spawned_at = Some(std::time::Instant::now());
+        self.events.emit(Event::VmSpawned {
+            file: self.events.file(),
+            vm: self.name.clone(),
+            profile: self.profile.clone(),
+            memory_bytes: memory_mib << 20,
+        });
+    }
+
+    /// The QEMU of the last `emit_spawned` is gone (once per spawn).
+    fn emit_stopped(&mut self) {
+        if let Some(at) = self.spawned_at.take() {
+            self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone(), ran: at.elapsed() });
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -244,7 +266,14 @@ impl Vm {
         };
         let files = opts.files.as_ref().map(|f| files_cpio(f));
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
-        let inst = Instance::launch(&self.name, spec, files, timeout).map_err(self.launch_failed("boot"))?;
+        self.emit_spawned(machine.memory_mib);
+        let inst = match Instance::launch(&self.name, spec, files, timeout) {
+            Ok(inst) => inst,
+            Err(e) => {
+                self.emit_stopped();
+                return Err(self.launch_failed("boot")(e));
+            }
+        };
         self.kill_switch.arm(inst.qemu.pid());
         self.stopped_by = None;
         if let Some(t) = opts.initial_time {
@@ -253,6 +282,7 @@ impl Vm {
             let ns = (t * 1e9).round() as i64;
             if let Err(e) = inst.agent.set_time(ns) {
                 inst.stop();
+                self.emit_stopped();
                 // QEMU is gone and its pid may be reused: nothing to kill.
                 self.kill_switch.disarm();
                 return Err(VmError::Agent { vm: self.name.clone(), op: "boot (initial_time)", source: e });
@@ -270,6 +300,7 @@ impl Vm {
         });
         if let Err(e) = self.connect_nics(&inst) {
             inst.stop();
+            self.emit_stopped();
             self.kill_switch.disarm();
             self.running_as = None;
             return Err(e.into());
@@ -441,13 +472,21 @@ impl Vm {
             scratch: Default::default(),
         };
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
-        let inst = Instance::restore(&self.name, spec, path, timeout).map_err(self.launch_failed("restore"))?;
+        self.emit_spawned(meta.machine.memory_mib);
+        let inst = match Instance::restore(&self.name, spec, path, timeout) {
+            Ok(inst) => inst,
+            Err(e) => {
+                self.emit_stopped();
+                return Err(self.launch_failed("restore")(e));
+            }
+        };
         self.kill_switch.arm(inst.qemu.pid());
         self.stopped_by = None;
         if meta.initial_time.is_none() {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             if let Err(e) = inst.agent.set_time(now.as_nanos() as i64) {
                 inst.stop();
+                self.emit_stopped();
                 self.kill_switch.disarm();
                 return Err(VmError::Agent { vm: self.name.clone(), op: "restore (clock)", source: e });
             }
@@ -458,6 +497,7 @@ impl Vm {
         self.running_as = Some(SnapshotMeta { ram: None, ..meta });
         if let Err(e) = self.connect_nics(&inst) {
             inst.stop();
+            self.emit_stopped();
             self.kill_switch.disarm();
             self.running_as = None;
             return Err(e.into());
@@ -484,7 +524,7 @@ impl Vm {
         if let Some(inst) = self.instance.take() {
             self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
             inst.stop();
-            self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone() });
+            self.emit_stopped();
         }
         self.kill_switch.disarm();
         // Handles opened on this run of the guest are dead now; a restored
@@ -569,6 +609,7 @@ impl Vm {
         self.unplug_nics();
         if let Some(inst) = self.instance.take() {
             inst.stop();
+            self.emit_stopped();
         }
         self.last_console = console.clone();
         self.kill_switch.disarm();
