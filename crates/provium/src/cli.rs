@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -14,7 +14,8 @@ use crate::events::{ChannelSink, Event, Events};
 use crate::fixture::{Fixtures, Store};
 use crate::image::Images;
 use crate::report::{exit_code, human, json, progress, wire, Reporter, RunEnd, RunSummary};
-use crate::runner::{self, RunConfig};
+use crate::runner::select::{MetaTag, Selection};
+use crate::runner::{self, rerun, RunConfig};
 use crate::{cleanup, doctor, units, vmm};
 
 #[derive(Debug, Parser)]
@@ -36,6 +37,37 @@ pub struct Cli {
     /// position), K from 1 to N; the N shards together run every file once.
     #[arg(long, global = true)]
     pub partition: Option<runner::partition::Partition>,
+    /// Run tests whose `meta.slow` is true too.
+    #[arg(long)]
+    pub include_slow: bool,
+    /// Run only tests with one of these tags (`meta.tags`); repeatable.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Vec<String>,
+    /// Skip tests with any of these tags; wins over --tag; repeatable.
+    #[arg(long, value_name = "TAG")]
+    pub no_tag: Vec<String>,
+    /// Run only tests whose `meta[KEY]` (a string or strings) holds VALUE;
+    /// one KEY repeated: any of its values; different KEYs: all of them.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub tag_meta: Vec<MetaTag>,
+    /// Skip tests whose `meta[KEY]` holds VALUE; wins over --tag-meta.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub no_tag_meta: Vec<MetaTag>,
+    /// After the first failing file, do not start the others (they are
+    /// reported as `skipped: --fail-fast` and count as failed).
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Run only the files that failed in the last run that had a failure
+    /// (the rerun state: $PROVIUM_RERUN_STATE or ~/.cache/provium/rerun.json).
+    #[arg(long)]
+    pub rerun_failed: bool,
+    /// Run only files modified after PATH was.
+    #[arg(long, value_name = "PATH")]
+    pub since: Option<PathBuf>,
+    /// Run, then run again whenever a test file is added, removed or
+    /// changed (polled every 500 ms) until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
     /// Per-file wall-clock timeout ("300", "90s", "5m"; 0 disables).
     #[arg(long, default_value = "300")]
     pub timeout: String,
@@ -218,63 +250,186 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     }
     let timeout = units::parse_duration(&cli.timeout).map_err(CliError::Timeout)?;
     let timeout = (timeout > Duration::ZERO).then_some(timeout);
-    let mut files = runner::discover(&scan_paths(&cli.paths, &config))?;
-    if let Some(f) = &cli.filter {
-        files.retain(|t| t.shown.contains(f.as_str()));
+    let selection = Selection {
+        include_slow: cli.include_slow,
+        tag: cli.tag.clone(),
+        no_tag: cli.no_tag.clone(),
+        tag_meta: cli.tag_meta.clone(),
+        no_tag_meta: cli.no_tag_meta.clone(),
+    };
+    // The handshake: build commands and fixture builders started from here
+    // see the selection too. Set before any thread of the run starts.
+    std::env::set_var(runner::select::ENV, selection.to_env());
+    let socket = match &cli.events_socket {
+        Some(path) => Some(Arc::new(Mutex::new(
+            wire::SocketFanout::bind(path).map_err(|source| CliError::EventsSocket { path: path.clone(), source })?,
+        ))),
+        None => None,
+    };
+    let run = Run { cli: &cli, config: &config, timeout, selection, socket };
+    if cli.watch {
+        return watch(&run);
     }
-    if let Some(p) = &cli.partition {
-        files = p.select(files);
-    }
-    if files.is_empty() {
-        if cli.json {
-            println!("{}", crate::report::json::no_files_json());
-        } else {
-            println!("provium: no *.test.lua files found");
-        }
-        return Ok(exit_code(RunEnd::NothingToRun));
-    }
-    // A missing kernel of a profile these files use is a config error,
-    // reported now rather than by the first boot.
-    config.check_files(&runner::profiles_used(&files, &config.profiles.keys().cloned().collect::<Vec<_>>()))?;
+    run.once(cli.rerun_failed)
+}
 
-    cleanup::install_signal_handler();
-    cleanup::sweep_stale();
-    let images = Arc::new(Images::new(Arc::new(config.clone())));
-    let accel = choose_accel(&images, cli.verbose);
-    let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
-    let (tx, rx) = channel();
-    let events = Events::new(Arc::new(ChannelSink::new(tx)));
-    let env_seed = std::env::var("PROVIUM_SEED").ok().and_then(|s| s.trim().parse().ok());
-    let seed = cli.seed.or(env_seed).unwrap_or_else(random_seed);
-    events.emit(Event::RunStarted {
-        files: files.len(),
-        jobs,
-        accel: accel.accel.as_str().to_string(),
-        accel_reason: accel.reason.clone(),
-        seed,
-    });
-    let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel, &events)?;
-    let mut reporters = reporters(&cli)?;
-    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events, seed });
-    let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
+/// One invocation's settings, for one run or each `--watch` iteration.
+struct Run<'a> {
+    cli: &'a Cli,
+    config: &'a Config,
+    timeout: Option<Duration>,
+    selection: Selection,
+    /// `--events-socket`: one listener for every iteration.
+    socket: Option<Arc<Mutex<wire::SocketFanout>>>,
+}
 
-    let mut summary = RunSummary::default();
-    for event in rx {
-        summary.record(&event);
-        for r in reporters.iter_mut() {
-            r.event(&event);
+impl Run<'_> {
+    /// The files to run: discovery, then `--filter`, `--partition`,
+    /// `--rerun-failed` (when `rerun_failed`), `--since`.
+    fn files(&self, rerun_failed: bool) -> Result<Selected, CliError> {
+        let cli = self.cli;
+        let mut files = runner::discover(&scan_paths(&cli.paths, self.config))?;
+        if let Some(f) = &cli.filter {
+            files.retain(|t| t.shown.contains(f.as_str()));
         }
-        if matches!(event, Event::RunFinished { .. }) {
-            break;
+        if let Some(p) = &cli.partition {
+            files = p.select(files);
         }
+        if rerun_failed {
+            let path = rerun::state_path();
+            let state = rerun::read_state(&path);
+            if state.is_empty() {
+                return Ok(Selected::NoRerunState(path));
+            }
+            files = rerun::only_failed(files, &state);
+        }
+        if let Some(since) = &cli.since {
+            files = rerun::changed_since(files, since);
+        }
+        Ok(Selected::Files(files))
     }
-    let _ = runner_thread.join();
-    Ok(exit_code(RunEnd::Ran(&summary)))
+
+    /// Runs the selected files once; the exit code.
+    fn once(&self, rerun_failed: bool) -> Result<i32, CliError> {
+        let cli = self.cli;
+        let files = match self.files(rerun_failed)? {
+            Selected::Files(f) => f,
+            Selected::NoRerunState(path) => {
+                println!(
+                    "provium --rerun-failed: no prior failure state at `{}` — nothing to re-run. \
+                     (A run in which a file fails records it.)",
+                    path.display()
+                );
+                return Ok(exit_code(RunEnd::NothingToRun));
+            }
+        };
+        if files.is_empty() {
+            if cli.json {
+                println!("{}", crate::report::json::no_files_json());
+            } else {
+                println!("provium: no *.test.lua files found");
+            }
+            return Ok(exit_code(RunEnd::NothingToRun));
+        }
+        // A missing kernel of a profile these files use is a config error,
+        // reported now rather than by the first boot.
+        let config = self.config;
+        config.check_files(&runner::profiles_used(&files, &config.profiles.keys().cloned().collect::<Vec<_>>()))?;
+
+        cleanup::install_signal_handler();
+        cleanup::sweep_stale();
+        let images = Arc::new(Images::new(Arc::new(config.clone())));
+        let accel = choose_accel(&images, cli.verbose);
+        let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
+        let (tx, rx) = channel();
+        let events = Events::new(Arc::new(ChannelSink::new(tx)));
+        let env_seed = std::env::var("PROVIUM_SEED").ok().and_then(|s| s.trim().parse().ok());
+        let seed = cli.seed.or(env_seed).unwrap_or_else(random_seed);
+        events.emit(Event::RunStarted {
+            files: files.len(),
+            jobs,
+            accel: accel.accel.as_str().to_string(),
+            accel_reason: accel.reason.clone(),
+            seed,
+        });
+        let fixtures = open_fixtures(&cli.paths, config, &images, accel.accel, &events)?;
+        let mut reporters = reporters(cli, self.socket.clone())?;
+        let paths: Vec<(String, PathBuf)> = files.iter().map(|f| (f.shown.clone(), f.path.clone())).collect();
+        let run_cfg = Arc::new(RunConfig {
+            images,
+            accel: accel.accel,
+            fixtures,
+            timeout: self.timeout,
+            jobs,
+            events,
+            seed,
+            selection: self.selection.clone(),
+            fail_fast: cli.fail_fast,
+        });
+        let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
+        let mut summary = RunSummary::default();
+        let mut failed: Vec<PathBuf> = Vec::new();
+        for event in rx {
+            summary.record(&event);
+            if let Event::FileFinished { report } = &event {
+                if !report.passed() {
+                    failed.extend(paths.iter().filter(|(shown, _)| *shown == report.path).map(|(_, p)| p.clone()));
+                }
+            }
+            for r in reporters.iter_mut() {
+                r.event(&event);
+            }
+            if matches!(event, Event::RunFinished { .. }) {
+                break;
+            }
+        }
+        let _ = runner_thread.join();
+        drop(reporters);
+        if let Err(e) = rerun::write_state(&rerun::state_path(), &failed) {
+            eprintln!("provium: {}", crate::errors::chain(&e));
+        }
+        Ok(exit_code(RunEnd::Ran(&summary)))
+    }
+}
+
+/// What [`Run::files`] found.
+enum Selected {
+    Files(Vec<runner::TestFile>),
+    /// `--rerun-failed` with no recorded failures (at this path).
+    NoRerunState(PathBuf),
+}
+
+/// `--watch`: runs, then polls every 500 ms and runs again whenever the
+/// discovered files or their modification times change. `--rerun-failed`
+/// is dropped (every iteration runs the whole selection). Ends with Ctrl-C:
+/// the signal handler stops every VM and removes every scratch directory.
+fn watch(run: &Run) -> Result<i32, CliError> {
+    let mut last: Option<Vec<(PathBuf, Option<std::time::SystemTime>)>> = None;
+    loop {
+        let now = match run.files(false) {
+            Ok(Selected::Files(files)) => runner::watch::fingerprint(&files),
+            Ok(Selected::NoRerunState(_)) => unreachable!("watch never reads the rerun state"),
+            Err(e) => {
+                eprintln!("provium --watch: iteration failed: {}", crate::errors::chain(&e));
+                Vec::new()
+            }
+        };
+        if last.as_ref() != Some(&now) {
+            if now.is_empty() {
+                eprintln!("provium --watch: no *.test.lua files yet; watching for new files");
+            } else if let Err(e) = run.once(false) {
+                eprintln!("provium --watch: iteration failed: {}", crate::errors::chain(&e));
+            }
+            eprintln!("provium --watch: watching {} file(s) for changes (Ctrl-C to stop)", now.len());
+            last = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The run's consumers of events: the human or JSON renderer (on stderr
 /// when stdout carries the msgpack stream), and each msgpack sink asked for.
-fn reporters(cli: &Cli) -> Result<Vec<Box<dyn Reporter>>, CliError> {
+fn reporters(cli: &Cli, socket: Option<Arc<Mutex<wire::SocketFanout>>>) -> Result<Vec<Box<dyn Reporter>>, CliError> {
     let verbosity = if cli.verbose {
         human::Verbosity::Verbose
     } else if cli.quiet {
@@ -301,9 +456,7 @@ fn reporters(cli: &Cli) -> Result<Vec<Box<dyn Reporter>>, CliError> {
         let file = std::fs::File::create(path).map_err(|source| CliError::SaveEvents { path: path.clone(), source })?;
         out.push(Box::new(wire::FrameWriter::new(std::io::BufWriter::new(file))));
     }
-    if let Some(path) = &cli.events_socket {
-        let fan =
-            wire::SocketFanout::bind(path).map_err(|source| CliError::EventsSocket { path: path.clone(), source })?;
+    if let Some(fan) = socket {
         out.push(Box::new(fan));
     }
     Ok(out)

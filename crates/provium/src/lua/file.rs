@@ -130,6 +130,16 @@ impl LuaFile {
         lab_ud::console_excerpts(&self.lua, lines)
     }
 
+    /// Starts every VM's console badness window (a test begins).
+    pub fn mark_consoles(&self) {
+        lab_ud::mark_consoles(&self.lua)
+    }
+
+    /// Kernel reports on the file's consoles since [`LuaFile::mark_consoles`].
+    pub fn console_findings(&self) -> Vec<(String, crate::vm::badness::Finding)> {
+        lab_ud::console_findings(&self.lua)
+    }
+
     /// Closes the running test's scope (its resources, sub-labs and VMs)
     /// and drops its polling conditions.
     pub fn end_test(&self) {

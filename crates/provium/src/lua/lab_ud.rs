@@ -93,6 +93,21 @@ pub fn all_vms(lua: &Lua) -> Vec<(String, VmRef)> {
     v
 }
 
+/// Starts the console badness window of every VM of the file.
+pub fn mark_consoles(lua: &Lua) {
+    for (_, vm) in all_vms(lua) {
+        lock(&vm).mark_console();
+    }
+}
+
+/// Kernel reports on every VM's console since [`mark_consoles`].
+pub fn console_findings(lua: &Lua) -> Vec<(String, crate::vm::badness::Finding)> {
+    all_vms(lua)
+        .into_iter()
+        .flat_map(|(name, vm)| lock(&vm).console_findings().into_iter().map(move |f| (name.clone(), f)))
+        .collect()
+}
+
 /// The console excerpt of every VM of the file that has one.
 pub fn console_excerpts(lua: &Lua, lines: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();

@@ -174,6 +174,13 @@ impl Reporter for SocketFanout {
     }
 }
 
+/// One listener shared by the runs of `--watch`.
+impl Reporter for Arc<Mutex<SocketFanout>> {
+    fn event(&mut self, e: &Event) {
+        crate::sync::lock(self).event(e);
+    }
+}
+
 impl Drop for SocketFanout {
     fn drop(&mut self) {
         // Clients see the end of the stream; the accept loop is woken by

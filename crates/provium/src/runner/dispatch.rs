@@ -29,6 +29,9 @@ pub fn default_jobs() -> usize {
 /// state and the host side of its connections.
 pub const PER_FILE_OVERHEAD: ResourceAmount = ResourceAmount { memory_bytes: 50 << 20, cpus: 0 };
 
+/// The chunk error of a file `--fail-fast` did not start.
+pub const FAIL_FAST_SKIP: &str = "skipped: --fail-fast";
+
 /// What a run shares across files.
 pub struct RunConfig {
     pub images: Arc<Images>,
@@ -40,6 +43,10 @@ pub struct RunConfig {
     pub events: Events,
     /// Seeds every bridge's loss draws (`--seed`), so a run repeats.
     pub seed: u64,
+    /// Which tests run (tags, meta, slow).
+    pub selection: super::select::Selection,
+    /// `--fail-fast`: once a file failed, files not yet started are not run.
+    pub fail_fast: bool,
 }
 
 /// Runs every file, emitting what happens; returns when all are done,
@@ -52,10 +59,12 @@ pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
         cfg.events.emit(Event::FileDiscovered { file: f.shown.clone(), fixture_refs });
     }
     let queue = Arc::new(Mutex::new(files.into_iter().collect::<VecDeque<_>>()));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let workers: Vec<_> = (0..cfg.jobs.max(1))
         .map(|i| {
             let queue = queue.clone();
             let cfg = cfg.clone();
+            let failed = failed.clone();
             std::thread::Builder::new()
                 .name(format!("file-runner-{i}"))
                 .stack_size(16 << 20)
@@ -63,8 +72,17 @@ pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
                     let Some(file) = crate::sync::lock(&queue).pop_front() else {
                         break;
                     };
+                    if cfg.fail_fast && failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        let mut report = FileReport::new(&file.shown);
+                        report.chunk_error = Some(FAIL_FAST_SKIP.into());
+                        cfg.events.emit(Event::FileFinished { report });
+                        continue;
+                    }
                     cfg.events.emit(Event::FileDispatched { file: file.shown.clone(), reservation: PER_FILE_OVERHEAD });
                     let report = run_one(&file, &cfg);
+                    if !report.passed() {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                     cfg.events.emit(Event::FileFinished { report });
                 })
                 .expect("spawn runner thread")

@@ -9,13 +9,38 @@ use std::time::Instant;
 use super::discover::TestFile;
 use super::dispatch::RunConfig;
 use super::watchdog::Watchdog;
-use crate::events::{Event, FileReport, Outcome, TestReport};
+use crate::events::{Event, FileReport, MetaMap, MetaValue, Outcome, TestReport};
 use crate::lab::VmContext;
 use crate::lua::{FileContext, Interrupts, LuaFile};
+use crate::vm::badness::{self, Checks};
 use crate::vm::KillSwitch;
 
 /// How many console lines a failure report quotes per VM.
 pub const CONSOLE_EXCERPT_LINES: usize = 20;
+
+/// What `meta.console_checks` asks: `false` turns the checks off, a list
+/// of strings allows the reports that contain one.
+fn console_checks(meta: &MetaMap) -> Checks {
+    match meta.get("console_checks") {
+        Some(MetaValue::Bool(false)) => Checks::Off,
+        Some(v @ MetaValue::Array(_)) => Checks::Allow(v.strings().into_iter().map(String::from).collect()),
+        _ => Checks::On,
+    }
+}
+
+/// A test's outcome after the console checks: failing reports fail a test
+/// that passed, and are added to the message of one that failed.
+fn console_checked(outcome: Outcome, failing: Vec<(String, badness::Finding)>) -> Outcome {
+    if failing.is_empty() {
+        return outcome;
+    }
+    let found = badness::message(&failing);
+    match outcome {
+        Outcome::Failed(m) => Outcome::Failed(format!("{m}\n{found}")),
+        Outcome::Passed => Outcome::Failed(found),
+        skipped @ Outcome::Skipped(_) => skipped,
+    }
+}
 
 /// Runs `file` and reports how it went (also emitted as events).
 pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
@@ -66,8 +91,11 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
         }
     };
 
-    for test in lua.take_tests() {
+    for mut test in lua.take_tests() {
         let t0 = Instant::now();
+        if test.meta.skip.is_none() {
+            test.meta.skip = cfg.selection.skip_reason(&test.meta.data);
+        }
         let mut log = Vec::new();
         // A test skipped before it runs only finishes (as skipped).
         if test.meta.skip.is_none() {
@@ -95,9 +123,10 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
             let mut outcome = match &limit {
                 Err(why) => Outcome::Failed(format!("test `{}`: {why}", test.name)),
                 Ok(_) => {
+                    lua.mark_consoles();
                     let (o, l) = lua.run_test(&test);
                     log = l;
-                    o
+                    console_checked(o, console_checks(&test.meta.data).failing(lua.console_findings()))
                 }
             };
             drop(test_dog);

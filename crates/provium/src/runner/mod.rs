@@ -9,6 +9,9 @@ pub mod dispatch;
 pub mod file;
 pub mod partition;
 pub mod profiles_used;
+pub mod rerun;
+pub mod select;
+pub mod watch;
 pub mod watchdog;
 
 pub use discover::{discover, DiscoverError, TestFile};

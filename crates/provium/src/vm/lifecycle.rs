@@ -44,6 +44,8 @@ pub struct Vm {
     /// When the running QEMU was spawned (`vm_spawned` was emitted and
     /// `vm_shutdown` is owed).
     spawned_at: Option<std::time::Instant>,
+    /// The console since the running test started, for the badness checks.
+    console_watch: super::badness::ConsoleWatch,
 }
 
 impl Vm {
@@ -65,6 +67,7 @@ impl Vm {
             nics: Nics::default(),
             last_boot: None,
             spawned_at: None,
+            console_watch: Default::default(),
         }
     }
 
@@ -94,6 +97,19 @@ impl Vm {
         if let Some(at) = self.spawned_at.take() {
             self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone(), ran: at.elapsed() });
         }
+    }
+
+    /// A test starts: its console badness checks look at what comes next.
+    pub fn mark_console(&mut self) {
+        let log = self.instance.as_ref().map(|i| i.paths.console_log.clone());
+        self.console_watch.mark(log.as_deref());
+    }
+
+    /// Kernel reports on this VM's console since [`Vm::mark_console`]
+    /// (including instances stopped since).
+    pub fn console_findings(&self) -> Vec<super::badness::Finding> {
+        let log = self.instance.as_ref().map(|i| i.paths.console_log.as_path());
+        super::badness::scan(&self.console_watch.text(log))
     }
 
     pub fn name(&self) -> &str {
@@ -523,6 +539,7 @@ impl Vm {
         self.unplug_nics();
         if let Some(inst) = self.instance.take() {
             self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
+            self.console_watch.carry(&inst.paths.console_log);
             inst.stop();
             self.emit_stopped();
         }
@@ -608,6 +625,7 @@ impl Vm {
         self.state = VmState::Dead;
         self.unplug_nics();
         if let Some(inst) = self.instance.take() {
+            self.console_watch.carry(&inst.paths.console_log);
             inst.stop();
             self.emit_stopped();
         }

@@ -19,6 +19,7 @@
 //!   own (commands, processes and syscalls as another user), relayed through
 //!   the main agent; it closes behind `crate::lab::Close` too.
 
+pub mod badness;
 pub mod batch;
 pub mod console;
 pub mod error;
