@@ -36,10 +36,17 @@ fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
 #[test]
 fn example_suite_passes_and_leaves_nothing() {
     let s = Suite::new();
-    let child = s.command(&["--json", examples_dir().to_str().unwrap()]).stdout(Stdio::piped()).spawn().unwrap();
+    let events = s.path().join("events.msgpack");
+    let child = s
+        .command(&["--json", "--save-events", events.to_str().unwrap(), examples_dir().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let reports = json_lines(&out);
+    let frames = provium_protocol::events::read_all(std::fs::File::open(&events).unwrap()).unwrap();
+    check_event_guarantees(&frames, reports.len());
     let files = std::fs::read_dir(examples_dir())
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".test.lua"));
@@ -49,6 +56,60 @@ fn example_suite_passes_and_leaves_nothing() {
     }
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
+}
+
+/// The reference's guarantees (12.3) over a whole run's event stream.
+fn check_event_guarantees(frames: &[provium_protocol::events::EventFrame], files: usize) {
+    use provium_protocol::events::EventKind as K;
+    use std::collections::HashMap;
+    assert!(frames.windows(2).all(|w| w[0].ts <= w[1].ts), "timestamps never go back");
+    let first_dispatch = frames.iter().position(|f| matches!(f.event, K::FileDispatched { .. })).unwrap();
+    let discovered: Vec<&str> = frames
+        .iter()
+        .filter_map(|f| if let K::FileDiscovered { path, .. } = &f.event { Some(path.as_str()) } else { None })
+        .collect();
+    assert_eq!(discovered.len(), files);
+    let last_discovery = frames.iter().rposition(|f| matches!(f.event, K::FileDiscovered { .. })).unwrap();
+    assert!(last_discovery < first_dispatch, "every file is discovered before any is dispatched");
+    let mut per_file: HashMap<&str, (usize, usize, usize)> = HashMap::new(); // dispatched, blocked after, completed
+    // (file, test) -> kinds in order
+    let mut tests: HashMap<(String, String), Vec<&'static str>> = HashMap::new();
+    let mut vms: HashMap<(Option<String>, String), i64> = HashMap::new();
+    let mut builds: HashMap<String, i64> = HashMap::new();
+    for f in frames {
+        match &f.event {
+            K::FileDispatched { path, .. } => per_file.entry(path).or_default().0 += 1,
+            K::FileBlocked { path, .. } => {
+                assert_eq!(per_file.get(path.as_str()).map(|p| p.0).unwrap_or(0), 0, "blocked after dispatch: {path}")
+            }
+            K::FileCompleted { path, .. } => per_file.entry(path).or_default().2 += 1,
+            K::TestStarted { path, name, .. } => tests.entry((path.clone(), name.clone())).or_default().push("started"),
+            K::TestPassed { path, name, .. } | K::TestFailed { path, name, .. } | K::TestSkipped { path, name, .. } => {
+                tests.entry((path.clone(), name.clone())).or_default().push("end")
+            }
+            K::VmSpawned { file, vm_name, .. } => *vms.entry((file.clone(), vm_name.clone())).or_default() += 1,
+            K::VmShutdown { file, vm_name, .. } => {
+                let open = vms.entry((file.clone(), vm_name.clone())).or_default();
+                *open -= 1;
+                assert!(*open >= 0, "vm_shutdown without vm_spawned: {file:?} {vm_name}");
+            }
+            K::FixtureBuildStarted { path } => *builds.entry(path.clone()).or_default() += 1,
+            K::FixtureBuildDone { path, .. } => *builds.entry(path.clone()).or_default() -= 1,
+            _ => {}
+        }
+    }
+    for path in &discovered {
+        let (dispatched, _, completed) = per_file.get(path).copied().unwrap_or_default();
+        assert_eq!((dispatched, completed), (1, 1), "{path}: one file_dispatched, one file_completed");
+    }
+    assert!(!tests.is_empty());
+    for ((file, name), kinds) in &tests {
+        assert!(kinds == &["started", "end"] || kinds == &["end"], "{file} {name}: {kinds:?}");
+    }
+    assert!(vms.values().all(|&open| open == 0), "vm_spawned/vm_shutdown paired: {vms:?}");
+    assert!(builds.values().all(|&open| open == 0), "fixture builds paired: {builds:?}");
+    assert!(matches!(frames.first().map(|f| &f.event), Some(K::RunStarted { .. })));
+    assert!(matches!(frames.last().map(|f| &f.event), Some(K::RunFinished { .. })));
 }
 
 #[test]

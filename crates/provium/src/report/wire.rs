@@ -14,6 +14,11 @@ use provium_protocol::PROTOCOL_VERSION;
 
 use super::{Event, Outcome, Reporter, TestReport};
 
+/// A poisoned lock still holds a usable client list.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -153,7 +158,7 @@ impl SocketFanout {
                     break;
                 }
                 let _ = client.set_write_timeout(Some(Duration::from_secs(2)));
-                crate::sync::lock(&accepted).push(client);
+                lock(&accepted).push(client);
             }
         })?;
         Ok(SocketFanout { path: path.to_path_buf(), clients, closed })
@@ -161,7 +166,7 @@ impl SocketFanout {
 
     /// How many clients are connected now.
     pub fn clients(&self) -> usize {
-        crate::sync::lock(&self.clients).len()
+        lock(&self.clients).len()
     }
 }
 
@@ -169,7 +174,7 @@ impl Reporter for SocketFanout {
     fn event(&mut self, e: &Event) {
         if let Some(kind) = to_wire(e) {
             let frame = EventFrame::new(now_ns(), kind).encode();
-            crate::sync::lock(&self.clients).retain_mut(|c| c.write_all(&frame).is_ok());
+            lock(&self.clients).retain_mut(|c| c.write_all(&frame).is_ok());
         }
     }
 }
@@ -177,7 +182,7 @@ impl Reporter for SocketFanout {
 /// One listener shared by the runs of `--watch`.
 impl Reporter for Arc<Mutex<SocketFanout>> {
     fn event(&mut self, e: &Event) {
-        crate::sync::lock(self).event(e);
+        lock(self).event(e);
     }
 }
 
@@ -185,7 +190,7 @@ impl Drop for SocketFanout {
     fn drop(&mut self) {
         // Clients see the end of the stream; the accept loop is woken by
         // one last connection and ends.
-        for c in crate::sync::lock(&self.clients).drain(..) {
+        for c in lock(&self.clients).drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);

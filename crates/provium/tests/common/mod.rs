@@ -35,6 +35,8 @@ impl Suite {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_provium"));
         c.args(args).current_dir(self.path()).env("TMPDIR", self.tmpdir()).env("PROVIUM_ACCEL", "tcg");
+        // Failures recorded for --rerun-failed stay in the suite.
+        c.env("PROVIUM_RERUN_STATE", self.path().join("rerun.json"));
         c
     }
 
