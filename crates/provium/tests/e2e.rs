@@ -72,7 +72,7 @@ fn check_event_guarantees(frames: &[provium_protocol::events::EventFrame], files
     let last_discovery = frames.iter().rposition(|f| matches!(f.event, K::FileDiscovered { .. })).unwrap();
     assert!(last_discovery < first_dispatch, "every file is discovered before any is dispatched");
     let mut per_file: HashMap<&str, (usize, usize, usize)> = HashMap::new(); // dispatched, blocked after, completed
-    // (file, test) -> kinds in order
+                                                                             // (file, test) -> kinds in order
     let mut tests: HashMap<(String, String), Vec<&'static str>> = HashMap::new();
     let mut vms: HashMap<(Option<String>, String), i64> = HashMap::new();
     let mut builds: HashMap<String, i64> = HashMap::new();

@@ -103,14 +103,34 @@ impl Checks {
     }
 }
 
+/// How many reports of one kind on one VM a message quotes (a hung task
+/// is reported again every check interval).
+const QUOTED_PER_KIND: usize = 3;
+
 /// The failure text for `failing` findings (vm name, finding).
 pub fn message(failing: &[(String, Finding)]) -> String {
     let mut out = String::from(
         "the guest kernel reported a problem on the console during this test \
          (set meta.console_checks = false, or a list of allowed patterns, to accept it):",
     );
+    let mut quoted: Vec<(&str, &str, usize)> = Vec::new();
     for (vm, f) in failing {
-        out.push_str(&format!("\n---- vm {vm}: {} ----\n{}", f.kind, f.lines));
+        let seen = match quoted.iter_mut().find(|(v, k, _)| *v == vm.as_str() && *k == f.kind) {
+            Some(entry) => {
+                entry.2 += 1;
+                entry.2
+            }
+            None => {
+                quoted.push((vm.as_str(), f.kind, 1));
+                1
+            }
+        };
+        if seen <= QUOTED_PER_KIND {
+            out.push_str(&format!("\n---- vm {vm}: {} ----\n{}", f.kind, f.lines));
+        }
+    }
+    for (vm, kind, n) in quoted.into_iter().filter(|q| q.2 > QUOTED_PER_KIND) {
+        out.push_str(&format!("\n(vm {vm}: {} more {kind} report(s) not quoted)", n - QUOTED_PER_KIND));
     }
     out
 }
@@ -226,6 +246,11 @@ mod tests {
         let m = message(&left);
         assert!(m.contains("---- vm web: oops ----\n[   10.1] Oops: 0000"), "{m}");
         assert!(m.contains("meta.console_checks = false"), "{m}");
+        let hung = Finding { kind: "hung task", lines: "INFO: task x blocked for more than 1 seconds.".into() };
+        let many: Vec<(String, Finding)> = (0..5).map(|_| ("db".to_string(), hung.clone())).collect();
+        let m = message(&many);
+        assert_eq!(m.matches("---- vm db: hung task ----").count(), 3, "{m}");
+        assert!(m.ends_with("(vm db: 2 more hung task report(s) not quoted)"), "{m}");
     }
 
     #[test]
