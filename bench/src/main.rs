@@ -16,6 +16,7 @@ mod port;
 mod report;
 mod snapshot;
 mod stream;
+mod suite;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,6 +66,11 @@ struct Args {
     /// Skip every row but the network ones (with `--net`).
     #[arg(long)]
     net_only: bool,
+    /// Only the suite-scaling rows: `examples/` with -j 1 and -j 2, and N
+    /// one-VM files on N cores against one (runs the `provium` binary
+    /// built beside this one).
+    #[arg(long)]
+    suite_only: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -80,6 +86,9 @@ fn main() -> ExitCode {
     };
     if args.net_only {
         return net_only(&args);
+    }
+    if args.suite_only {
+        return suite_only(&args);
     }
     let result = run(&args);
     // Whatever happened, every VM has been dropped (and so shut down) by
@@ -113,13 +122,29 @@ fn main() -> ExitCode {
 /// `--net-only`: the network rows alone.
 fn net_only(args: &Args) -> ExitCode {
     let result = prepare().and_then(|bench| network::measure(&bench, args.net_trials as usize, args.net_mib));
+    print_only(args, "provium-bench --net-only", result, network::Network::rows)
+}
+
+/// `--suite-only`: the suite-scaling rows alone.
+fn suite_only(args: &Args) -> ExitCode {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    print_only(args, "provium-bench --suite-only", suite::measure(&examples), suite::Suite::rows)
+}
+
+/// Prints one group of rows (or its JSON), then checks for leaked QEMUs.
+fn print_only<T: serde::Serialize>(
+    args: &Args,
+    title: &str,
+    result: Result<T, BenchError>,
+    rows: fn(&T) -> Vec<(String, String, String)>,
+) -> ExitCode {
     let leftovers = measure::leftover_qemu();
     let code = match result {
-        Ok(n) => {
+        Ok(r) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&n).expect("report serializes"));
+                println!("{}", serde_json::to_string_pretty(&r).expect("report serializes"));
             } else {
-                print!("{}", report::render("provium-bench --net-only", n.rows()));
+                print!("{}", report::render(title, rows(&r)));
             }
             ExitCode::SUCCESS
         }
