@@ -34,6 +34,7 @@ test("slow one", {slow = true, tags = {"net"}}, function(t) end)
 test("boot area", {area = "boot", subsystems = {"mm", "fs"}}, function(t) end)
 test("skipped", {skip = "not today", tags = {"net"}}, function(t) end)
 todo("later", {tags = {"net"}}, function(t) end)
+test("meta todo", {todo = "needs disks"}, function(t) error("never runs") end)
 "#;
 
 /// Which tests ran (passed) under `flags`, and the skip reason of the rest.
@@ -63,6 +64,7 @@ fn selection_flags_follow_the_reference() {
     assert_eq!(reason(&all, "slow one"), "filtered: slow tests skipped (pass --include-slow)");
     assert_eq!(reason(&all, "skipped"), "skipped: not today");
     assert_eq!(reason(&all, "later"), "todo");
+    assert_eq!(reason(&all, "meta todo"), "todo: needs disks");
 
     assert_eq!(ran(&select(&s, &["--include-slow"])), vec!["plain", "net", "disk", "slow one", "boot area"]);
     let tagged = select(&s, &["--tag", "net", "--tag", "disk"]);
