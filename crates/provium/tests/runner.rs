@@ -293,3 +293,49 @@ end)
         assert!(message.contains("meta.console_checks = false"), "{message}");
     }
 }
+
+/// `--events-stdout` puts the msgpack frames on stdout and the human output
+/// on stderr; `--events-socket` serves the same frames to a client.
+#[test]
+fn the_event_stream_goes_to_stdout_and_to_a_socket() {
+    use provium_protocol::events::{read_all, EventKind};
+    let s = Suite::new();
+    s.write("e.test.lua", r#"test("one", {area = "x"}, function(t) t:log("hi") end)"#);
+    let out = s.run(&["--events-stdout", "e.test.lua"]);
+    assert_eq!(out.status.code(), Some(0));
+    let frames = read_all(&out.stdout[..]).expect("stdout is only frames");
+    let passed: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match &f.event {
+            EventKind::TestPassed { name, meta, log, .. } => Some((name.clone(), meta.clone(), log.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed.len(), 1);
+    assert_eq!(passed[0].0, "one");
+    assert_eq!(passed[0].1["area"].strings(), vec!["x"]);
+    assert_eq!(passed[0].2, vec!["hi".to_string()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PASS e.test.lua"), "the human output is on stderr");
+    let both = s.run(&["--events-stdout", "--json", "e.test.lua"]);
+    assert_eq!(both.status.code(), Some(2), "--json and --events-stdout conflict");
+
+    // A socket client that connects before the run's first event sees all
+    // of them: the run waits for nobody, so the test connects as soon as
+    // the socket exists and the file makes the run last a moment.
+    s.write("slow.test.lua", r#"test("waits", function(t) _provium_sleep(1.5) end)"#);
+    let sock = s.path().join("events.sock");
+    let mut child = s.command(&["--events-socket", sock.to_str().unwrap(), "slow.test.lua"]).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        if let Ok(c) = std::os::unix::net::UnixStream::connect(&sock) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the socket never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let frames = read_all(client).expect("frames until the run ends");
+    assert!(child.wait().unwrap().success());
+    assert!(frames.iter().any(|f| matches!(f.event, EventKind::TestPassed { .. })), "{frames:?}");
+    assert!(matches!(frames.last().map(|f| &f.event), Some(EventKind::RunFinished { .. })));
+    assert!(!sock.exists(), "the socket is removed at the end");
+}
