@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::events::{ChannelSink, Event, Events};
 use crate::fixture::{Fixtures, Store};
 use crate::image::Images;
-use crate::report::{exit_code, human, json, progress, wire, Reporter, RunEnd, RunSummary};
+use crate::report::{exit_code, human, json, junit, junit_merge, progress, wire, Reporter, RunEnd, RunSummary};
 use crate::runner::select::{MetaTag, Selection};
 use crate::runner::{self, rerun, RunConfig};
 use crate::{cleanup, doctor, units, vmm};
@@ -88,6 +88,14 @@ pub struct Cli {
     /// client that connects.
     #[arg(long, value_name = "PATH")]
     pub events_socket: Option<PathBuf>,
+    /// Write a JUnit XML report to PATH when the run ends (one testsuite
+    /// per file); shards' reports merge with `provium merge-junit`.
+    #[arg(long, value_name = "PATH")]
+    pub junit: Option<PathBuf>,
+    /// No live progress bar (it is shown only on an interactive stderr,
+    /// and never with --json, --events-stdout, -v, -q, or when CI is set).
+    #[arg(long)]
+    pub no_progress: bool,
     /// Seed for the run's random choices (bridge loss); printed at the start
     /// and after a failure, so a run can be repeated (also PROVIUM_SEED)
     #[arg(long)]
@@ -110,6 +118,15 @@ pub enum Command {
     Fixture {
         #[command(subcommand)]
         action: crate::fixture_cli::FixtureAction,
+    },
+    /// Merge JUnit reports (of `--partition` shards) into one: suites
+    /// concatenated, totals recomputed.
+    MergeJunit {
+        /// The merged report to write.
+        out: PathBuf,
+        /// The reports to merge, in order.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
     },
 }
 
@@ -136,6 +153,10 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Junit(#[from] junit::JunitError),
+    #[error(transparent)]
+    MergeJunit(#[from] junit_merge::MergeError),
 }
 
 /// Where fixture names are looked up: the config's roots, else the
@@ -217,6 +238,22 @@ fn notes_printer() -> (Events, std::thread::JoinHandle<()>) {
 }
 
 fn run(cli: Cli) -> Result<i32, CliError> {
+    // Merging reports needs no config (nor a machine that can run tests).
+    if let Some(Command::MergeJunit { out, inputs }) = &cli.command {
+        let m = junit_merge::merge_files(out, inputs)?;
+        let t = m.totals;
+        println!(
+            "provium: merged {} suite(s) from {} file(s) into {}: {} tests, {} failures, {} errors, {} skipped",
+            m.suites,
+            m.inputs,
+            out.display(),
+            t.tests,
+            t.failures,
+            t.errors,
+            t.skipped
+        );
+        return Ok(0);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match &cli.command {
         Some(Command::Doctor) => {
@@ -246,7 +283,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             println!("\n{} test file(s) found", files.len());
             return Ok(0);
         }
-        None => {}
+        Some(Command::MergeJunit { .. }) | None => {}
     }
     let timeout = units::parse_duration(&cli.timeout).map_err(CliError::Timeout)?;
     let timeout = (timeout > Duration::ZERO).then_some(timeout);
@@ -384,9 +421,20 @@ impl Run<'_> {
             }
         }
         let _ = runner_thread.join();
+        let mut unwritten = false;
+        for r in reporters.iter_mut() {
+            if let Err(e) = r.finish() {
+                eprintln!("provium: {}", crate::errors::chain(&e));
+                unwritten = true;
+            }
+        }
         drop(reporters);
         if let Err(e) = rerun::write_state(&rerun::state_path(), &failed) {
             eprintln!("provium: {}", crate::errors::chain(&e));
+        }
+        if unwritten {
+            // The run's report is lost: CI must not read that as a clean run.
+            return Ok(exit_code(RunEnd::CouldNotRun));
         }
         Ok(exit_code(RunEnd::Ran(&summary)))
     }
@@ -428,7 +476,8 @@ fn watch(run: &Run) -> Result<i32, CliError> {
 }
 
 /// The run's consumers of events: the human or JSON renderer (on stderr
-/// when stdout carries the msgpack stream), and each msgpack sink asked for.
+/// when stdout carries the msgpack stream), each msgpack sink asked for,
+/// and the JUnit report.
 fn reporters(cli: &Cli, socket: Option<Arc<Mutex<wire::SocketFanout>>>) -> Result<Vec<Box<dyn Reporter>>, CliError> {
     let verbosity = if cli.verbose {
         human::Verbosity::Verbose
@@ -441,11 +490,20 @@ fn reporters(cli: &Cli, socket: Option<Arc<Mutex<wire::SocketFanout>>>) -> Resul
     if cli.json {
         out.push(Box::new(json::JsonReporter::new(std::io::stdout(), std::io::stderr())));
     } else {
-        let live = progress::wanted(std::io::stderr().is_terminal(), cli.json, cli.quiet);
+        let live = progress::wanted(&progress::Conditions {
+            stderr_is_terminal: std::io::stderr().is_terminal(),
+            json: cli.json,
+            events_stdout: cli.events_stdout,
+            verbose: cli.verbose,
+            quiet: cli.quiet,
+            no_progress: cli.no_progress,
+            ci: progress::is_ci(std::env::var_os("CI").as_deref()),
+        });
+        let live = || live.then(progress::Progress::stderr);
         let human: Box<dyn Reporter> = if cli.events_stdout {
-            Box::new(human::HumanReporter::new(verbosity, live, std::io::stderr(), std::io::stderr()))
+            Box::new(human::HumanReporter::new(verbosity, live(), std::io::stderr(), std::io::stderr()))
         } else {
-            Box::new(human::HumanReporter::new(verbosity, live, std::io::stdout(), std::io::stderr()))
+            Box::new(human::HumanReporter::new(verbosity, live(), std::io::stdout(), std::io::stderr()))
         };
         out.push(human);
     }
@@ -458,6 +516,9 @@ fn reporters(cli: &Cli, socket: Option<Arc<Mutex<wire::SocketFanout>>>) -> Resul
     }
     if let Some(fan) = socket {
         out.push(Box::new(fan));
+    }
+    if let Some(path) = &cli.junit {
+        out.push(Box::new(junit::JunitReporter::new(path)?));
     }
     Ok(out)
 }

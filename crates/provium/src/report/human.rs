@@ -1,5 +1,7 @@
 //! The terminal format: one line per file, failures with their messages and
-//! console excerpts indented beneath, and a summary line.
+//! console excerpts indented beneath, and a summary line. On an interactive
+//! terminal, with the live bar of [`super::progress`], each file's line
+//! starts with its position (`[2/5] PASS …`).
 //!
 //! ```text
 //! PASS examples/basics.test.lua (3 passed, 0 failed, 0 skipped)
@@ -13,7 +15,7 @@
 
 use std::fmt::Write;
 
-use super::progress::ProgressLine;
+use super::progress::Progress;
 use super::{Event, FileReport, Outcome, Reporter, RunSummary};
 
 /// How much to say.
@@ -57,58 +59,60 @@ pub fn note(e: &Event) -> Option<String> {
     })
 }
 
-/// The terminal reporter: results on `out`, notes (and the live progress
-/// line) on `err`, the summary at the end.
+/// The terminal reporter: results on `out`, notes on `err`, the summary
+/// at the end. With a live [`Progress`] bar, everything is written with the
+/// bar cleared, and each file's result line starts with its position
+/// `[i/N] ` (files stream as they finish, either way).
 pub struct HumanReporter<O: std::io::Write, E: std::io::Write> {
     pub verbosity: Verbosity,
     out: O,
     err: E,
-    progress: Option<ProgressLine>,
+    progress: Option<Progress>,
     summary: RunSummary,
 }
 
-impl<O: std::io::Write, E: std::io::Write> HumanReporter<O, E> {
-    pub fn new(verbosity: Verbosity, live: bool, out: O, err: E) -> Self {
-        HumanReporter {
-            verbosity,
-            out,
-            err,
-            progress: live.then(ProgressLine::default),
-            summary: RunSummary::default(),
-        }
+/// Writes `text` on `to`, with the bar (if any) cleared meanwhile.
+fn write_on(progress: &Option<Progress>, to: &mut dyn std::io::Write, text: &str) {
+    let mut write = || {
+        let _ = to.write_all(text.as_bytes());
+        let _ = to.flush();
+    };
+    match progress {
+        Some(p) => p.suspend(write),
+        None => write(),
     }
+}
 
-    fn clear_progress(&mut self) {
-        if let Some(p) = &mut self.progress {
-            p.clear(&mut self.err);
-        }
+impl<O: std::io::Write, E: std::io::Write> HumanReporter<O, E> {
+    pub fn new(verbosity: Verbosity, progress: Option<Progress>, out: O, err: E) -> Self {
+        HumanReporter { verbosity, out, err, progress, summary: RunSummary::default() }
     }
 }
 
 impl<O: std::io::Write, E: std::io::Write> Reporter for HumanReporter<O, E> {
     fn event(&mut self, e: &Event) {
         self.summary.record(e);
+        if let Some(p) = &mut self.progress {
+            p.event(e);
+        }
         match e {
-            Event::TestFinished { file, test } => {
-                if let Some(p) = &mut self.progress {
-                    p.show(&mut self.err, &format!("  {file}: {} done", test.name));
-                }
-            }
             Event::FileFinished { report } => {
-                self.clear_progress();
-                let _ = self.out.write_all(render_file(report, self.verbosity).as_bytes());
-                let _ = self.out.flush();
+                let mut text = render_file(report, self.verbosity);
+                if let (Some(p), false) = (&self.progress, text.is_empty()) {
+                    text.insert_str(0, &p.tally().position());
+                }
+                write_on(&self.progress, &mut self.out, &text);
             }
             Event::RunFinished { .. } => {
-                self.clear_progress();
-                let _ = write!(self.out, "\n{}", render_summary(&self.summary));
-                let _ = self.out.flush();
+                if let Some(p) = &self.progress {
+                    p.finish();
+                }
+                write_on(&None, &mut self.out, &format!("\n{}", render_summary(&self.summary)));
             }
             Event::RunStarted { .. } if self.verbosity == Verbosity::Quiet => {}
             other => {
                 if let Some(line) = note(other) {
-                    self.clear_progress();
-                    let _ = writeln!(self.err, "{line}");
+                    write_on(&self.progress, &mut self.err, &format!("{line}\n"));
                 }
             }
         }
@@ -222,5 +226,26 @@ mod tests {
         s.add(&sample());
         s.add(&f);
         insta::assert_snapshot!(format!("{}{}", render_file(&f, Verbosity::Quiet), render_summary(&s)));
+    }
+
+    #[test]
+    fn with_a_live_bar_results_carry_their_position_and_never_meet_the_bar() {
+        use crate::report::progress::tests::Screen;
+        let screen = Screen::default();
+        let bar = Progress::new(indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())));
+        let mut r = HumanReporter::new(Verbosity::Normal, Some(bar), screen.clone(), screen.clone());
+        r.event(&Event::RunStarted { files: 2, jobs: 1, accel: "tcg".into(), accel_reason: "why".into(), seed: 7 });
+        let mut pass = FileReport::new("suite/b.test.lua");
+        pass.tests.push(sample().tests.remove(0));
+        r.event(&Event::FileFinished { report: pass });
+        r.event(&Event::FileFinished { report: sample() });
+        r.event(&Event::RunFinished { duration: Duration::from_secs(1) });
+        let text = screen.text();
+        for line in ["[1/2] PASS suite/b.test.lua (1 passed", "[2/2] FAIL suite/a.test.lua (1 passed, 1 failed"] {
+            let at = text.find(line).unwrap_or_else(|| panic!("{line:?} in {text:?}"));
+            assert!(text[..at].ends_with('⌫'), "the bar is cleared before {line:?}: {text:?}");
+        }
+        assert!(text.find("0/2 files · booting").is_some_and(|at| at < text.find("[1/2]").unwrap()), "{text:?}");
+        assert!(text.ends_with("⌫\n2 file(s); 2 passed, 1 failed, 1 skipped; 1.00s\nseed 7: `--seed 7` repeats this run's random choices (bridge loss)\n"), "{text:?}");
     }
 }

@@ -1,16 +1,21 @@
 //! How a run is shown. Renderers consume [`Event`]s and nothing else: they
 //! depend on `crate::events` only and never run anything.
 //!
-//! - [`human`]: the terminal format (and [`progress`], the live line on an
+//! - [`human`]: the terminal format (and [`progress`], the live bar on an
 //!   interactive terminal);
 //! - [`json`]: one versioned JSON object per event line, for machines;
 //! - [`wire`]: the msgpack event stream (file, stdout, socket);
+//! - [`junit`]: the JUnit XML report (`--junit`), and [`junit_merge`]
+//!   (`provium merge-junit`), both over the small XML tree of [`xml`];
 //! - [`RunSummary`] and [`exit_code`]: what the run amounts to.
 
 pub mod human;
 pub mod json;
+pub mod junit;
+pub mod junit_merge;
 pub mod progress;
 pub mod wire;
+pub mod xml;
 
 use std::time::Duration;
 
@@ -20,6 +25,19 @@ pub use crate::events::{Counts, Event, FileReport, Outcome, TestReport};
 pub trait Reporter {
     /// Called with every event, in the order emitted.
     fn event(&mut self, event: &Event);
+
+    /// Called once after the last event: whether what this reporter had to
+    /// write at the end (a report file) was written.
+    fn finish(&mut self) -> Result<(), ReportError> {
+        Ok(())
+    }
+}
+
+/// An output that could not be written (the run exits 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Junit(#[from] junit::JunitError),
 }
 
 /// The whole run.
