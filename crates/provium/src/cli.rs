@@ -547,3 +547,27 @@ fn random_seed() -> u64 {
     // Small enough to type back.
     (now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32)) % 1_000_000_000
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("provium").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn report_flags_and_merge_junit_parse() {
+        let cli = parse(&["--junit", "r.xml", "--no-progress", "suite"]).unwrap();
+        assert_eq!((cli.junit.as_deref(), cli.no_progress), (Some(Path::new("r.xml")), true));
+        match parse(&["merge-junit", "all.xml", "a.xml", "b.xml"]).unwrap().command {
+            Some(Command::MergeJunit { out, inputs }) => {
+                assert_eq!(out, Path::new("all.xml"));
+                assert_eq!(inputs, [Path::new("a.xml"), Path::new("b.xml")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&["merge-junit", "all.xml"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument, "at least one input: {e}");
+    }
+}

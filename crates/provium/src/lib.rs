@@ -11,7 +11,7 @@
 //!   │                     ├─► vmm: LaunchSpec → argv, QEMU process, QMP, accel, snapshots
 //!   │                     └─► agent: frames over virtio-serial to provium-agent
 //!   │
-//!   └── report (human, progress, JSON) ◄── events ◄── runner, lua, lab, vm, fixture
+//!   └── report (human, progress, JSON, JUnit) ◄── events ◄── runner, lua, lab, vm, fixture
 //! ```
 //!
 //! The layering is checked by `layers` (a test over the source): renderers

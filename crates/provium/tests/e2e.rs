@@ -597,3 +597,37 @@ fn partitions_of_the_examples_cover_every_file_exactly_once() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--partition `count:3/2`: K must be from 1 to N"));
 }
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_only_and_cleared_before_results() {
+    let s = Suite::new();
+    s.write(
+        "sleepy.test.lua",
+        "local vm = provium:vm(\"s\", \"default\"):boot()\n\
+         test(\"sleeps a bit\", function(t) vm:run(\"sleep 2\"):assert_ok() end)\n",
+    );
+    let (code, tty) = s.run_in_terminal(&["sleepy.test.lua"], &[]);
+    assert_eq!(code, Some(0), "{tty:?}");
+    for text in ["0/1 files · booting", "booting · 1 vms", "1 vms · 1 tests", "[1/1] PASS sleepy.test.lua (1 passed"]
+    {
+        assert!(tty.contains(text), "{text:?} in {tty:?}");
+    }
+    // Cleared before each result and at the end: the last bar is erased
+    // before the summary, and nothing of it comes after.
+    let clear = "\r\x1b[2K";
+    let result = tty.find("[1/1] PASS").unwrap();
+    assert!(tty[..result].ends_with(clear), "cleared before the result: {tty:?}");
+    let last_bar = tty.rfind(" files · ").unwrap();
+    let summary = tty.find("1 file(s); 1 passed").unwrap();
+    assert!(last_bar < summary && tty[last_bar..summary].contains(clear), "cleared at the end: {tty:?}");
+    assert_eq!(tty[last_bar..summary].rsplit(clear).next(), Some("\r\n"), "{tty:?}");
+
+    for (args, env) in [(&["sleepy.test.lua"][..], &[("CI", "true")][..]), (&["--json", "sleepy.test.lua"], &[])] {
+        let (code, tty) = s.run_in_terminal(args, env);
+        assert_eq!(code, Some(0), "{tty:?}");
+        assert!(tty.contains("sleepy.test.lua"), "{tty:?}");
+        for bar in ["booting", " files · ", "vms", "[1/1]", "\x1b[2K"] {
+            assert!(!tty.contains(bar), "no {bar:?} with {args:?} {env:?}: {tty:?}");
+        }
+    }
+}

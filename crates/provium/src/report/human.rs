@@ -92,7 +92,10 @@ impl<O: std::io::Write, E: std::io::Write> HumanReporter<O, E> {
 impl<O: std::io::Write, E: std::io::Write> Reporter for HumanReporter<O, E> {
     fn event(&mut self, e: &Event) {
         self.summary.record(e);
-        if let Some(p) = &mut self.progress {
+        // The bar counts the event before its result is written (a file's
+        // position), except the run's start: its header comes first.
+        let header = matches!(e, Event::RunStarted { .. });
+        if let (Some(p), false) = (&mut self.progress, header) {
             p.event(e);
         }
         match e {
@@ -115,6 +118,9 @@ impl<O: std::io::Write, E: std::io::Write> Reporter for HumanReporter<O, E> {
                     write_on(&self.progress, &mut self.err, &format!("{line}\n"));
                 }
             }
+        }
+        if let (Some(p), true) = (&mut self.progress, header) {
+            p.event(e);
         }
     }
 }

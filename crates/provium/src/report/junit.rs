@@ -408,5 +408,15 @@ mod tests {
         let e = JunitReporter::new(&dir.path().join("no/such/dir/junit.xml")).err().unwrap();
         assert!(e.to_string().ends_with("junit.xml`: cannot write there"), "{e}");
         assert!(JunitReporter::new(dir.path()).is_err(), "a directory is no report file");
+
+        // Writable at the start, gone at the end: `finish` says so.
+        let later = dir.path().join("later");
+        std::fs::create_dir(&later).unwrap();
+        let mut r = JunitReporter::new(&later.join("junit.xml")).unwrap();
+        std::fs::remove_dir(&later).unwrap();
+        r.event(&Event::RunFinished { duration: Duration::from_secs(1) });
+        let e = r.finish().unwrap_err();
+        assert!(e.to_string().ends_with("later/junit.xml`: cannot write the report"), "{e}");
+        assert!(r.finish().is_ok(), "said once");
     }
 }

@@ -82,32 +82,35 @@ impl Tally {
 /// How often the spinner and the elapsed time move.
 const TICK: Duration = Duration::from_millis(200);
 
-/// The bar itself.
+/// The bar itself. Nothing is drawn before the run starts.
 pub struct Progress {
     bar: ProgressBar,
     tally: Tally,
+    /// Redraws on its own this often (the spinner, the elapsed time).
+    tick: Option<Duration>,
 }
 
 impl Progress {
     /// A bar on stderr.
     pub fn stderr() -> Progress {
-        let p = Progress::new(ProgressDrawTarget::stderr());
-        p.bar.enable_steady_tick(TICK);
-        p
+        Progress { tick: Some(TICK), ..Progress::new(ProgressDrawTarget::stderr()) }
     }
 
-    /// A bar drawn on `target` (tests draw on a recorder).
+    /// A bar drawn on `target` (tests draw on a recorder), only when
+    /// events change it.
     pub fn new(target: ProgressDrawTarget) -> Progress {
         let style = ProgressStyle::with_template("{spinner} {pos}/{len} files · {msg} · {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bar = ProgressBar::with_draw_target(Some(0), target).with_style(style);
         let tally = Tally::default();
-        bar.set_message(tally.text());
-        Progress { bar, tally }
+        let bar = ProgressBar::with_draw_target(Some(0), target).with_style(style).with_message(tally.text());
+        Progress { bar, tally, tick: None }
     }
 
     /// Counts `e` and redraws what changed.
     pub fn event(&mut self, e: &Event) {
+        if let (Event::RunStarted { .. }, Some(every)) = (e, self.tick) {
+            self.bar.enable_steady_tick(every);
+        }
         if self.tally.record(e) {
             self.bar.set_length(self.tally.files as u64);
             self.bar.set_position(self.tally.files_done as u64);

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub struct Suite {
     dir: tempfile::TempDir,
@@ -49,6 +49,28 @@ impl Suite {
             String::from_utf8_lossy(&out.stderr)
         );
         out
+    }
+
+    /// Runs provium on a pseudo-terminal (util-linux `script`), with `CI`
+    /// unset unless `env` sets it: its exit code and all the terminal showed.
+    pub fn run_in_terminal(&self, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+        let mut line = vec![quote(env!("CARGO_BIN_EXE_provium"))];
+        line.extend(args.iter().map(|a| quote(a)));
+        let mut c = Command::new("script");
+        c.args(["-qfec", &line.join(" "), "/dev/null"])
+            .current_dir(self.path())
+            .env("TMPDIR", self.tmpdir())
+            .env("PROVIUM_ACCEL", "tcg")
+            .env_remove("CI")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("script (util-linux; run scripts/setup)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("--- provium {args:?} {env:?} on a terminal, exit={:?}\n{text:?}", out.status.code());
+        (out.status.code(), text)
     }
 
     /// The scratch directories and QEMU processes left by provium `pid`.
