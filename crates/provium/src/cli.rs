@@ -157,6 +157,8 @@ pub enum CliError {
     Junit(#[from] junit::JunitError),
     #[error(transparent)]
     MergeJunit(#[from] junit_merge::MergeError),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 /// Where fixture names are looked up: the config's roots, else the
@@ -352,6 +354,7 @@ impl Run<'_> {
         let files = match self.files(rerun_failed)? {
             Selected::Files(f) => f,
             Selected::NoRerunState(path) => {
+                empty_junit(cli)?;
                 println!(
                     "provium --rerun-failed: no prior failure state at `{}` — nothing to re-run. \
                      (A run in which a file fails records it.)",
@@ -361,6 +364,7 @@ impl Run<'_> {
             }
         };
         if files.is_empty() {
+            empty_junit(cli)?;
             if cli.json {
                 println!("{}", crate::report::json::no_files_json());
             } else {
@@ -438,6 +442,17 @@ impl Run<'_> {
         }
         Ok(exit_code(RunEnd::Ran(&summary)))
     }
+}
+
+/// `--junit` on a run with nothing to run: an empty report, so that every
+/// shard leaves one for `provium merge-junit`.
+fn empty_junit(cli: &Cli) -> Result<(), CliError> {
+    if let Some(path) = &cli.junit {
+        let mut r = junit::JunitReporter::new(path)?;
+        r.event(&Event::RunFinished { duration: Duration::ZERO });
+        r.finish()?;
+    }
+    Ok(())
 }
 
 /// What [`Run::files`] found.

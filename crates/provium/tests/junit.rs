@@ -161,9 +161,12 @@ fn merged_shard_reports_count_what_an_unsharded_run_counts() {
         let out = s.run(&["--partition", &part, "--junit", &format!("shard{k}.xml"), "."]);
         assert_eq!(out.status.code(), Some(1), "each shard has a failing file");
     }
-    let out = s.run(&["merge-junit", "merged.xml", "shard1.xml", "shard2.xml"]);
+    // A shard with no file at all still writes a report (with no suite).
+    assert_eq!(s.run(&["--partition", "count:4/4", "--junit", "empty.xml", "."]).status.code(), Some(0));
+    assert_eq!(totals(&junitparser(&s.path().join("empty.xml"))), [0, 0, 0, 0]);
+    let out = s.run(&["merge-junit", "merged.xml", "shard1.xml", "empty.xml", "shard2.xml"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("merged 3 suite(s) from 2 file(s) into merged.xml"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("merged 3 suite(s) from 3 file(s) into merged.xml"));
     let merged_path = s.path().join("merged.xml");
     xmllint(&merged_path);
 

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 use super::Event;
 
@@ -102,7 +102,12 @@ impl Progress {
         let style = ProgressStyle::with_template("{spinner} {pos}/{len} files · {msg} · {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());
         let tally = Tally::default();
-        let bar = ProgressBar::with_draw_target(Some(0), target).with_style(style).with_message(tally.text());
+        // A bar dropped before the run ends (provium stopping early) is
+        // cleared too.
+        let bar = ProgressBar::with_draw_target(Some(0), target)
+            .with_style(style)
+            .with_message(tally.text())
+            .with_finish(ProgressFinish::AndClear);
         Progress { bar, tally, tick: None }
     }
 
