@@ -608,6 +608,7 @@ fn the_progress_bar_is_drawn_on_a_terminal_only_and_cleared_before_results() {
     );
     let (code, tty) = s.run_in_terminal(&["sleepy.test.lua"], &[]);
     assert_eq!(code, Some(0), "{tty:?}");
+    assert!(!tty.contains("0/0 files"), "drawn once the run's size is known: {tty:?}");
     for text in ["0/1 files · booting", "booting · 1 vms", "1 vms · 1 tests", "[1/1] PASS sleepy.test.lua (1 passed"]
     {
         assert!(tty.contains(text), "{text:?} in {tty:?}");

@@ -115,7 +115,10 @@ impl<O: std::io::Write, E: std::io::Write> Reporter for HumanReporter<O, E> {
             Event::RunStarted { .. } if self.verbosity == Verbosity::Quiet => {}
             other => {
                 if let Some(line) = note(other) {
-                    write_on(&self.progress, &mut self.err, &format!("{line}\n"));
+                    // Before the run's start the bar is not up (suspending
+                    // it would draw it).
+                    let bar = if header { &None } else { &self.progress };
+                    write_on(bar, &mut self.err, &format!("{line}\n"));
                 }
             }
         }

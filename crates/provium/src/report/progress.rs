@@ -113,13 +113,13 @@ impl Progress {
 
     /// Counts `e` and redraws what changed.
     pub fn event(&mut self, e: &Event) {
-        if let (Event::RunStarted { .. }, Some(every)) = (e, self.tick) {
-            self.bar.enable_steady_tick(every);
-        }
         if self.tally.record(e) {
             self.bar.set_length(self.tally.files as u64);
             self.bar.set_position(self.tally.files_done as u64);
             self.bar.set_message(self.tally.text());
+        }
+        if let (Event::RunStarted { .. }, Some(every)) = (e, self.tick) {
+            self.bar.enable_steady_tick(every);
         }
     }
 
