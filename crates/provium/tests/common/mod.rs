@@ -58,12 +58,14 @@ impl Suite {
         let mut line = vec![quote(env!("CARGO_BIN_EXE_provium"))];
         line.extend(args.iter().map(|a| quote(a)));
         let mut c = Command::new("script");
-        c.args(["-qfec", &line.join(" "), "/dev/null"])
-            .current_dir(self.path())
-            .env("TMPDIR", self.tmpdir())
-            .env("PROVIUM_ACCEL", "tcg")
-            .env_remove("CI")
-            .stdin(Stdio::null());
+        c.args(["-qfec", &line.join(" "), "/dev/null"]).current_dir(self.path()).env_remove("CI").stdin(Stdio::null());
+        // The environment of every other run.
+        for (k, v) in self.command(&[]).get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
         for (k, v) in env {
             c.env(k, v);
         }
