@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use provium::guest::CpioWriter;
 
 mod common;
-use common::{file, json_lines, vmlinux, Suite};
+use common::{file, json_lines, junitparser, totals, vmlinux, Suite};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().unwrap()
@@ -38,7 +38,14 @@ fn example_suite_passes_and_leaves_nothing() {
     let s = Suite::new();
     let events = s.path().join("events.msgpack");
     let child = s
-        .command(&["--json", "--save-events", events.to_str().unwrap(), examples_dir().to_str().unwrap()])
+        .command(&[
+            "--json",
+            "--save-events",
+            events.to_str().unwrap(),
+            "--junit",
+            "all.xml",
+            examples_dir().to_str().unwrap(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -56,6 +63,31 @@ fn example_suite_passes_and_leaves_nothing() {
     }
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
+
+    // The whole run's JUnit, as a JUnit reader sees it: a suite per file,
+    // a testcase per test of the JSON reports.
+    let all = junitparser(&s.path().join("all.xml"));
+    let tests: usize = reports.iter().map(|r| r["tests"].as_array().unwrap().len()).sum();
+    assert_eq!(all["suites"].as_array().unwrap().len(), reports.len());
+    assert_eq!(totals(&all)[0], tests as u64);
+    assert_eq!(totals(&all)[1..3], [0, 0], "no failure, no error");
+    // Two CI machines' shards, merged, count what the whole run counted.
+    let dir = examples_dir();
+    for k in 1..=2 {
+        let shard = format!("count:{k}/2");
+        let out = s.run(&["-q", "--partition", &shard, "--junit", &format!("shard{k}.xml"), dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{shard}");
+    }
+    assert_eq!(s.run(&["merge-junit", "merged.xml", "shard1.xml", "shard2.xml"]).status.code(), Some(0));
+    let merged = junitparser(&s.path().join("merged.xml"));
+    assert_eq!(totals(&merged), totals(&all));
+    let names = |r: &serde_json::Value| {
+        let mut v: Vec<String> =
+            r["suites"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&merged), names(&all), "every file once");
 }
 
 /// The reference's guarantees (12.3) over a whole run's event stream.

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 mod common;
-use common::Suite;
+use common::{junitparser, totals, Suite};
 
 /// A file with a booted VM and every test outcome (the failure quotes a
 /// kernel warning from the console), a file whose chunk fails, and a plain
@@ -36,37 +36,6 @@ test("skipped from the body", function(t) t:skip("later") end)
     s.write("c_pass.test.lua", "test(\"quick\", function(t) t:assert_eq(1, 1) end)\n");
 }
 
-/// What junitparser reads in `path`, as JSON.
-fn junitparser(path: &Path) -> serde_json::Value {
-    const SCRIPT: &str = r#"
-import json, sys
-from junitparser import JUnitXml
-xml = JUnitXml.fromfile(sys.argv[1])
-def counts(x):
-    return {"tests": x.tests, "failures": x.failures, "errors": x.errors, "skipped": x.skipped, "time": x.time}
-out = {"totals": counts(xml), "suites": []}
-for s in xml:
-    cases = []
-    for c in s:
-        cases.append({"classname": c.classname, "name": c.name, "time": c.time, "system_out": c.system_out,
-                      "results": [{"kind": type(r).__name__, "message": r.message, "text": r.text} for r in c.result]})
-    out["suites"].append(dict(counts(s), name=s.name, timestamp=s.timestamp, cases=cases))
-print(json.dumps(out))
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(path)
-        .output()
-        .expect("python3 (run scripts/setup)");
-    assert!(
-        out.status.success(),
-        "junitparser could not read {} (is it installed? run scripts/setup):\n{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn xmllint(path: &Path) {
     let out = std::process::Command::new("xmllint")
         .arg("--noout")
@@ -82,10 +51,6 @@ fn suite<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value
 
 fn case<'a>(suite: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     suite["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{suite:#}"))
-}
-
-fn totals(report: &serde_json::Value) -> [u64; 4] {
-    ["tests", "failures", "errors", "skipped"].map(|k| report["totals"][k].as_u64().unwrap())
 }
 
 #[test]

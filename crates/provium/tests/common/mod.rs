@@ -124,3 +124,39 @@ pub fn file<'a>(reports: &'a [serde_json::Value], suffix: &str) -> &'a serde_jso
 pub fn vmlinux() -> PathBuf {
     provium::image::Images::new(Default::default()).default_guest().unwrap().vmlinux
 }
+
+/// What junitparser reads in `path`, as JSON.
+pub fn junitparser(path: &Path) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import json, sys
+from junitparser import JUnitXml
+xml = JUnitXml.fromfile(sys.argv[1])
+def counts(x):
+    return {"tests": x.tests, "failures": x.failures, "errors": x.errors, "skipped": x.skipped, "time": x.time}
+out = {"totals": counts(xml), "suites": []}
+for s in xml:
+    cases = []
+    for c in s:
+        cases.append({"classname": c.classname, "name": c.name, "time": c.time, "system_out": c.system_out,
+                      "results": [{"kind": type(r).__name__, "message": r.message, "text": r.text} for r in c.result]})
+    out["suites"].append(dict(counts(s), name=s.name, timestamp=s.timestamp, cases=cases))
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .output()
+        .expect("python3 (run scripts/setup)");
+    assert!(
+        out.status.success(),
+        "junitparser could not read {} (is it installed? run scripts/setup):\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `[tests, failures, errors, skipped]` of a [`junitparser`] reading.
+pub fn totals(report: &serde_json::Value) -> [u64; 4] {
+    ["tests", "failures", "errors", "skipped"].map(|k| report["totals"][k].as_u64().unwrap())
+}
