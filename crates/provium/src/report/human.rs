@@ -192,6 +192,7 @@ mod tests {
             log: vec![],
             duration: Duration::from_millis(1500),
             console: vec![],
+            meta: Default::default(),
         };
         let mut f = FileReport::new("suite/a.test.lua");
         f.tests.push(t("boots", Outcome::Passed));
