@@ -39,9 +39,24 @@ pub struct Cli {
     /// Per-file wall-clock timeout ("300", "90s", "5m"; 0 disables).
     #[arg(long, default_value = "300")]
     pub timeout: String,
-    /// Files to run at once (default: CPUs, bounded by memory).
+    /// Files to run at once, at most (default: CPUs, bounded by memory);
+    /// the pool (--mem, --cpus) decides how many fit.
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
+    /// Memory of the pool files and VMs reserve from: bytes or a number
+    /// with K/M/G/T (default: 80 % of the host's memory).
+    #[arg(long, value_name = "BYTES")]
+    pub mem: Option<String>,
+    /// vCPUs of the pool, before --cpu-overcommit (default: online CPUs).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Multiplier on --cpus, from 0.5 to 8.0.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    pub cpu_overcommit: f64,
+    /// Start new files even while the host is under memory or CPU
+    /// pressure (by default they wait while /proc/pressure says so).
+    #[arg(long)]
+    pub no_psi: bool,
     /// One JSON object per event line on stdout.
     #[arg(long, conflicts_with = "events_stdout")]
     pub json: bool,
@@ -90,6 +105,8 @@ pub enum CliError {
     Discover(#[from] runner::DiscoverError),
     #[error("--timeout: {0}")]
     Timeout(units::UnitError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::BudgetError),
     #[error(transparent)]
     FixtureCache(#[from] crate::fixture::StoreError),
     #[error("--save-events `{path}`: cannot create the file")]
@@ -218,6 +235,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     }
     let timeout = units::parse_duration(&cli.timeout).map_err(CliError::Timeout)?;
     let timeout = (timeout > Duration::ZERO).then_some(timeout);
+    let budget = crate::pool::budget::budget(cli.mem.as_deref(), cli.cpus, cli.cpu_overcommit)?;
+    for note in &budget.notes {
+        eprintln!("{note}");
+    }
     let mut files = runner::discover(&scan_paths(&cli.paths, &config))?;
     if let Some(f) = &cli.filter {
         files.retain(|t| t.shown.contains(f.as_str()));
@@ -255,7 +276,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     });
     let fixtures = open_fixtures(&cli.paths, &config, &images, accel.accel, &events)?;
     let mut reporters = reporters(&cli)?;
-    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events, seed });
+    let pool = crate::pool::Pool::new(budget.total);
+    let psi = !cli.no_psi;
+    let run_cfg = Arc::new(RunConfig { images, accel: accel.accel, fixtures, timeout, jobs, events, seed, pool, psi });
     let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
 
     let mut summary = RunSummary::default();

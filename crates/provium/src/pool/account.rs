@@ -106,7 +106,8 @@ impl Account {
         let reservation = self.from_pool(amount)?;
         self.0.events.emit(Event::ClaimAcquired { file: self.0.file.clone(), amount });
         let budget = Arc::new(ClaimBudget { amount, left: Mutex::new(amount) });
-        let claim = Claim { _reservation: reservation, budget, file: self.0.file.clone(), events: self.0.events.clone() };
+        let claim =
+            Claim { _reservation: reservation, budget, file: self.0.file.clone(), events: self.0.events.clone() };
         *lock(&self.0.claim) = ClaimSlot::Held(claim);
         Ok(())
     }

@@ -97,14 +97,17 @@ impl Psi {
 }
 
 /// Emits `pool_state` every `every` while it lives.
-pub struct Ticker(Every);
+pub struct Ticker {
+    _thread: Every,
+}
 
 impl Ticker {
     pub fn start(pool: Arc<Pool>, events: Events, every: Duration) -> Ticker {
-        Ticker(Every::start("provium-pool", every, move || {
+        let thread = Every::start("provium-pool", every, move || {
             let u = pool.usage();
             events.emit(Event::PoolState { used: u.used, available: u.free });
-        }))
+        });
+        Ticker { _thread: thread }
     }
 }
 
