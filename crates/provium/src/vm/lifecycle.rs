@@ -142,12 +142,13 @@ impl Vm {
     }
 
     /// The QEMU of the last `emit_spawned` is gone (once per spawn): what
-    /// it held goes back to the pool.
+    /// it held goes back to the pool, after `vm_stopped` (so a boot it lets
+    /// go on is reported after it).
     fn emit_stopped(&mut self) {
-        self.reservation = None;
         if let Some(at) = self.spawned_at.take() {
             self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone(), ran: at.elapsed() });
         }
+        self.reservation = None;
     }
 
     pub fn name(&self) -> &str {
