@@ -72,7 +72,7 @@ impl Account {
         if let ClaimSlot::Held(claim) = &*lock(&self.0.claim) {
             return claim.slice(amount);
         }
-        self.from_pool(amount)
+        self.take_from_pool(amount)
     }
 
     /// Reserves for several VMs at once, all or nothing (`lab:boot()`):
@@ -81,7 +81,7 @@ impl Account {
         Ok(self.reserve(ResourceAmount::sum(parts))?.split(parts))
     }
 
-    fn from_pool(&self, amount: ResourceAmount) -> Result<Reservation, PoolError> {
+    fn take_from_pool(&self, amount: ResourceAmount) -> Result<Reservation, PoolError> {
         let Some(holder) = &self.0.holder else { return Ok(Reservation::unbacked(amount)) };
         holder.acquire(amount, || {
             let waiting_for = amount;
@@ -103,7 +103,7 @@ impl Account {
             ClaimSlot::Held(c) => return Err(PoolError::ClaimTaken { held: c.budget.amount }),
             ClaimSlot::Ended => return Err(PoolError::ClaimTaken { held: ResourceAmount::default() }),
         }
-        let reservation = self.from_pool(amount)?;
+        let reservation = self.take_from_pool(amount)?;
         self.0.events.emit(Event::ClaimAcquired { file: self.0.file.clone(), amount });
         let budget = Arc::new(ClaimBudget { amount, left: Mutex::new(amount) });
         let claim =
@@ -222,7 +222,7 @@ impl Drop for WaitGuard {
 mod tests {
     use super::*;
     use crate::events::Collect;
-    use crate::pool::ledger::tests::{mib, until_waiting};
+    use crate::pool::ledger::tests::until_waiting;
 
     fn account(pool: &Arc<Pool>, file: &str) -> (Account, Arc<Collect>) {
         let sink = Arc::new(Collect::default());

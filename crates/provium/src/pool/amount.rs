@@ -12,7 +12,7 @@ pub trait Amounts: Sized {
     fn minus(self, other: Self) -> Self;
     /// Whether `self` fits in `room` on both memory and vCPUs.
     fn fits_in(self, room: Self) -> bool;
-    fn is_zero(self) -> bool;
+    fn is_zero(&self) -> bool;
     fn sum(parts: &[Self]) -> Self;
 }
 
@@ -35,7 +35,7 @@ impl Amounts for ResourceAmount {
         self.memory_bytes <= room.memory_bytes && self.cpus <= room.cpus
     }
 
-    fn is_zero(self) -> bool {
+    fn is_zero(&self) -> bool {
         self.memory_bytes == 0 && self.cpus == 0
     }
 
@@ -56,7 +56,7 @@ pub fn size(bytes: u64) -> String {
         return "0 MiB".into();
     }
     for (unit, name) in UNITS {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }

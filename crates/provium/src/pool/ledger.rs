@@ -93,7 +93,7 @@ impl Ledger {
         let me = self.ticket(id);
         let free = self.free(total);
         let none_fits = !self.queue.iter().any(|t| t.amount.fits_in(free));
-        (self.held.contains_key(&me.holder) && none_fits && self.stuck()).then(|| PoolError::Deadlocked {
+        (self.held.contains_key(&me.holder) && none_fits && self.stuck()).then_some(PoolError::Deadlocked {
             holders: self.held.len(),
             held: self.used,
             total,

@@ -29,7 +29,7 @@ pub enum VmError {
         vm: String,
         action: &'static str,
         #[source]
-        source: crate::pool::PoolError,
+        source: Box<crate::pool::PoolError>,
     },
     #[error("vm `{vm}`: cannot boot")]
     Image {

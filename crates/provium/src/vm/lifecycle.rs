@@ -112,9 +112,11 @@ impl Vm {
         let granted = self.granted.take().filter(|g| need.fits_in(g.amount()));
         let r = match granted {
             Some(g) => g,
-            None => {
-                self.pool.reserve(need).map_err(|source| VmError::Pool { vm: self.name.clone(), action, source })?
-            }
+            None => self.pool.reserve(need).map_err(|source| VmError::Pool {
+                vm: self.name.clone(),
+                action,
+                source: Box::new(source),
+            })?,
         };
         self.reservation = Some(r);
         Ok(())
