@@ -1,6 +1,7 @@
 //! The resource pool end to end, with the real binary and real guests: a
 //! file whose boot does not fit waits (`file_blocked`) and then runs; a
-//! claim bounds its file's boots and one beyond the pool fails at once; two
+//! claim bounds its file's boots, and a claim or a lab boot beyond the pool
+//! fails at once (the lab booting none of its VMs); two
 //! files that hold a VM each and each want a second are reported as a
 //! deadlock rather than hanging.
 //!
@@ -126,7 +127,7 @@ test("runs", function(t) vm:run("true"):assert_ok() end)
 }
 
 #[test]
-fn a_claim_bounds_its_files_boots_and_one_beyond_the_pool_fails() {
+fn a_claim_bounds_its_files_boots_and_a_claim_or_lab_beyond_the_pool_fails() {
     let s = Suite::new();
     s.write("big.test.lua", "provium:claim{memory = \"4G\", cpus = 1}\ntest(\"never\", function(t) end)\n");
     s.write(
@@ -149,6 +150,23 @@ test("no claim inside a test", function(t)
   local ok, e = pcall(function() provium:claim{cpus = 1} end)
   t:assert(not ok)
   t:assert_contains(tostring(e), "provium:claim: only on `provium` at file top level")
+end)
+"#,
+    );
+    // Each 512 MiB VM alone (612 MiB) would fit in the 1 GiB pool; the lab
+    // reserves for both at once, so neither boots.
+    s.write(
+        "lab.test.lua",
+        r#"
+local pair = provium:lab("pair")
+pair:vm("x", "default")
+pair:vm("y", "default")
+local ok, err = pcall(function() pair:boot() end)
+test("a lab boot reserves for all its VMs or for none", function(t)
+  t:assert(not ok)
+  t:assert_contains(tostring(err), "lab `pair` boot cannot reserve for its members: requested 1224 MiB and 2 vCPUs, which exceeds the pool's total of 1 GiB and 2 vCPUs")
+  t:assert_eq(pair.x:state(), "created")
+  t:assert_eq(pair.y:state(), "created")
 end)
 "#,
     );
@@ -177,6 +195,8 @@ end)
     assert!(acquired < released);
     assert!(position(&ev, "vm_stopped", "claimed.test.lua").unwrap() < released, "held until its VMs stopped");
     assert_eq!(position(&ev, "claim_acquired", "big.test.lua"), None);
+    assert_eq!(file(&reports, "lab.test.lua")["passed"], true, "{reports:#?}");
+    assert_eq!(position(&ev, "vm_spawned", "lab.test.lua"), None, "no VM of the lab started");
     assert_eq!(s.leftovers(pid), Vec::<String>::new());
 }
 
