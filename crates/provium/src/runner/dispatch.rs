@@ -186,3 +186,57 @@ fn run_one(file: &TestFile, cfg: &RunConfig, account: &Account) -> FileReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Collect;
+
+    fn psi_files(dir: &std::path::Path, cpu_avg10: &str) {
+        std::fs::write(dir.join("memory"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+        std::fs::write(dir.join("cpu"), format!("some avg10={cpu_avg10} avg60=0.00 avg300=0.00 total=0\n")).unwrap();
+    }
+
+    #[test]
+    fn pool_psi_pressure_holds_back_new_files_only_while_others_run() {
+        let dir = tempfile::tempdir().unwrap();
+        psi_files(dir.path(), "55.00");
+        let psi = monitor::Psi::watch(dir.path().to_path_buf(), Duration::from_millis(10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !psi.pressure() {
+            assert!(Instant::now() < deadline, "the monitor never read the pressure");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sink = Arc::new(Collect::default());
+        let events = Events::new(sink.clone());
+        let slots = Slots::new(4);
+        // Nothing else runs: pressure from outside must not stall the run.
+        slots.take();
+        let t0 = Instant::now();
+        wait_out_pressure(&psi, &slots, "first.test.lua", &events);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert!(sink.events().is_empty());
+        // One file runs: the next waits until the pressure goes.
+        slots.take();
+        let calm = {
+            let dir = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                psi_files(&dir, "0.50");
+            })
+        };
+        let t0 = Instant::now();
+        wait_out_pressure(&psi, &slots, "second.test.lua", &events);
+        assert!(t0.elapsed() >= Duration::from_millis(350), "did not wait: {:?}", t0.elapsed());
+        calm.join().unwrap();
+        let blocked: Vec<_> = sink
+            .events()
+            .into_iter()
+            .map(|e| match e {
+                Event::FileBlocked { file, reason, .. } => (file, reason),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(blocked, [("second.test.lua".to_string(), BlockReason::PsiPressure)], "once per file");
+    }
+}
