@@ -71,9 +71,25 @@ pub struct Cli {
     /// Per-file wall-clock timeout ("300", "90s", "5m"; 0 disables).
     #[arg(long, default_value = "300")]
     pub timeout: String,
-    /// Files to run at once (default: CPUs, bounded by memory).
+    /// Files to run at once, at most (default: CPUs, bounded by memory);
+    /// the pool (--mem, --cpus) decides how many fit.
     #[arg(short = 'j', long)]
     pub jobs: Option<usize>,
+    /// Memory of the pool files and VMs reserve from: bytes or a number
+    /// with K/M/G/T (default: 80 % of the host's memory).
+    #[arg(long, value_name = "BYTES")]
+    pub mem: Option<String>,
+    /// vCPUs of the pool, before --cpu-overcommit (default: online CPUs).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Multiplier on --cpus, from 0.5 to 8.0 (default 4: a vCPU is a host
+    /// thread that is mostly idle; memory is what runs out).
+    #[arg(long, value_name = "F", default_value_t = crate::pool::budget::DEFAULT_OVERCOMMIT)]
+    pub cpu_overcommit: f64,
+    /// Start new files even while the host is under memory or CPU
+    /// pressure (by default they wait while /proc/pressure says so).
+    #[arg(long)]
+    pub no_psi: bool,
     /// One JSON object per event line on stdout.
     #[arg(long, conflicts_with = "events_stdout")]
     pub json: bool,
@@ -139,6 +155,8 @@ pub enum CliError {
     Discover(#[from] runner::DiscoverError),
     #[error("--timeout: {0}")]
     Timeout(units::UnitError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::BudgetError),
     #[error(transparent)]
     FixtureCache(#[from] crate::fixture::StoreError),
     #[error("--save-events `{path}`: cannot create the file")]
@@ -289,6 +307,10 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     }
     let timeout = units::parse_duration(&cli.timeout).map_err(CliError::Timeout)?;
     let timeout = (timeout > Duration::ZERO).then_some(timeout);
+    let budget = crate::pool::budget::budget(cli.mem.as_deref(), cli.cpus, cli.cpu_overcommit)?;
+    for note in &budget.notes {
+        eprintln!("{note}");
+    }
     let selection = Selection {
         include_slow: cli.include_slow,
         tag: cli.tag.clone(),
@@ -305,7 +327,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         ))),
         None => None,
     };
-    let run = Run { cli: &cli, config: &config, timeout, selection, socket };
+    let run = Run { cli: &cli, config: &config, timeout, selection, socket, pool: budget.total };
     if cli.watch {
         return watch(&run);
     }
@@ -320,6 +342,8 @@ struct Run<'a> {
     selection: Selection,
     /// `--events-socket`: one listener for every iteration.
     socket: Option<Arc<Mutex<wire::SocketFanout>>>,
+    /// The pool's size (`--mem`, `--cpus`, `--cpu-overcommit`).
+    pool: crate::events::ResourceAmount,
 }
 
 impl Run<'_> {
@@ -406,6 +430,8 @@ impl Run<'_> {
             seed,
             selection: self.selection.clone(),
             fail_fast: cli.fail_fast,
+            pool: crate::pool::Pool::new(self.pool),
+            psi: !cli.no_psi,
         });
         let runner_thread = std::thread::spawn(move || runner::run(files, run_cfg));
         let mut summary = RunSummary::default();

@@ -108,7 +108,9 @@ pub fn run(action: &FixtureAction, fixtures: Arc<Fixtures>, images: Arc<Images>,
             }
             // Fixture builds use seed 0: a build is the same whatever the run.
             let net = crate::net::NetContext::new(0);
-            let vms = VmContext { images, accel, kill_switches: Default::default(), events, net };
+            // A build from the command line runs alone: no pool to share.
+            let pool = crate::pool::Account::unlimited();
+            let vms = VmContext { images, accel, kill_switches: Default::default(), events, net, pool };
             match crate::runner::build_fixture(name, fixtures.clone(), vms) {
                 Ok(()) => {
                     println!("  built: {name}");

@@ -35,6 +35,7 @@ pub mod lab;
 mod layers;
 pub mod lua;
 pub mod net;
+pub mod pool;
 pub mod report;
 pub mod runner;
 pub mod sync;

@@ -33,6 +33,14 @@ pub enum LabError {
     NoSuchMember { name: String, lab: String },
     #[error("lab:include: lab `{lab}` cannot include itself")]
     IncludeSelf { lab: String },
+    /// A lab's joint reservation (`lab:boot()`, a lab restore) failed;
+    /// `what` names the lab and the operation.
+    #[error("{what} cannot reserve for its members")]
+    Reserve {
+        what: String,
+        #[source]
+        source: crate::pool::PoolError,
+    },
     /// An operation run on several VMs at once failed on some of them.
     #[error("batch `{what}` failed:\n{}", failures.iter().map(|(vm, e)| format!("  {vm}: {}", crate::errors::chain(e))).collect::<Vec<_>>().join("\n"))]
     Batch { what: &'static str, failures: Vec<(String, VmError)> },

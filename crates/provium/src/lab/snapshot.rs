@@ -149,6 +149,16 @@ pub fn restore(lab: &Lab, dir: &Path, ctx: &VmContext) -> Result<(), LabError> {
     }
     let files: std::collections::HashMap<String, std::path::PathBuf> =
         targets.into_iter().map(|(n, _, f)| (n, f)).collect();
+    // Reserved together, as a lab boot is; a VM whose header cannot be read
+    // reserves nothing here, and its restore says what is wrong.
+    let needs: Vec<_> = vms
+        .iter()
+        .map(|(name, _)| match crate::vmm::snapshot::read_header(&files[name]) {
+            Ok(meta) => crate::vm::opts::pool_need(meta.machine.memory_mib, meta.machine.cpus),
+            Err(_) => Default::default(),
+        })
+        .collect();
+    super::batch::reserve_for(format!("lab `{}` restore", lab.name()), &vms, &needs)?;
     batch("restore", &vms, |vm| vm.restore(&files[vm.name()]))?;
     for name in &spec.labs {
         restore(&lab.sub_lab_named(name), &dir.join(name), ctx)?;

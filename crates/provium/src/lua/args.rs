@@ -51,6 +51,7 @@ const PARAMS: &[(&str, &[&str])] = &[
     ("vm:exec", &["cmd"]),
     ("lab:bridge", &["name", "opts"]),
     ("lab:lab", &["name"]),
+    ("lab:claim", &["amount"]),
     ("lab:snapshot", &["dir"]),
     ("lab:barrier", &["name", "count", "timeout"]),
     ("vm:ioctl", &["fd", "cmd", "data", "opts"]),

@@ -183,6 +183,7 @@ impl UserData for LabUd {
             Ok(ud)
         });
         methods.add_method("start_all", |lua, this, ()| this.0.start_all().lua(lua));
+        methods.add_method("claim", |lua, this, t: mlua::Table| claim(lua, this, &t));
         methods.add_method("shutdown", |_, this, ()| {
             this.0.shutdown();
             Ok(())
@@ -358,6 +359,37 @@ fn vm_fixture(lua: &Lua, name: Value) -> mlua::Result<VmUd> {
 /// `provium:lab_fixture(name)`, also reached as `provium.lab_fixture(name)`.
 fn lab_fixture(lua: &Lua, name: Value) -> mlua::Result<LabUd> {
     super::fixtures::lab_fixture(lua, &fixture_name(lua, "lab_fixture", name)?)
+}
+
+/// `provium:claim{memory = "4G", cpus = 4}`: the file's whole VM budget,
+/// held until it ends (`crate::pool::Account::claim`); once, at top level.
+fn claim(lua: &Lua, this: &LabUd, t: &mlua::Table) -> mlua::Result<()> {
+    const WHAT: &str = "provium:claim";
+    let in_test = lua.app_data_ref::<Labs>().expect("labs installed").test.is_some();
+    if in_test || !this.0.is(&root(lua)) {
+        return Err(raise(
+            lua,
+            format!("{WHAT}: only on `provium` at file top level (a claim holds until the file ends)"),
+        ));
+    }
+    opts::check_keys(lua, WHAT, t, &["memory", "cpus"])?;
+    let memory_bytes = match super::args::field::<Option<Value>>(lua, WHAT, t, "memory")? {
+        None => 0,
+        Some(v) => opts::size(lua, &format!("{WHAT}: memory"), &v)?,
+    };
+    let cpus = match super::args::field::<Option<Value>>(lua, WHAT, t, "cpus")? {
+        None => 0,
+        Some(Value::Integer(n)) if (0..=4096).contains(&n) => n as u32,
+        Some(other) => {
+            return Err(raise(lua, format!("{WHAT}: cpus must be an integer from 0 to 4096, got {other:?}")));
+        }
+    };
+    let amount = crate::pool::ResourceAmount { memory_bytes, cpus };
+    if memory_bytes == 0 && cpus == 0 {
+        return Err(raise(lua, format!("{WHAT}: claims nothing; give memory = …, cpus = … or both")));
+    }
+    let account = ctx(lua).vms.pool.clone();
+    account.claim(amount).map_err(|e| raise(lua, format!("{WHAT}: {}", crate::errors::chain(&e))))
 }
 
 fn set_config(lua: &Lua, this: &LabUd, key: &str, value: Value) -> mlua::Result<()> {

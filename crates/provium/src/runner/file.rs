@@ -12,6 +12,7 @@ use super::watchdog::Watchdog;
 use crate::events::{Event, FileReport, MetaMap, MetaValue, Outcome, TestReport};
 use crate::lab::VmContext;
 use crate::lua::{FileContext, Interrupts, LuaFile};
+use crate::pool::Account;
 use crate::vm::badness::{self, Checks};
 use crate::vm::KillSwitch;
 
@@ -42,8 +43,9 @@ fn console_checked(outcome: Outcome, failing: Vec<(String, badness::Finding)>) -
     }
 }
 
-/// Runs `file` and reports how it went (also emitted as events).
-pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
+/// Runs `file` and reports how it went (also emitted as events); its VMs
+/// reserve through `account`, whose waits its watchdogs do not count.
+pub fn run_file(file: &TestFile, cfg: &RunConfig, account: &Account) -> FileReport {
     let started = Instant::now();
     let shown = file.shown.as_str();
     let events = cfg.events.for_file(shown);
@@ -51,8 +53,13 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
     let mut report = FileReport::new(shown);
     let kills: Arc<Mutex<Vec<KillSwitch>>> = Arc::default();
     let file_limit = cfg.timeout.unwrap_or_default();
-    let watchdog =
-        Watchdog::start(cfg.timeout, kills.clone(), Arc::default(), format!("the file timeout ({file_limit:?})"));
+    let watchdog = Watchdog::start(
+        cfg.timeout,
+        kills.clone(),
+        Arc::default(),
+        format!("the file timeout ({file_limit:?})"),
+        account.waits(),
+    );
     let test_fired: Arc<AtomicBool> = Arc::default();
     let interrupts = Interrupts { file: watchdog.flag(), file_limit, test: test_fired.clone() };
     let ctx = FileContext {
@@ -62,6 +69,7 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
             kill_switches: kills.clone(),
             events,
             net: crate::net::NetContext::new(cfg.seed),
+            pool: account.clone(),
         },
         fixtures: cfg.fixtures.clone(),
     };
@@ -74,6 +82,8 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
     };
     let finish = |mut report: FileReport, lua: &LuaFile| {
         lua.end();
+        // Its VMs are down: the claim goes back (`claim_released`).
+        account.end();
         report.timed_out = watchdog.fired();
         report.duration = started.elapsed();
         report
@@ -119,6 +129,7 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig) -> FileReport {
                 kills.clone(),
                 test_fired.clone(),
                 format!("the timeout of test \"{}\"", test.name),
+                account.waits(),
             );
             let mut outcome = match &limit {
                 Err(why) => Outcome::Failed(format!("test `{}`: {why}", test.name)),

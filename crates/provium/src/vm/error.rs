@@ -22,6 +22,15 @@ pub enum VmError {
     /// A boot option that cannot work as given.
     #[error("vm `{vm}`: boot option `{option}` {message}")]
     BadOption { vm: String, option: &'static str, message: String },
+    /// The pool (or the file's claim) could not give the VM its memory
+    /// and vCPUs; `action` is `boot` or `restore`.
+    #[error("vm `{vm}`: {action} cannot reserve its memory and vCPUs")]
+    Pool {
+        vm: String,
+        action: &'static str,
+        #[source]
+        source: Box<crate::pool::PoolError>,
+    },
     #[error("vm `{vm}`: cannot boot")]
     Image {
         vm: String,

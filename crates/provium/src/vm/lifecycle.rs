@@ -1,6 +1,11 @@
 //! [`Vm`]: a name, a profile, a state (see [`super::state`]), and
 //! operations that check the state first. Every wrong-state call fails with
 //! the VM's name, its state and what to do.
+//!
+//! A boot or restore reserves the guest's memory (plus QEMU's overhead) and
+//! vCPUs from the file's pool account before QEMU starts, or uses what a
+//! lab reserved for it ([`Vm::grant`]); the reservation goes back whenever
+//! QEMU stops (shutdown, a lost guest, a failed launch).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +15,13 @@ use provium_protocol::{DirEntry, ExecOutput, ExecRequest, Metadata, OpErrorKind}
 use super::error::VmError;
 use super::kill::KillSwitch;
 use super::nics::{self, Attachment, Nics};
-use super::opts::{files_cpio, spec_memory_mib, BootOpts};
+use super::opts::{files_cpio, pool_need, spec_memory_mib, BootOpts};
 use super::resources::Registry;
 use super::state::{Needs, VmState};
 use crate::agent::{AgentClient, AgentError};
 use crate::events::{Event, Events};
 use crate::image::Images;
+use crate::pool::{Account, Reservation, ResourceAmount};
 use crate::vmm::snapshot::{self as snapfile, SnapshotMeta};
 use crate::vmm::{self, argv, Accel, Boot, Device, Instance, LaunchError, LaunchSpec, Machine, Ram};
 
@@ -46,6 +52,11 @@ pub struct Vm {
     spawned_at: Option<std::time::Instant>,
     /// The console since the running test started, for the badness checks.
     console_watch: super::badness::ConsoleWatch,
+    /// What boots reserve from, what the running QEMU holds, and what a
+    /// lab reserved for the next boot or restore.
+    pool: Account,
+    reservation: Option<Reservation>,
+    granted: Option<Reservation>,
 }
 
 impl Vm {
@@ -68,7 +79,50 @@ impl Vm {
             last_boot: None,
             spawned_at: None,
             console_watch: Default::default(),
+            pool: Account::unlimited(),
+            reservation: None,
+            granted: None,
         }
+    }
+
+    /// Reserves this VM's boots through `pool` (a file's account).
+    pub fn with_pool(mut self, pool: Account) -> Vm {
+        self.pool = pool;
+        self
+    }
+
+    /// The account its boots reserve through.
+    pub fn pool(&self) -> Account {
+        self.pool.clone()
+    }
+
+    /// What booting with `opts` (over the creation options) reserves.
+    pub fn boot_need(&self, opts: &BootOpts) -> ResourceAmount {
+        let opts = opts.over(&self.create_opts);
+        pool_need(spec_memory_mib(&opts), opts.cpus.unwrap_or(1))
+    }
+
+    /// Hands the VM a reservation made for its next boot or restore (a
+    /// lab's joint one); it goes back if that does not use it.
+    pub fn grant(&mut self, r: Reservation) {
+        self.granted = Some(r);
+    }
+
+    /// Holds `need` for the QEMU about to start: what was granted if it
+    /// covers it, else a reservation from the pool (waiting for room).
+    fn reserve(&mut self, action: &'static str, need: ResourceAmount) -> Result<(), VmError> {
+        use crate::pool::amount::Amounts;
+        let granted = self.granted.take().filter(|g| need.fits_in(g.amount()));
+        let r = match granted {
+            Some(g) => g,
+            None => self.pool.reserve(need).map_err(|source| VmError::Pool {
+                vm: self.name.clone(),
+                action,
+                source: Box::new(source),
+            })?,
+        };
+        self.reservation = Some(r);
+        Ok(())
     }
 
     /// Sends this VM's events (booted, stopped) to `events`.
@@ -92,11 +146,14 @@ impl Vm {
         });
     }
 
-    /// The QEMU of the last `emit_spawned` is gone (once per spawn).
+    /// The QEMU of the last `emit_spawned` is gone (once per spawn): what
+    /// it held goes back to the pool, after `vm_stopped` (so a boot it lets
+    /// go on is reported after it).
     fn emit_stopped(&mut self) {
         if let Some(at) = self.spawned_at.take() {
             self.events.emit(Event::VmStopped { file: self.events.file(), vm: self.name.clone(), ran: at.elapsed() });
         }
+        self.reservation = None;
     }
 
     /// A test starts: its console badness checks look at what comes next.
@@ -242,6 +299,8 @@ impl Vm {
     }
 
     pub fn boot(&mut self, opts: &BootOpts) -> Result<(), VmError> {
+        // A lab's grant is for this boot only, whatever happens to it.
+        let granted = self.granted.take();
         if self.state != VmState::Created {
             return Err(self.wrong_state("boot", Needs::Created));
         }
@@ -281,7 +340,9 @@ impl Vm {
             scratch: Default::default(),
         };
         let files = opts.files.as_ref().map(|f| files_cpio(f));
+        self.granted = granted;
         let timeout = opts.agent_timeout.unwrap_or(image.agent_timeout);
+        self.reserve("boot", pool_need(machine.memory_mib, machine.cpus))?;
         self.emit_spawned(machine.memory_mib);
         let inst = match Instance::launch(&self.name, spec, files, timeout) {
             Ok(inst) => inst,
@@ -462,6 +523,7 @@ impl Vm {
     /// down; it ends booted, with the guest as it was saved (its clock set
     /// to the host's, unless it booted with `initial_time`).
     pub fn restore(&mut self, path: &std::path::Path) -> Result<(), VmError> {
+        let granted = self.granted.take();
         if !matches!(self.state, VmState::Created | VmState::Shutdown | VmState::Dead) {
             return Err(self.wrong_state("restore", Needs::CreatedOrShutdown));
         }
@@ -488,6 +550,8 @@ impl Vm {
             scratch: Default::default(),
         };
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
+        self.granted = granted;
+        self.reserve("restore", pool_need(meta.machine.memory_mib, meta.machine.cpus))?;
         self.emit_spawned(meta.machine.memory_mib);
         let inst = match Instance::restore(&self.name, spec, path, timeout) {
             Ok(inst) => inst,
@@ -543,6 +607,8 @@ impl Vm {
             inst.stop();
             self.emit_stopped();
         }
+        self.reservation = None;
+        self.granted = None;
         self.kill_switch.disarm();
         // Handles opened on this run of the guest are dead now; a restored
         // guest starts with none.

@@ -42,6 +42,12 @@ pub(super) fn spec_memory_mib(opts: &BootOpts) -> u64 {
     opts.memory.unwrap_or(DEFAULT_MEMORY).div_ceil(1 << 20)
 }
 
+/// What a guest of `memory_mib` and `cpus` holds of the pool while its
+/// QEMU runs: its RAM plus QEMU's own overhead, and its vCPUs.
+pub fn pool_need(memory_mib: u64, cpus: u32) -> crate::pool::ResourceAmount {
+    crate::pool::ResourceAmount { memory_bytes: (memory_mib << 20) + crate::pool::VM_OVERHEAD_BYTES, cpus }
+}
+
 /// A newc archive of boot-option files (parents created 0755).
 pub(super) fn files_cpio(files: &[(String, Vec<u8>, u32)]) -> Vec<u8> {
     let mut w = crate::guest::CpioWriter::new();
