@@ -17,6 +17,7 @@ use std::fmt::Write;
 
 use super::progress::Progress;
 use super::{Event, FileReport, Outcome, Reporter, RunSummary};
+use crate::events::BlockReason;
 
 /// How much to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,17 @@ pub fn note(e: &Event) -> Option<String> {
         Event::FixtureEvicted { key, reason, rebuilding, .. } => {
             let then = if *rebuilding { "evicting and rebuilding" } else { "evicted" };
             format!("provium: fixture cache entry `{key}` {reason}; {then}")
+        }
+        Event::FileBlocked { file, waiting_for, reason } => {
+            let why = match reason {
+                BlockReason::PoolFull => "not enough of the pool is free (see --mem, --cpus)",
+                BlockReason::PsiPressure => "the host is under memory or CPU pressure (see --no-psi)",
+            };
+            format!(
+                "provium: {file}: waiting for {:.0} MiB and {} vCPU(s): {why}",
+                mib(waiting_for.memory_bytes),
+                waiting_for.cpus
+            )
         }
         Event::Warning { file: Some(file), message } => format!("provium: {file}: {message}"),
         Event::Warning { file: None, message } => format!("provium: {message}"),
@@ -196,6 +208,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_file_waiting_for_the_pool_says_for_what_and_why() {
+        let waiting_for = crate::events::ResourceAmount { memory_bytes: 356 << 20, cpus: 1 };
+        let e = Event::FileBlocked { file: "b.test.lua".into(), waiting_for, reason: BlockReason::PoolFull };
+        assert_eq!(
+            note(&e).unwrap(),
+            "provium: b.test.lua: waiting for 356 MiB and 1 vCPU(s): not enough of the pool is free (see --mem, --cpus)"
+        );
+        let e = Event::FileBlocked { file: "b".into(), waiting_for, reason: BlockReason::PsiPressure };
+        assert!(note(&e).unwrap().ends_with("under memory or CPU pressure (see --no-psi)"));
+    }
     use crate::report::TestReport;
 
     fn sample() -> FileReport {
