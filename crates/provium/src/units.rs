@@ -1,5 +1,7 @@
 //! The one parser for sizes (`"512M"`) and one for durations (`"250ms"`),
-//! shared by `provium.toml`, the CLI and Lua.
+//! shared by `provium.toml`, the CLI and Lua; and the one UTC timestamp
+//! format (QEMU's `-rtc base=`, JUnit's `timestamp`). A leaf: it uses
+//! nothing of the crate, and any layer may use it.
 
 use std::time::Duration;
 
@@ -50,6 +52,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 /// A finite, non-negative number of seconds as a `Duration`.
 pub fn seconds(secs: f64) -> Option<Duration> {
     (secs.is_finite() && (0.0..1e12).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for seconds since the Unix epoch.
+pub fn utc_timestamp(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // The civil date of a day number: days in 400-year eras of 146 097
+    // days, years counted from March so that leap days come last.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

@@ -166,25 +166,9 @@ pub fn seeded_bytes(seed: u64, len: usize) -> Vec<u8> {
     SeededStream::new(seed).take(len)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) for epoch seconds.
-pub fn iso8601(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// The guest's clock starts at `secs` and runs with the VM (not the host).
 pub fn rtc_args(secs: i64) -> Vec<String> {
-    vec![s("-rtc"), format!("base={},clock=vm", iso8601(secs))]
+    vec![s("-rtc"), format!("base={},clock=vm", crate::units::utc_timestamp(secs))]
 }
 
 /// The arguments for one device.
@@ -323,9 +307,9 @@ mod tests {
 
     #[test]
     fn determinism_knobs() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00");
-        assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20");
-        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(crate::units::utc_timestamp(0), "1970-01-01T00:00:00");
+        assert_eq!(crate::units::utc_timestamp(1_700_000_000), "2023-11-14T22:13:20");
+        assert_eq!(crate::units::utc_timestamp(951_782_400), "2000-02-29T00:00:00");
         assert_eq!(seeded_bytes(42, 100), seeded_bytes(42, 100));
         assert_ne!(seeded_bytes(42, 100), seeded_bytes(43, 100));
         let mut sp = spec();
