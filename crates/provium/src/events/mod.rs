@@ -79,7 +79,7 @@ pub enum Event {
 pub enum BlockReason {
     /// What it asks for does not fit in what is free.
     PoolFull,
-    /// The host is under memory or CPU pressure (PSI); new work waits.
+    /// The host is under memory pressure (PSI); new work waits.
     PsiPressure,
 }
 

@@ -57,7 +57,7 @@ pub fn note(e: &Event) -> Option<String> {
         Event::FileBlocked { file, waiting_for, reason } => {
             let why = match reason {
                 BlockReason::PoolFull => "not enough of the pool is free (see --mem, --cpus)",
-                BlockReason::PsiPressure => "the host is under memory or CPU pressure (see --no-psi)",
+                BlockReason::PsiPressure => "the host is under memory pressure (see --no-psi)",
             };
             format!(
                 "provium: {file}: waiting for {:.0} MiB and {} vCPU(s): {why}",
@@ -218,7 +218,7 @@ mod tests {
             "provium: b.test.lua: waiting for 356 MiB and 1 vCPU(s): not enough of the pool is free (see --mem, --cpus)"
         );
         let e = Event::FileBlocked { file: "b".into(), waiting_for, reason: BlockReason::PsiPressure };
-        assert!(note(&e).unwrap().ends_with("under memory or CPU pressure (see --no-psi)"));
+        assert!(note(&e).unwrap().ends_with("under memory pressure (see --no-psi)"));
     }
     use crate::report::TestReport;
 

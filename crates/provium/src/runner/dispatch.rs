@@ -211,9 +211,9 @@ mod tests {
     use super::*;
     use crate::events::Collect;
 
-    fn psi_files(dir: &std::path::Path, cpu_avg10: &str) {
-        std::fs::write(dir.join("memory"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
-        std::fs::write(dir.join("cpu"), format!("some avg10={cpu_avg10} avg60=0.00 avg300=0.00 total=0\n")).unwrap();
+    fn psi_files(dir: &std::path::Path, memory_avg10: &str) {
+        let line = format!("some avg10={memory_avg10} avg60=0.00 avg300=0.00 total=0\n");
+        std::fs::write(dir.join("memory"), line).unwrap();
     }
 
     #[test]

@@ -715,8 +715,11 @@ impl Vm {
         if self.state != VmState::Booted {
             return Err(self.wrong_state("reconnect", Needs::Booted));
         }
+        // The same patience as a boot's: a loaded host slows the guest's
+        // answer to the new session's Hello (CI saw 10 s run out).
+        let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         let inst = self.instance.as_mut().expect("booted VM has an instance");
-        inst.reconnect_agent(Duration::from_secs(10)).map_err(self.launch_failed("reconnect"))
+        inst.reconnect_agent(timeout).map_err(self.launch_failed("reconnect"))
     }
 
     /// The host end of NIC `index` of the running instance (a second
