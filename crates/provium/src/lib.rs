@@ -27,6 +27,7 @@ pub mod config;
 pub mod doctor;
 pub mod errors;
 pub mod events;
+pub mod files;
 pub mod fixture;
 pub mod fixture_cli;
 pub mod guest;

@@ -91,8 +91,8 @@ pub struct Cli {
     /// thread that is mostly idle; memory is what runs out).
     #[arg(long, value_name = "F", default_value_t = crate::pool::budget::DEFAULT_OVERCOMMIT)]
     pub cpu_overcommit: f64,
-    /// Start new files even while the host is under memory or CPU
-    /// pressure (by default they wait while /proc/pressure says so).
+    /// Start new files even while the host is under memory pressure (by
+    /// default they wait while /proc/pressure/memory says so).
     #[arg(long)]
     pub no_psi: bool,
     /// One JSON object per event line on stdout.

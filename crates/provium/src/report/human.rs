@@ -208,6 +208,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::report::TestReport;
 
     #[test]
     fn a_file_waiting_for_the_pool_says_for_what_and_why() {
@@ -220,7 +221,6 @@ mod tests {
         let e = Event::FileBlocked { file: "b".into(), waiting_for, reason: BlockReason::PsiPressure };
         assert!(note(&e).unwrap().ends_with("under memory pressure (see --no-psi)"));
     }
-    use crate::report::TestReport;
 
     fn sample() -> FileReport {
         let t = |name: &str, outcome| TestReport {

@@ -212,22 +212,6 @@ pub fn totals(suites: Vec<Element>, time: Option<f64>, started: Option<SystemTim
     root
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    PathBuf::from(tmp)
-}
-
-/// Writes `text` to `path` through `<path>.tmp.<pid>` and a rename.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
-}
-
 /// Collects the run's files and writes the report when the run ends.
 pub struct JunitReporter {
     path: PathBuf,
@@ -246,7 +230,7 @@ impl JunitReporter {
         if path.is_dir() {
             return Err(unwritable(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
         }
-        let probe = tmp_path(path);
+        let probe = crate::files::tmp_path(path);
         std::fs::File::create(&probe).map_err(unwritable)?;
         let _ = std::fs::remove_file(&probe);
         Ok(JunitReporter {
@@ -282,7 +266,7 @@ impl Reporter for JunitReporter {
             }
             Event::RunFinished { duration } => {
                 let doc = self.document(*duration);
-                if let Err(source) = write_atomically(&self.path, &doc) {
+                if let Err(source) = crate::files::write_atomically(&self.path, doc.as_bytes()) {
                     self.failed = Some(JunitError::Write { path: self.path.clone(), source });
                 }
             }

@@ -102,7 +102,7 @@ pub fn merge_files(out: &Path, inputs: &[PathBuf]) -> Result<Merged, MergeError>
         time: root.get("time").and_then(|v| v.parse().ok()).unwrap_or(0.0),
     };
     let suites = root.elements().count();
-    junit::write_atomically(out, &xml::to_document(&root))
+    crate::files::write_atomically(out, xml::to_document(&root).as_bytes())
         .map_err(|source| MergeError::Write { path: out.to_path_buf(), source })?;
     Ok(Merged { inputs: inputs.len(), suites, totals })
 }

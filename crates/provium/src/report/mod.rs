@@ -1,5 +1,6 @@
 //! How a run is shown. Renderers consume [`Event`]s and nothing else: they
-//! depend on `crate::events` only and never run anything.
+//! depend on `crate::events` (and the crate's leaves: `units`, `sync`,
+//! `files`) only and never run anything.
 //!
 //! - [`human`]: the terminal format (and [`progress`], the live bar on an
 //!   interactive terminal);

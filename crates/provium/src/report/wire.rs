@@ -13,11 +13,7 @@ use provium_protocol::events::{EventFrame, EventKind};
 use provium_protocol::PROTOCOL_VERSION;
 
 use super::{Event, Outcome, Reporter, TestReport};
-
-/// A poisoned lock still holds a usable client list.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

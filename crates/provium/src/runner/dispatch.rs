@@ -119,6 +119,7 @@ pub fn run(files: Vec<TestFile>, cfg: Arc<RunConfig>) {
             .stack_size(16 << 20)
             .spawn(move || {
                 let report = run_one(&file, &cfg, &account);
+                // The file is over, its VMs down: its claim goes back.
                 account.end();
                 drop(overhead);
                 if !report.passed() {

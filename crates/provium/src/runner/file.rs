@@ -82,8 +82,6 @@ pub fn run_file(file: &TestFile, cfg: &RunConfig, account: &Account) -> FileRepo
     };
     let finish = |mut report: FileReport, lua: &LuaFile| {
         lua.end();
-        // Its VMs are down: the claim goes back (`claim_released`).
-        account.end();
         report.timed_out = watchdog.fired();
         report.duration = started.elapsed();
         report

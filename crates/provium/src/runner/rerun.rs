@@ -50,12 +50,7 @@ pub fn write_state(path: &Path, failed: &[PathBuf]) -> Result<(), RerunWriteErro
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let list: Vec<PathBuf> = failed.iter().map(|p| canonical(p)).collect();
-    let tmp = PathBuf::from(format!("{}.tmp.{}", path.display(), std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&list).expect("paths serialise")).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+    crate::files::write_atomically(path, &serde_json::to_vec_pretty(&list).expect("paths serialise")).map_err(err)
 }
 
 /// The files of `files` that the state lists.

@@ -156,6 +156,20 @@ impl Vm {
         self.reservation = None;
     }
 
+    /// Stops `inst` (this VM's QEMU, already out of `self.instance`) and
+    /// reports it gone ([`Vm::emit_stopped`]).
+    fn stop_qemu(&mut self, inst: Instance) {
+        inst.stop();
+        self.emit_stopped();
+    }
+
+    /// A launch that cannot be completed: its QEMU stops, and its pid
+    /// (which may be reused now) is no longer the kill switch's.
+    fn abandon_launch(&mut self, inst: Instance) {
+        self.stop_qemu(inst);
+        self.kill_switch.disarm();
+    }
+
     /// A test starts: its console badness checks look at what comes next.
     pub fn mark_console(&mut self) {
         let log = self.instance.as_ref().map(|i| i.paths.console_log.clone());
@@ -358,10 +372,7 @@ impl Vm {
             // clock reads `t` when boot() returns, however long boot took.
             let ns = (t * 1e9).round() as i64;
             if let Err(e) = inst.agent.set_time(ns) {
-                inst.stop();
-                self.emit_stopped();
-                // QEMU is gone and its pid may be reused: nothing to kill.
-                self.kill_switch.disarm();
+                self.abandon_launch(inst);
                 return Err(VmError::Agent { vm: self.name.clone(), op: "boot (initial_time)", source: e });
             }
         }
@@ -376,9 +387,7 @@ impl Vm {
             ram: None,
         });
         if let Err(e) = self.connect_nics(&inst) {
-            inst.stop();
-            self.emit_stopped();
-            self.kill_switch.disarm();
+            self.abandon_launch(inst);
             self.running_as = None;
             return Err(e.into());
         }
@@ -565,9 +574,7 @@ impl Vm {
         if meta.initial_time.is_none() {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             if let Err(e) = inst.agent.set_time(now.as_nanos() as i64) {
-                inst.stop();
-                self.emit_stopped();
-                self.kill_switch.disarm();
+                self.abandon_launch(inst);
                 return Err(VmError::Agent { vm: self.name.clone(), op: "restore (clock)", source: e });
             }
         }
@@ -576,9 +583,7 @@ impl Vm {
         self.profile = meta.profile.clone();
         self.running_as = Some(SnapshotMeta { ram: None, ..meta });
         if let Err(e) = self.connect_nics(&inst) {
-            inst.stop();
-            self.emit_stopped();
-            self.kill_switch.disarm();
+            self.abandon_launch(inst);
             self.running_as = None;
             return Err(e.into());
         }
@@ -604,8 +609,7 @@ impl Vm {
         if let Some(inst) = self.instance.take() {
             self.last_console = inst.console_tail(vmm::CONSOLE_TAIL_BYTES);
             self.console_watch.carry(&inst.paths.console_log);
-            inst.stop();
-            self.emit_stopped();
+            self.stop_qemu(inst);
         }
         self.reservation = None;
         self.granted = None;
@@ -692,8 +696,7 @@ impl Vm {
         self.unplug_nics();
         if let Some(inst) = self.instance.take() {
             self.console_watch.carry(&inst.paths.console_log);
-            inst.stop();
-            self.emit_stopped();
+            self.stop_qemu(inst);
         }
         self.last_console = console.clone();
         self.kill_switch.disarm();
