@@ -85,8 +85,14 @@ impl Selection {
         if let Some(m) = self.no_tag_meta.iter().find(|m| strings(meta, &m.key).contains(&m.value.as_str())) {
             return Some(format!("filtered: matched --no-tag-meta ({}={})", m.key, m.value));
         }
-        let mut keys: Vec<&str> = self.tag_meta.iter().map(|m| m.key.as_str()).collect();
-        keys.dedup();
+        // Each key once, in the order first given (`dedup` alone would keep
+        // `a, b, a` as is and check `a` twice).
+        let mut keys: Vec<&str> = Vec::new();
+        for m in &self.tag_meta {
+            if !keys.contains(&m.key.as_str()) {
+                keys.push(&m.key);
+            }
+        }
         for key in keys {
             let wanted: Vec<&str> = self.tag_meta.iter().filter(|m| m.key == key).map(|m| m.value.as_str()).collect();
             let have = strings(meta, key);
