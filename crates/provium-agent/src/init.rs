@@ -59,6 +59,20 @@ pub fn become_init() -> Mode {
             set_default_env();
         }
         Mode::Standalone => {
+            if let Some(root) = crate::rootfs::requested() {
+                // The disk's driver and file systems are modules: load them
+                // from the initramfs before leaving it.
+                mount_basics(false);
+                crate::kmod::load_wanted();
+                if let Err(e) = root.and_then(|spec| crate::rootfs::switch(&spec)) {
+                    // Serving from the initramfs would answer every command
+                    // with `not found`; the host's boot timeout quotes this.
+                    log::warn(&format!("cannot switch to the disk root: {e}; not serving"));
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(3600));
+                    }
+                }
+            }
             mount_basics(true);
             set_default_env();
         }

@@ -37,21 +37,40 @@ fn parse_dep(text: &str) -> HashMap<String, (String, Vec<String>)> {
     map
 }
 
+/// Loads the wanted modules; later calls do nothing (a disk root loads
+/// them before the switch, from the initramfs that holds them).
 pub fn load_wanted() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let release = kernel_release();
     let dir = format!("/lib/modules/{release}");
     let Ok(dep_text) = std::fs::read_to_string(format!("{dir}/modules.dep")) else {
         return;
     };
     let deps = parse_dep(&dep_text);
-    let wanted: Vec<String> = match std::fs::read_to_string("/etc/provium/modules") {
+    let mut wanted: Vec<String> = match std::fs::read_to_string("/etc/provium/modules") {
         Ok(t) => t.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.replace('-', "_")).collect(),
         Err(_) => DEFAULT_WANTED.iter().map(|s| s.to_string()).collect(),
     };
+    wanted.extend(asked_on_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default()));
     let mut loaded = HashSet::new();
     for name in wanted {
         load_with_deps(&dir, &deps, &name, &mut loaded);
     }
+}
+
+/// The modules `provium.modules=a,b` on the kernel command line asks for
+/// (the host adds it for a boot that needs them, e.g. disks).
+fn asked_on_cmdline(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("provium.modules="))
+        .flat_map(|list| list.split(','))
+        .filter(|m| !m.is_empty())
+        .map(|m| m.replace('-', "_"))
+        .collect()
 }
 
 /// Loads `name` after its dependencies (recursively, whatever order
@@ -106,5 +125,7 @@ mod tests {
         assert_eq!(m["virtio_rng"].1, vec!["kernel/drivers/virtio/virtio.ko".to_string()]);
         assert!(m["virtio"].1.is_empty());
         assert_eq!(module_name("a/b/x.ko.xz"), "x");
+        assert_eq!(asked_on_cmdline("quiet provium.modules=virtio_blk,loop x=1"), ["virtio_blk", "loop"]);
+        assert!(asked_on_cmdline("quiet").is_empty());
     }
 }

@@ -8,7 +8,7 @@
 //! host's requests over it ([`session`]).
 //!
 //! ```text
-//! main ─ init (shim or standalone) ─ kmod (finit_module) ─ reaper thread ─ port (open) ─ session
+//! main ─ init (shim or standalone; rootfs: switch to a disk root) ─ kmod (finit_module) ─ reaper thread ─ port (open) ─ session
 //!
 //! session: reader thread ─┬─ Ping / SetTime / GetTime: answered on the reader thread, in order
 //!                         └─ any other request ─ pool worker ─ exec / fsops / files / proc / stream / waits
@@ -39,6 +39,7 @@ mod port;
 mod power;
 mod proc;
 mod reaper;
+mod rootfs;
 mod services;
 mod session;
 mod spawn;
@@ -60,6 +61,9 @@ fn main() {
     let start_uptime_ms = init::boottime_ms();
     let mode = init::become_init();
     kmod::load_wanted();
+    if mode == init::Mode::Standalone {
+        rootfs::link_disks_by_id();
+    }
     hwrng::quiet_kernel_reader_if_asked();
     init::bring_up_loopback();
     reaper::start();

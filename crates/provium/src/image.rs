@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Profile, DEFAULT_PROFILE};
-use crate::guest::{self, GuestError, GuestInputs, PreparedGuest};
+use crate::config::{Config, DiskDecl, Guest, Profile, DEFAULT_PROFILE};
+use crate::guest::{self, Flavor, GuestError, GuestInputs, PreparedGuest};
 
 /// The embedded static guest agent.
 pub static AGENT: &[u8] = include_bytes!(env!("PROVIUM_AGENT_PATH"));
@@ -31,6 +31,13 @@ pub struct BootImage {
     pub cmdline: String,
     pub inject_agent: bool,
     pub agent_timeout: Duration,
+    /// The read-only image the guest's root lives on (a Debian profile's).
+    pub root_image: Option<PathBuf>,
+    /// The profile's VM defaults (a boot's options win).
+    pub memory: Option<u64>,
+    pub cpus: Option<u32>,
+    /// The profile's data disks, attached before a boot's own.
+    pub disks: Vec<DiskDecl>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,18 @@ pub enum ImageError {
     },
     #[error("cannot prepare the default guest")]
     DefaultGuest(#[source] GuestError),
+    #[error("profile `{profile}`: cannot prepare provium's kernel for it")]
+    Kernel {
+        profile: String,
+        #[source]
+        source: GuestError,
+    },
+    #[error("profile `{profile}`: cannot build its Debian userland")]
+    Debian {
+        profile: String,
+        #[source]
+        source: crate::debian::DebianError,
+    },
     #[error("cannot write the merged initramfs to `{path}`")]
     Cache {
         path: PathBuf,
@@ -81,11 +100,20 @@ pub struct Images {
     config: Arc<Config>,
     cache: PathBuf,
     default: Mutex<Option<PreparedGuest>>,
+    disk_root: Mutex<Option<PreparedGuest>>,
+    /// Debian root images by profile, once prepared in this run.
+    debian: Mutex<std::collections::HashMap<String, crate::debian::DebianImage>>,
 }
 
 impl Images {
     pub fn new(config: Arc<Config>) -> Images {
-        Images { config, cache: cache_root(), default: Mutex::new(None) }
+        Images {
+            config,
+            cache: cache_root(),
+            default: Mutex::new(None),
+            disk_root: Mutex::new(None),
+            debian: Mutex::default(),
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -105,6 +133,46 @@ impl Images {
         Ok(g)
     }
 
+    /// The first-stage initramfs of a guest whose root is a disk image.
+    fn disk_root_guest(&self, profile: &str) -> Result<PreparedGuest, ImageError> {
+        let mut slot = crate::sync::lock(&self.disk_root);
+        if let Some(g) = slot.as_ref() {
+            return Ok(g.clone());
+        }
+        let kernel = |source| ImageError::Kernel { profile: profile.to_string(), source };
+        let inputs = GuestInputs::locate().map_err(kernel)?;
+        let g = guest::prepare_flavor(&inputs, AGENT, &self.cache, Flavor::DiskRoot).map_err(kernel)?;
+        *slot = Some(g.clone());
+        Ok(g)
+    }
+
+    /// Builds (or finds cached) the Debian userland of `profile`, saying
+    /// what it does on `progress`; later calls in this run return at once.
+    pub fn prepare_debian(
+        &self,
+        profile: &Profile,
+        refresh: bool,
+        progress: &mut dyn FnMut(crate::debian::Step),
+    ) -> Result<crate::debian::DebianImage, ImageError> {
+        let Guest::Debian(base) = &profile.guest else {
+            unreachable!("prepare_debian is called for Debian profiles only")
+        };
+        if let Some(img) = crate::sync::lock(&self.debian).get(&profile.name) {
+            return Ok(img.clone());
+        }
+        let failed = |source| ImageError::Debian { profile: profile.name.clone(), source };
+        let kernel =
+            GuestInputs::locate().map_err(|source| ImageError::Kernel { profile: profile.name.clone(), source })?;
+        let spec = crate::debian::DebianSpec {
+            suite: base.suite.clone(),
+            packages: base.packages.clone(),
+            mirror: base.mirror.clone(),
+        };
+        let img = crate::debian::prepare(&spec, &kernel, &self.cache, refresh, progress).map_err(failed)?;
+        crate::sync::lock(&self.debian).insert(profile.name.clone(), img.clone());
+        Ok(img)
+    }
+
     /// One line per input that decides what a guest boots into: every
     /// profile's kernel, initrd and command line (sorted by name), the
     /// default guest's cache key, and the agent. Fixture cache keys include
@@ -121,14 +189,27 @@ impl Images {
         let mut lines = vec![format!("agent={:x}", Sha256::digest(AGENT))];
         for (name, p) in &self.config.profiles {
             lines.push(format!("profile={name}"));
-            lines.push(format!("kernel={}", stamp(&p.kernel)));
-            if let Some(i) = &p.initrd {
-                lines.push(format!("initrd={}", stamp(i)));
+            match &p.guest {
+                Guest::Files { kernel, initrd, cmdline_file, inject_agent } => {
+                    lines.push(format!("kernel={}", stamp(kernel)));
+                    if let Some(i) = initrd {
+                        lines.push(format!("initrd={}", stamp(i)));
+                    }
+                    if let Some(f) = cmdline_file {
+                        lines.push(format!("cmdline_file={}", stamp(f)));
+                    }
+                    lines.push(format!("inject_agent={inject_agent}"));
+                }
+                Guest::Debian(_) => match crate::sync::lock(&self.debian).get(name) {
+                    Some(img) => lines.push(format!("debian={}", img.key)),
+                    None => lines.push("debian=not-prepared".into()),
+                },
             }
-            if let Some(f) = &p.cmdline_file {
-                lines.push(format!("cmdline_file={}", stamp(f)));
+            lines.push(format!("cmdline={}", p.cmdline));
+            for d in &p.disks {
+                let image = d.image.as_deref().map(stamp).unwrap_or_default();
+                lines.push(format!("disk={:?} image={image} size={:?} ro={}", d.id, d.size, d.readonly));
             }
-            lines.push(format!("cmdline={} inject_agent={}", p.cmdline, p.inject_agent));
         }
         match self.default_guest() {
             Ok(g) => lines.push(format!("default_guest={}", g.key)),
@@ -149,6 +230,10 @@ impl Images {
                 cmdline: default_cmdline(),
                 inject_agent: true,
                 agent_timeout: DEFAULT_AGENT_TIMEOUT,
+                root_image: None,
+                memory: None,
+                cpus: None,
+                disks: Vec::new(),
             });
         }
         let where_ = match &self.config.path {
@@ -163,6 +248,30 @@ impl Images {
     }
 
     fn resolve_profile(&self, p: &Profile) -> Result<BootImage, ImageError> {
+        let agent_timeout = p.agent_boot_timeout.map(Duration::from_secs_f64).unwrap_or(DEFAULT_AGENT_TIMEOUT);
+        let (kernel, initrd, cmdline_file, inject_agent) = match &p.guest {
+            Guest::Files { kernel, initrd, cmdline_file, inject_agent } => (kernel, initrd, cmdline_file, *inject_agent),
+            Guest::Debian(_) => {
+                let root = self.prepare_debian(p, false, &mut |_| {})?;
+                let g = self.disk_root_guest(&p.name)?;
+                let mut cmdline = default_cmdline();
+                if !p.cmdline.is_empty() {
+                    cmdline.push(' ');
+                    cmdline.push_str(&p.cmdline);
+                }
+                return Ok(BootImage {
+                    kernel: g.vmlinux,
+                    initrd: g.initrd,
+                    cmdline,
+                    inject_agent: true,
+                    agent_timeout,
+                    root_image: Some(root.rootfs),
+                    memory: p.memory,
+                    cpus: p.cpus,
+                    disks: p.disks.clone(),
+                });
+            }
+        };
         let exists = |field: &'static str, path: &Path| {
             if path.exists() {
                 Ok(())
@@ -170,12 +279,12 @@ impl Images {
                 Err(ImageError::MissingPath { profile: p.name.clone(), field, path: path.to_path_buf() })
             }
         };
-        exists("kernel", &p.kernel)?;
-        if let Some(i) = &p.initrd {
+        exists("kernel", kernel)?;
+        if let Some(i) = initrd {
             exists("initrd", i)?;
         }
         let mut cmdline = String::new();
-        if let Some(f) = &p.cmdline_file {
+        if let Some(f) = cmdline_file {
             exists("cmdline_file", f)?;
             let text = std::fs::read_to_string(f).map_err(|source| ImageError::Read {
                 profile: p.name.clone(),
@@ -190,7 +299,7 @@ impl Images {
             }
             cmdline.push_str(&p.cmdline);
         }
-        let initrd = match (&p.initrd, p.inject_agent) {
+        let initrd = match (initrd, inject_agent) {
             (Some(i), false) => i.clone(),
             (initrd, true) => self.merged_initrd(&p.name, initrd.as_deref())?,
             (None, false) => {
@@ -198,11 +307,15 @@ impl Images {
             }
         };
         Ok(BootImage {
-            kernel: p.kernel.clone(),
+            kernel: kernel.clone(),
             initrd,
             cmdline,
-            inject_agent: p.inject_agent,
-            agent_timeout: p.agent_boot_timeout.map(Duration::from_secs_f64).unwrap_or(DEFAULT_AGENT_TIMEOUT),
+            inject_agent,
+            agent_timeout,
+            root_image: None,
+            memory: p.memory,
+            cpus: p.cpus,
+            disks: p.disks.clone(),
         })
     }
 

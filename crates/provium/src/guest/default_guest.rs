@@ -21,6 +21,16 @@ use super::vmlinux::{self, VmlinuxError};
 /// `virtio_pci` q35; `evdev` + `button` deliver the ACPI power button.
 pub const DEFAULT_MODULES: &[&str] =
     &["virtio_mmio", "virtio_pci", "virtio_console", "virtio_rng", "virtio_net", "evdev", "button"];
+/// Modules every initramfs holds but the agent loads only when the kernel
+/// command line asks (`provium.modules=virtio_blk`): a boot with data disks.
+pub const ON_DEMAND_MODULES: &[&str] = &["virtio_blk"];
+/// What a guest whose root is a disk image loads besides: the disk's driver,
+/// the image's file system and the overlay its writes go to.
+pub const DISK_ROOT_MODULES: &[&str] = &["virtio_blk", "squashfs", "overlay"];
+/// The virtio serial of the disk that holds a disk-root guest's image.
+pub const ROOT_DISK_SERIAL: &str = "provium-root";
+/// The file that tells the agent to switch to the disk root (its `rootfs::MARKER`).
+const ROOT_MARKER_PATH: &str = "/etc/provium/rootfs";
 /// Where the agent lives in every initramfs provium builds.
 pub const AGENT_PATH: &str = "/sbin/provium-agent";
 /// Module names to load, in order, one per line.
@@ -127,6 +137,34 @@ impl GuestInputs {
     }
 }
 
+/// Which initramfs: the default guest's whole userland, or the small first
+/// stage of a guest whose userland is a disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// busybox, the agent and its modules: the default guest.
+    Default,
+    /// The agent and its modules plus [`DISK_ROOT_MODULES`], and the marker
+    /// that makes the agent mount the disk of serial [`ROOT_DISK_SERIAL`]
+    /// (squashfs) under a tmpfs overlay and switch to it.
+    DiskRoot,
+}
+
+impl Flavor {
+    fn prefix(self) -> &'static str {
+        match self {
+            Flavor::Default => "default",
+            Flavor::DiskRoot => "diskroot",
+        }
+    }
+
+    fn modules(self) -> Vec<&'static str> {
+        match self {
+            Flavor::Default => DEFAULT_MODULES.to_vec(),
+            Flavor::DiskRoot => DEFAULT_MODULES.iter().chain(DISK_ROOT_MODULES).copied().collect(),
+        }
+    }
+}
+
 /// A built default guest, ready for `-kernel`/`-initrd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedGuest {
@@ -144,8 +182,18 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Returns the cached default guest for these inputs and agent, building it if needed.
 pub fn prepare(inputs: &GuestInputs, agent_bytes: &[u8], cache_root: &Path) -> Result<PreparedGuest, GuestError> {
-    let key = cache_key(inputs, agent_bytes)?;
-    let dir = cache_root.join(format!("default-{key}"));
+    prepare_flavor(inputs, agent_bytes, cache_root, Flavor::Default)
+}
+
+/// [`prepare`] for either [`Flavor`] of initramfs.
+pub fn prepare_flavor(
+    inputs: &GuestInputs,
+    agent_bytes: &[u8],
+    cache_root: &Path,
+    flavor: Flavor,
+) -> Result<PreparedGuest, GuestError> {
+    let key = cache_key(inputs, agent_bytes, flavor)?;
+    let dir = cache_root.join(format!("{}-{key}", flavor.prefix()));
     let prepared = PreparedGuest {
         vmlinux: dir.join("vmlinux"),
         initrd: dir.join("initrd"),
@@ -166,14 +214,14 @@ pub fn prepare(inputs: &GuestInputs, agent_bytes: &[u8], cache_root: &Path) -> R
         move |source| GuestError::WriteCache { path, source }
     };
     std::fs::create_dir_all(cache_root).map_err(write_err(cache_root))?;
-    let tmp = TempDir::new(cache_root, &key).map_err(write_err(cache_root))?;
+    let tmp = TempDir::new(cache_root, flavor.prefix(), &key).map_err(write_err(cache_root))?;
 
     let vmlinuz = inputs.vmlinuz();
     let elf = vmlinux::extract_vmlinux(&vmlinuz).map_err(|source| GuestError::ReadKernel { path: vmlinuz, source })?;
     let vmlinux_tmp = tmp.0.join("vmlinux");
     std::fs::write(&vmlinux_tmp, elf).map_err(write_err(&vmlinux_tmp))?;
     let initrd_tmp = tmp.0.join("initrd");
-    let mut initrd = build_initramfs(inputs, agent_bytes)?;
+    let mut initrd = build_initramfs(inputs, agent_bytes, flavor)?;
     super::pad_to_page(&mut initrd);
     std::fs::write(&initrd_tmp, initrd).map_err(write_err(&initrd_tmp))?;
 
@@ -183,7 +231,7 @@ pub fn prepare(inputs: &GuestInputs, agent_bytes: &[u8], cache_root: &Path) -> R
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp.0, &dir).map_err(write_err(&dir))?;
     }
-    prune(cache_root, &dir);
+    prune(cache_root, &dir, flavor.prefix());
     Ok(prepared)
 }
 
@@ -194,9 +242,10 @@ pub fn overlay_cpio(agent_bytes: &[u8]) -> Vec<u8> {
     w.finish()
 }
 
-fn cache_key(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<String, GuestError> {
+fn cache_key(inputs: &GuestInputs, agent_bytes: &[u8], flavor: Flavor) -> Result<String, GuestError> {
     let mut h = Sha256::new();
     h.update(FORMAT_VERSION);
+    h.update(flavor.prefix());
     for path in [inputs.vmlinuz(), inputs.busybox.clone()] {
         let meta = std::fs::metadata(&path).map_err(|source| GuestError::NotSetUp { path: path.clone(), source })?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
@@ -206,15 +255,19 @@ fn cache_key(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<String, GuestEr
     }
     h.update([0]);
     h.update(Sha256::digest(agent_bytes));
-    h.update(DEFAULT_MODULES.join(",").as_bytes());
+    h.update(flavor.modules().join(",").as_bytes());
+    h.update(ON_DEMAND_MODULES.join(",").as_bytes());
     let digest = h.finalize();
     Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, GuestError> {
+fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8], flavor: Flavor) -> Result<Vec<u8>, GuestError> {
     let modules_dir = inputs.modules_dir();
-    let modules = kmod::resolve(&modules_dir, DEFAULT_MODULES)
-        .map_err(|source| GuestError::Modules { path: modules_dir, source })?;
+    let wanted = kmod::resolve(&modules_dir, &flavor.modules())
+        .map_err(|source| GuestError::Modules { path: modules_dir.clone(), source })?;
+    let all: Vec<&str> = flavor.modules().into_iter().chain(ON_DEMAND_MODULES.iter().copied()).collect();
+    let modules =
+        kmod::resolve(&modules_dir, &all).map_err(|source| GuestError::Modules { path: modules_dir, source })?;
     let busybox = std::fs::read(&inputs.busybox)
         .map_err(|source| GuestError::ReadBusybox { path: inputs.busybox.clone(), source })?;
     if has_interpreter(&busybox) {
@@ -259,13 +312,18 @@ fn build_initramfs(inputs: &GuestInputs, agent_bytes: &[u8]) -> Result<Vec<u8>, 
 
     let lib = format!("lib/modules/{}", inputs.kernel_release);
     w.file(&format!("{lib}/modules.dep"), 0o644, kmod::modules_dep(&modules).as_bytes());
-    let mut list = String::new();
     for m in &modules {
         w.file(&format!("{lib}/{}", m.rel_path), 0o644, &m.bytes);
+    }
+    let mut list = String::new();
+    for m in &wanted {
         list.push_str(&m.name);
         list.push('\n');
     }
     w.file(MODULE_LIST_PATH, 0o644, list.as_bytes());
+    if flavor == Flavor::DiskRoot {
+        w.file(ROOT_MARKER_PATH, 0o644, format!("serial={ROOT_DISK_SERIAL}\nfstype=squashfs\n").as_bytes());
+    }
     w.file(AGENT_PATH, 0o755, agent_bytes);
     Ok(w.finish())
 }
@@ -310,11 +368,11 @@ fn applets(busybox: &Path) -> Result<Vec<String>, GuestError> {
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(root: &Path, key: &str) -> std::io::Result<Self> {
+    fn new(root: &Path, prefix: &str, key: &str) -> std::io::Result<Self> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!(".tmp-default-{key}-{}-{nanos}-{seq}", std::process::id());
+        let name = format!(".tmp-{prefix}-{key}-{}-{nanos}-{seq}", std::process::id());
         let path = root.join(name);
         std::fs::create_dir(&path)?;
         Ok(TempDir(path))
@@ -336,9 +394,9 @@ fn touch(dir: &Path) {
     }
 }
 
-/// Best effort: removes other `default-*` entries and abandoned build dirs not used for
+/// Best effort: removes other `<prefix>-*` entries and abandoned build dirs not used for
 /// [`STALE_AFTER`]. Recently used ones may belong to a concurrent provium with another agent.
-fn prune(root: &Path, keep: &Path) {
+fn prune(root: &Path, keep: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
@@ -346,7 +404,8 @@ fn prune(root: &Path, keep: &Path) {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if path == keep || !(name.starts_with("default-") || name.starts_with(".tmp-default-")) {
+        let ours = name.strip_prefix(".tmp-").unwrap_or(&name).strip_prefix(prefix).is_some_and(|r| r.starts_with('-'));
+        if path == keep || !ours {
             continue;
         }
         let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());

@@ -16,6 +16,7 @@ pub mod batch_ud;
 pub mod bridge_ud;
 pub mod clock_ud;
 pub mod console_ud;
+pub mod disk_ud;
 pub mod errors;
 pub mod file;
 pub mod file_ud;

@@ -135,6 +135,11 @@ impl UserData for VmUd {
         methods.add_method("reset", |lua, this, ()| this.lock().reset().lua(lua));
         methods.add_method("power_button", |lua, this, ()| this.lock().power_button().lua(lua));
         methods.add_method("clock", |_, this, ()| Ok(super::clock_ud::ClockUd(this.0.clone())));
+        methods.add_method("disk", |lua, this, id: String| {
+            this.lock().check_disk(&id).lua(lua)?;
+            Ok(super::disk_ud::DiskUd { vm: this.0.clone(), id })
+        });
+        methods.add_method("disks", |lua, this, ()| lua.create_sequence_from(this.lock().disk_ids()));
         methods.add_method("snapshot", |lua, this, path: Option<String>| {
             let path = match path {
                 Some(p) => std::path::PathBuf::from(p),

@@ -10,6 +10,8 @@ use crate::vmm::LaunchError;
 pub enum VmError {
     #[error(transparent)]
     Nic(#[from] super::nics::NicError),
+    #[error(transparent)]
+    Disk(#[from] super::disks::DiskError),
     /// The NixOS-driver conveniences (`super::nixos`).
     #[error(transparent)]
     Nixos(#[from] super::nixos::NixosError),

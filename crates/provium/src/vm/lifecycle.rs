@@ -44,6 +44,8 @@ pub struct Vm {
     events: Events,
     /// The bridges it is attached to, and through which NIC.
     nics: Nics,
+    /// Its data disks and the files behind them.
+    pub(super) disks: super::disks::Disks,
     /// Kernel's own boot time (guest uptime when the agent started) and
     /// spawn → handshake, for the last boot.
     pub last_boot: Option<(Duration, Duration)>,
@@ -76,6 +78,7 @@ impl Vm {
             running_as: None,
             events: Events::discard(),
             nics: Nics::default(),
+            disks: Default::default(),
             last_boot: None,
             spawned_at: None,
             console_watch: Default::default(),
@@ -98,8 +101,19 @@ impl Vm {
 
     /// What booting with `opts` (over the creation options) reserves.
     pub fn boot_need(&self, opts: &BootOpts) -> ResourceAmount {
-        let opts = opts.over(&self.create_opts);
+        let opts = self.merged_opts(opts);
         pool_need(spec_memory_mib(&opts), opts.cpus.unwrap_or(1))
+    }
+
+    /// A boot's options over the creation options over the profile's VM
+    /// defaults (`memory`, `cpus`).
+    fn merged_opts(&self, opts: &BootOpts) -> BootOpts {
+        let mut merged = opts.over(&self.create_opts);
+        if let Some(p) = self.images.config().profiles.get(&self.profile) {
+            merged.memory = merged.memory.or(p.memory);
+            merged.cpus = merged.cpus.or(p.cpus);
+        }
+        merged
     }
 
     /// Hands the VM a reservation made for its next boot or restore (a
@@ -216,6 +230,10 @@ impl Vm {
         self.instance.as_mut()
     }
 
+    pub(super) fn instance_ref(&self) -> Option<&Instance> {
+        self.instance.as_ref()
+    }
+
     /// Stops QEMU like [`Vm::shutdown`] and records who stopped it, which
     /// later wrong-state errors quote (`it was stopped by vm:crash()`).
     pub(super) fn stop_as(&mut self, by: &str) {
@@ -318,7 +336,7 @@ impl Vm {
         if self.state != VmState::Created {
             return Err(self.wrong_state("boot", Needs::Created));
         }
-        let opts = opts.over(&self.create_opts);
+        let opts = self.merged_opts(opts);
         let image =
             self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
         if let Some(cmdline) = &opts.kernel_cmdline {
@@ -338,9 +356,21 @@ impl Vm {
         // (provium-agent's hwrng module).
         let mut extra_cmdline = argv::machine_cmdline();
         extra_cmdline.extend(opts.rng_seed.map(|_| "provium.hwrng=quiet".to_string()));
+        if !image.disks.is_empty() || opts.disks.as_ref().is_some_and(|d| !d.is_empty()) {
+            extra_cmdline.push(format!("provium.modules={}", crate::guest::ON_DEMAND_MODULES.join(",")));
+        }
         let mut machine = Machine::standard(spec_memory_mib(&opts), opts.cpus.unwrap_or(1));
         machine.devices.extend(opts.rng_seed.map(|seed| Device::SeededRng { seed }));
         self.nics.plan_boot(&self.name, opts.nics, &mut machine);
+        let disk_files =
+            self.disks.plan_boot(&self.name, &image.disks, opts.disks.as_deref().unwrap_or_default(), &mut machine)?;
+        if let Some(root) = &image.root_image {
+            machine.devices.push(Device::Disk {
+                id: crate::guest::ROOT_DISK_SERIAL.to_string(),
+                source: crate::vmm::DiskSource::Image { path: root.clone() },
+                readonly: true,
+            });
+        }
         let spec = LaunchSpec {
             accel: self.accel,
             machine: machine.clone(),
@@ -352,6 +382,7 @@ impl Vm {
                 rtc_base: opts.initial_time.map(|t| t.floor() as i64),
             },
             scratch: Default::default(),
+            disk_files,
         };
         let files = opts.files.as_ref().map(|f| files_cpio(f));
         self.granted = granted;
@@ -385,6 +416,7 @@ impl Vm {
             machine,
             initial_time: opts.initial_time,
             ram: None,
+            disks: Vec::new(),
         });
         if let Err(e) = self.connect_nics(&inst) {
             self.abandon_launch(inst);
@@ -392,6 +424,7 @@ impl Vm {
             return Err(e.into());
         }
         self.instance = Some(inst);
+        self.apply_disk_faults();
         self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
         self.state = VmState::Booted;
         Ok(())
@@ -550,6 +583,7 @@ impl Vm {
             Some(image) => Ram::Image { path: path.to_path_buf(), offset: image.offset },
             None => Ram::Anonymous,
         };
+        let disk_files = self.disks.restore_from(&self.name, path, &meta)?;
         // The saved machine, replayed whole; the stream brings the rest.
         let spec = LaunchSpec {
             accel: self.accel,
@@ -557,6 +591,7 @@ impl Vm {
             ram,
             boot: Boot::Incoming,
             scratch: Default::default(),
+            disk_files,
         };
         let timeout = self.create_opts.agent_timeout.unwrap_or(crate::image::DEFAULT_AGENT_TIMEOUT);
         self.granted = granted;
@@ -581,7 +616,7 @@ impl Vm {
         // Handles of an earlier run (one that died with them open) are gone.
         self.resources = Arc::default();
         self.profile = meta.profile.clone();
-        self.running_as = Some(SnapshotMeta { ram: None, ..meta });
+        self.running_as = Some(SnapshotMeta { ram: None, disks: Vec::new(), ..meta });
         if let Err(e) = self.connect_nics(&inst) {
             self.abandon_launch(inst);
             self.running_as = None;
@@ -589,6 +624,7 @@ impl Vm {
         }
         self.last_boot = None;
         self.instance = Some(inst);
+        self.apply_disk_faults();
         self.emit_booted(self.instance.as_ref().map(|i| i.boot_time).unwrap_or_default());
         self.state = VmState::Booted;
         Ok(())

@@ -8,6 +8,8 @@
 //! - [`resources`]: the VM's open streams and file handles, with where each
 //!   was opened;
 //! - [`nics`]: its network cards and the bridges they are attached to;
+//! - [`disks`]: its data disks (the files behind them, sector access,
+//!   faults the guest sees, power cuts);
 //! - [`stream`], [`process`], [`file`], [`console`]: what a VM opens that
 //!   lives on (streams, background processes, file handles, the console
 //!   stream); each closes behind `crate::lab::Close`;
@@ -22,6 +24,7 @@
 pub mod badness;
 pub mod batch;
 pub mod console;
+pub mod disks;
 pub mod error;
 pub mod file;
 pub mod kill;

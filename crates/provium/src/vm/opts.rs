@@ -18,6 +18,8 @@ pub struct BootOpts {
     /// NICs to create at boot (default `nics::DEFAULT_NICS`, or as many as
     /// the VM is attached to if that is more).
     pub nics: Option<u8>,
+    /// Data disks for this boot, after the profile's.
+    pub disks: Option<Vec<crate::config::DiskDecl>>,
 }
 
 impl BootOpts {
@@ -32,6 +34,7 @@ impl BootOpts {
             initial_time: self.initial_time.or(base.initial_time),
             files: self.files.clone().or_else(|| base.files.clone()),
             nics: self.nics.or(base.nics),
+            disks: self.disks.clone().or_else(|| base.disks.clone()),
         }
     }
 }

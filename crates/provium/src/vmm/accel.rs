@@ -96,6 +96,7 @@ pub fn probe_spec(accel: Accel, kernel: &Path, initrd: &Path, scratch: &Path) ->
             rtc_base: None,
         },
         scratch: scratch.to_path_buf(),
+        disk_files: Default::default(),
     }
 }
 

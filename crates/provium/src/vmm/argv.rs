@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::spec::{Accel, Boot, Device, LaunchSpec, Ram};
+use super::spec::{Accel, Boot, Device, DiskSource, LaunchSpec, Ram};
 
 /// The sockets and logs of one VM inside its scratch directory.
 #[derive(Debug, Clone)]
@@ -178,7 +178,31 @@ fn device_args(device: &Device, paths: &VmPaths, scratch: &Path) -> Vec<String> 
         Device::Agent => agent_args(paths),
         Device::SeededRng { seed } => rng_args(*seed, scratch),
         Device::Nic { index, mac } => nic_args(*index, *mac, scratch),
+        Device::Disk { id, source, readonly } => disk_args(id, source, *readonly, scratch),
     }
+}
+
+/// The socket provium serves disk `id` on (NBD), in the scratch directory.
+pub fn disk_socket(id: &str, scratch: &Path) -> PathBuf {
+    scratch.join(format!("disk-{id}.sock"))
+}
+
+/// A virtio-blk disk whose serial is its id. A served disk is an NBD
+/// client of provium; QEMU's write cache stays on (the guest sees a
+/// volatile cache and flushes it), and what is flushed is provium's
+/// business (see `nbd`).
+pub fn disk_args(id: &str, source: &DiskSource, readonly: bool, scratch: &Path) -> Vec<String> {
+    let ro = if readonly { ",read-only=on" } else { "" };
+    let node = match source {
+        DiskSource::Image { path: p } => {
+            format!("node-name=disk-{id},driver=raw,file.driver=file,file.filename={}{ro}", opt_path(p))
+        }
+        DiskSource::Served => format!(
+            "node-name=disk-{id},driver=nbd,server.type=unix,server.path={},export={id}{ro}",
+            opt_path(&disk_socket(id, scratch))
+        ),
+    };
+    vec![s("-blockdev"), node, s("-device"), format!("virtio-blk-device,id=blk-{id},drive=disk-{id},serial={id}")]
 }
 
 /// The two ends of NIC `index` in the scratch directory: the socket QEMU
@@ -297,6 +321,7 @@ mod tests {
                 rtc_base: None,
             },
             scratch: PathBuf::from("/tmp/provium-0/1-1-a"),
+            disk_files: Default::default(),
         }
     }
 

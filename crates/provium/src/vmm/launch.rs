@@ -35,6 +35,15 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot serve disk `{id}` from `{path}`")]
+    DiskServer {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: super::nbd::NbdError,
+    },
+    #[error("disk `{id}` has no file to serve (a launch must be given one per served disk)")]
+    DiskFile { id: String },
     #[error("cannot add the boot option `files` to the initramfs")]
     Files(#[source] std::io::Error),
     #[error(transparent)]
@@ -76,6 +85,15 @@ pub struct Instance {
     /// The guest's shared RAM file and its directory in `/dev/shm`.
     ram: Option<(PathBuf, ScratchDir)>,
     nics: Vec<NicEnd>,
+    /// The disks provium serves, by id (after `qemu`: QEMU goes first).
+    disks: Vec<ServedDisk>,
+}
+
+/// One disk provium serves to this QEMU, and the file behind it.
+pub struct ServedDisk {
+    pub id: String,
+    pub file: PathBuf,
+    pub server: super::nbd::BlockServer,
 }
 
 /// The host end of one NIC: the socket QEMU sends the guest's frames to,
@@ -96,7 +114,27 @@ struct Started {
     scratch: ScratchDir,
     ram: Option<(PathBuf, ScratchDir)>,
     nics: Vec<NicEnd>,
+    disks: Vec<ServedDisk>,
     start: Instant,
+}
+
+/// Serves every disk of `spec` that provium serves, from the files the
+/// spec names, on their sockets (before QEMU starts and connects).
+fn serve_disks(spec: &LaunchSpec) -> Result<Vec<ServedDisk>, LaunchError> {
+    let mut served = Vec::new();
+    for (id, readonly) in spec.machine.served_disks() {
+        let file = spec.disk_files.get(&id).ok_or_else(|| LaunchError::DiskFile { id: id.clone() })?.clone();
+        let failed = |source| LaunchError::DiskServer { id: id.clone(), path: file.clone(), source };
+        let image = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(&file)
+            .map_err(|e| failed(super::nbd::NbdError::Image(e)))?;
+        let server = super::nbd::BlockServer::serve(&argv::disk_socket(&id, &spec.scratch), image, readonly)
+            .map_err(failed)?;
+        served.push(ServedDisk { id, file, server });
+    }
+    Ok(served)
 }
 
 /// Binds the host end of every NIC of `spec` (before QEMU starts, so the
@@ -138,6 +176,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
         spec.ram = Ram::SharedFile(file.clone());
     }
     let nics = bind_nics(&spec)?;
+    let disks = serve_disks(&spec)?;
     let paths = VmPaths::in_dir(scratch.path());
     let argv = argv::launch_argv(&spec);
     tracing::debug!(vm = label, argv = ?argv, "launching QEMU");
@@ -152,7 +191,7 @@ fn start(label: &str, mut spec: LaunchSpec, files: Option<Vec<u8>>) -> Result<St
             return Err(LaunchError::Qmp(e));
         }
     };
-    Ok(Started { qemu, qmp, paths, scratch, ram, nics, start })
+    Ok(Started { qemu, qmp, paths, scratch, ram, nics, disks, start })
 }
 
 /// The error for a QEMU that exited before the guest was ready.
@@ -203,8 +242,8 @@ impl Started {
         let boot_time = self.start.elapsed();
         tracing::debug!(vm = label, ?boot_time, kernel = %hello.kernel, "agent ready");
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Started { qemu, qmp, paths, scratch, ram, nics, .. } = self;
-        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch, ram, nics })
+        let Started { qemu, qmp, paths, scratch, ram, nics, disks, .. } = self;
+        Ok(Instance { agent, qmp, qemu, hello, paths, boot_time, id, scratch, ram, nics, disks })
     }
 }
 
@@ -297,9 +336,25 @@ impl Instance {
         Ok(())
     }
 
-    /// Saves the guest into `path` (see [`snapshot`]); returns its size.
+    /// Saves the guest into `path` (see [`snapshot`]), its served disks'
+    /// contents included; returns its size.
     pub fn save(&self, path: &std::path::Path, meta: &snapshot::SnapshotMeta) -> Result<u64, snapshot::SaveError> {
-        snapshot::save(&self.qmp, path, meta, self.ram.as_ref().map(|(f, _)| f.as_path()))
+        let disks: Vec<snapshot::DiskFile<'_>> =
+            self.disks.iter().map(|d| snapshot::DiskFile { id: &d.id, file: &d.file, disk: d.server.disk() }).collect();
+        snapshot::save(&self.qmp, path, meta, self.ram.as_ref().map(|(f, _)| f.as_path()), &disks)
+    }
+
+    /// The live handle on served disk `id`: its faults, power cut, and the
+    /// host's view of its sectors.
+    pub fn disk(&self, id: &str) -> Option<super::nbd::DiskHandle> {
+        self.disks.iter().find(|d| d.id == id).map(|d| d.server.disk())
+    }
+
+    /// Asks QEMU to remove disk `id` from the guest (QMP `device_del`).
+    /// microvm cannot unplug; the error says so.
+    pub fn unplug_disk(&self, id: &str) -> Result<(), QmpError> {
+        let args = serde_json::json!({ "id": format!("blk-{id}") });
+        self.qmp.execute("device_del", Some(args), QMP_TIMEOUT).map(drop)
     }
 
     /// The host end of NIC `index` (a second handle on its socket).

@@ -10,7 +10,8 @@
 //!   scratch directory;
 //! - [`accel`]: KVM only after a probe proves it works;
 //! - [`snapshot`], [`sparse`], [`shm`]: snapshot files and guest RAM;
-//! - [`rng`]: the seeded hwrng source; [`console`]: console tails.
+//! - [`rng`]: the seeded hwrng source; [`nbd`]: the disks provium serves
+//!   (faults, power cuts); [`console`]: console tails.
 //!
 //! This module knows nothing of Lua or of VM states; `crate::vm` does.
 
@@ -18,6 +19,7 @@ pub mod accel;
 pub mod argv;
 pub mod console;
 pub mod launch;
+pub mod nbd;
 pub mod process;
 pub mod qmp;
 pub mod rng;
@@ -31,4 +33,4 @@ pub use argv::VmPaths;
 pub use console::{format_console, tail_of, CONSOLE_TAIL_BYTES};
 pub use launch::{Instance, LaunchError, NicEnd};
 pub use socket::connect_when_ready;
-pub use spec::{Accel, Boot, Device, LaunchSpec, Mac, Machine, Ram};
+pub use spec::{Accel, Boot, Device, DiskSource, LaunchSpec, Mac, Machine, Ram};

@@ -27,6 +27,11 @@ pub fn qemu_binary() -> String {
     std::env::var("PROVIUM_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".to_string())
 }
 
+/// The `qemu-img` to run: `$PROVIUM_QEMU_IMG`, else the one on `PATH`.
+pub fn qemu_img_binary() -> String {
+    std::env::var("PROVIUM_QEMU_IMG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "qemu-img".to_string())
+}
+
 /// Finds an executable on PATH (or checks an explicit path).
 pub fn which(binary: &str) -> Option<PathBuf> {
     if binary.contains('/') {

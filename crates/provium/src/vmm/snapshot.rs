@@ -5,6 +5,7 @@
 //! offset 0     "PROVSNP1" | u32 LE length | JSON (SnapshotMeta) | zero padding
 //! offset 4096  QEMU migration stream (`migrate file:<path>,offset=4096`)
 //! [RAM_ALIGN-aligned: the guest RAM image, sparse]
+//! [RAM_ALIGN-aligned: each disk provium serves, its whole image, sparse]
 //! ```
 //!
 //! One self-describing file, so `vm:restore("/path")` needs nothing else:
@@ -16,6 +17,12 @@
 //! (`x-ignore-shared`) and the RAM file is copied, holes kept, behind it: a
 //! save takes milliseconds, and a restore maps that image copy-on-write
 //! instead of loading anything. Otherwise the RAM travels in the stream.
+//!
+//! The disks provium serves are copied in too, after the migration has
+//! flushed them (QEMU flushes its block devices when a migration
+//! completes, and provium commits its own write cache before copying): a
+//! restore starts each from exactly what the guest had written. A disk QEMU
+//! opens itself is read-only (a root image) and is only named, not copied.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +52,22 @@ pub struct RamImage {
     pub size: u64,
 }
 
+/// Where one served disk's image sits in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskImage {
+    pub id: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// A served disk to save: its id, the file behind it, and the live handle
+/// whose write cache is committed first.
+pub struct DiskFile<'a> {
+    pub id: &'a str,
+    pub file: &'a Path,
+    pub disk: super::nbd::DiskHandle,
+}
+
 /// What a restore must reproduce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
@@ -62,6 +85,9 @@ pub struct SnapshotMeta {
     /// The RAM image behind the stream (`None`: RAM is in the stream).
     #[serde(default)]
     pub ram: Option<RamImage>,
+    /// The served disks' images behind it.
+    #[serde(default)]
+    pub disks: Vec<DiskImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +130,13 @@ pub enum SaveError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot save disk `{id}` into `{path}`")]
+    Disk {
+        path: PathBuf,
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the header of snapshot `{path}`")]
     Header {
         path: PathBuf,
@@ -127,7 +160,13 @@ const QMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// the save and continues afterwards; a paused one stays paused. `ram_file`
 /// is the guest's shared RAM file, if it has one. Returns the bytes the file
 /// takes on disk.
-pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>) -> Result<u64, SaveError> {
+pub fn save(
+    qmp: &Qmp,
+    path: &Path,
+    meta: &SnapshotMeta,
+    ram_file: Option<&Path>,
+    disks: &[DiskFile<'_>],
+) -> Result<u64, SaveError> {
     let dest = |why: String| SaveError::Destination { path: path.to_path_buf(), why };
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => {
@@ -148,14 +187,18 @@ pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>
     if running {
         qmp.execute("stop", None, QMP_TIMEOUT)?;
     }
-    // The RAM file must be copied while the guest is stopped.
-    let outcome = migrate(qmp, path).and_then(|()| match ram_file {
-        Some(ram) => append_ram(path, ram).map(Some),
-        None => Ok(None),
+    // The RAM file and the disks must be copied while the guest is stopped.
+    let outcome = migrate(qmp, path).and_then(|()| {
+        let ram = match ram_file {
+            Some(ram) => Some(append_ram(path, ram)?),
+            None => None,
+        };
+        let disks = disks.iter().map(|d| append_disk(path, d)).collect::<Result<Vec<_>, _>>()?;
+        Ok((ram, disks))
     });
     let resumed = if running { qmp.execute("cont", None, QMP_TIMEOUT).map(drop) } else { Ok(()) };
-    let ram = match outcome {
-        Ok(ram) => ram,
+    let (ram, disks) = match outcome {
+        Ok(saved) => saved,
         Err(e) => {
             // No half-written snapshot at the user's path.
             let _ = std::fs::remove_file(path);
@@ -163,7 +206,7 @@ pub fn save(qmp: &Qmp, path: &Path, meta: &SnapshotMeta, ram_file: Option<&Path>
         }
     };
     resumed?;
-    let meta = SnapshotMeta { ram, ..meta.clone() };
+    let meta = SnapshotMeta { ram, disks, ..meta.clone() };
     write_header(path, &meta).map_err(|source| SaveError::Header { path: path.to_path_buf(), source })?;
     Ok(disk_bytes(path))
 }
@@ -192,6 +235,29 @@ fn append_ram(path: &Path, ram: &Path) -> Result<RamImage, SaveError> {
     let size = src.metadata().map_err(failed("measuring the RAM file"))?.len();
     super::sparse::copy_data(&src, &dst, offset, size).map_err(failed("copying guest RAM"))?;
     Ok(RamImage { offset, size })
+}
+
+/// Commits `d`'s write cache and copies its file behind what `path` holds
+/// already, at the next [`RAM_ALIGN`] boundary, skipping holes.
+fn append_disk(path: &Path, d: &DiskFile<'_>) -> Result<DiskImage, SaveError> {
+    let failed = |source| SaveError::Disk { path: path.to_path_buf(), id: d.id.to_string(), source };
+    d.disk.flush().map_err(failed)?;
+    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(failed)?;
+    let src = std::fs::File::open(d.file).map_err(failed)?;
+    let end = dst.metadata().map_err(failed)?.len();
+    let offset = end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
+    let size = src.metadata().map_err(failed)?.len();
+    super::sparse::copy_data(&src, &dst, offset, size).map_err(failed)?;
+    Ok(DiskImage { id: d.id.to_string(), offset, size })
+}
+
+/// Writes served disk `image` of snapshot `path` to `dest` (created or
+/// truncated), holes kept.
+pub fn extract_disk(path: &Path, image: &DiskImage, dest: &Path) -> std::io::Result<()> {
+    let src = std::fs::File::open(path)?;
+    let dst = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(dest)?;
+    dst.set_len(image.size)?;
+    super::sparse::copy_range(&src, image.offset, &dst, 0, image.size)
 }
 
 fn migrate(qmp: &Qmp, path: &Path) -> Result<(), SaveError> {
@@ -280,6 +346,7 @@ mod tests {
             },
             initial_time: None,
             ram: Some(RamImage { offset: RAM_ALIGN, size: 1 << 20 }),
+            disks: vec![DiskImage { id: "data".into(), offset: 2 * RAM_ALIGN, size: 1 << 20 }],
         }
     }
 

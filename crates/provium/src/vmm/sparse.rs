@@ -34,19 +34,28 @@ fn next_data(f: &File, from: u64, len: u64) -> std::io::Result<Option<(u64, u64)
 /// Copies the first `len` bytes of `src` into `dst` at `dst_offset`, leaving
 /// holes where `src` has them; `dst` ends at `dst_offset + len`.
 pub fn copy_data(src: &File, dst: &File, dst_offset: u64, len: u64) -> std::io::Result<()> {
+    copy_range(src, 0, dst, dst_offset, len)?;
+    dst.set_len(dst_offset + len)
+}
+
+/// Copies `len` bytes of `src` from `src_offset` into `dst` at `dst_offset`,
+/// reading and writing only where `src` has data (`dst`'s size is the
+/// caller's business).
+pub fn copy_range(src: &File, src_offset: u64, dst: &File, dst_offset: u64, len: u64) -> std::io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0;
-    while let Some((start, end)) = next_data(src, pos, len)? {
+    let end_of_range = src_offset + len;
+    let mut pos = src_offset;
+    while let Some((start, end)) = next_data(src, pos, end_of_range)? {
         let mut at = start;
         while at < end {
             let n = (end - at).min(CHUNK as u64) as usize;
             src.read_exact_at(&mut buf[..n], at)?;
-            dst.write_all_at(&buf[..n], dst_offset + at)?;
+            dst.write_all_at(&buf[..n], dst_offset + (at - src_offset))?;
             at += n as u64;
         }
         pos = end;
     }
-    dst.set_len(dst_offset + len)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -77,5 +86,12 @@ mod tests {
         assert_eq!(&image[(64 << 20) - 4..], b"last");
         let allocated = std::fs::metadata(&dst_path).unwrap().blocks() * 512;
         assert!(allocated < 8 << 20, "holes kept: {allocated} bytes allocated");
+
+        // And back out of the middle of the file.
+        let back_path = dir.path().join("back");
+        let back = File::options().read(true).write(true).create(true).truncate(true).open(&back_path).unwrap();
+        back.set_len(64 << 20).unwrap();
+        copy_range(&dst, 2 << 20, &back, 0, 64 << 20).unwrap();
+        assert_eq!(std::fs::read(&back_path).unwrap(), std::fs::read(&src_path).unwrap());
     }
 }

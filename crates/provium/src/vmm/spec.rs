@@ -45,6 +45,21 @@ pub enum Device {
     /// the host end joins is not the machine's business, so a NIC exists
     /// from boot whether or not it is attached yet.
     Nic { index: u8, mac: Mac },
+    /// A virtio-blk disk; the guest reads `serial` in
+    /// `/sys/block/vdX/serial` (and the agent links `/dev/disk/by-id/<serial>`).
+    Disk { id: String, source: DiskSource, readonly: bool },
+}
+
+/// Where a disk's blocks come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DiskSource {
+    /// An image file QEMU opens itself, never written: the shared root
+    /// image of a disk-root guest.
+    Image { path: PathBuf },
+    /// Served by provium over NBD on a socket in the scratch directory
+    /// (`argv::disk_socket`), so faults and power cuts reach the guest.
+    Served,
 }
 
 /// An Ethernet address.
@@ -110,6 +125,17 @@ impl Machine {
         })
     }
 
+    /// Its disks served by provium: (id, read-only), in command-line order.
+    pub fn served_disks(&self) -> Vec<(String, bool)> {
+        self.devices
+            .iter()
+            .filter_map(|d| match d {
+                Device::Disk { id, source: DiskSource::Served, readonly } => Some((id.clone(), *readonly)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Its NICs: (index, address), in index order.
     pub fn nics(&self) -> Vec<(u8, Mac)> {
         let mut v: Vec<(u8, Mac)> = self
@@ -165,6 +191,9 @@ pub struct LaunchSpec {
     pub boot: Boot,
     /// Directory holding the sockets and the console log.
     pub scratch: PathBuf,
+    /// The file behind each disk provium serves, by id (host-side only:
+    /// the guest sees the disk, not where it lives).
+    pub disk_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl LaunchSpec {
