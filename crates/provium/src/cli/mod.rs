@@ -121,6 +121,10 @@ pub struct Cli {
     /// and after a failure, so a run can be repeated (also PROVIUM_SEED)
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Do not run dynamic profiles' `build` commands; boot what their
+    /// `{out}` directories already hold.
+    #[arg(long, global = true)]
+    pub no_build: bool,
     /// Show every test, and VM diagnostics on stderr.
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
@@ -139,6 +143,15 @@ pub enum Command {
     Fixture {
         #[command(subcommand)]
         action: crate::fixture_cli::FixtureAction,
+    },
+    /// Get profiles ready without booting anything: run dynamic profiles'
+    /// `build` commands and build Debian profiles' userlands (all profiles
+    /// that need it, or PROFILE).
+    Prepare {
+        profile: Option<String>,
+        /// Fetch the Debian package lists again even if they are recent.
+        #[arg(long)]
+        refresh: bool,
     },
     /// Merge JUnit reports (of `--partition` shards) into one: suites
     /// concatenated, totals recomputed.
@@ -182,6 +195,10 @@ pub enum CliError {
     MergeJunit(#[from] junit_merge::MergeError),
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
+    #[error(transparent)]
+    Prepare(#[from] crate::image::PrepareError),
+    #[error("prepare: profile `{name}` not found in {where_} (profiles: {known})")]
+    UnknownProfile { name: String, where_: String, known: String },
 }
 
 /// Where fixture names are looked up: the config's roots, else the
@@ -295,6 +312,35 @@ fn run(cli: Cli) -> Result<i32, CliError> {
                 .map(|fixtures| crate::fixture_cli::run(action, fixtures, images, accel.accel, events));
             let _ = printer.join();
             return code;
+        }
+        Some(Command::Prepare { profile, refresh }) => {
+            cleanup::install_signal_handler();
+            let names: Vec<String> = match profile {
+                Some(name) if config.profiles.contains_key(name) => vec![name.clone()],
+                Some(name) => {
+                    return Err(CliError::UnknownProfile {
+                        name: name.clone(),
+                        where_: config
+                            .path
+                            .as_ref()
+                            .map_or("provium.toml (there is none here)".into(), |p| format!("`{}`", p.display())),
+                        known: config.profiles.keys().cloned().collect::<Vec<_>>().join(", "),
+                    })
+                }
+                None => config.profiles.keys().cloned().collect(),
+            };
+            let images = Images::new(Arc::new(config.clone()));
+            let builds = if cli.no_build { crate::image::Builds::Skip } else { crate::image::Builds::Run };
+            images.prepare_profiles(&names, builds, *refresh, &mut |line| eprintln!("{line}"))?;
+            let ready: Vec<&String> = names
+                .iter()
+                .filter(|n| {
+                    config.profiles[*n].build.is_some()
+                        || matches!(config.profiles[*n].guest, crate::config::Guest::Debian(_))
+                })
+                .collect();
+            println!("provium prepare: {} profile(s) ready", ready.len());
+            return Ok(0);
         }
         Some(Command::List { paths }) => {
             cleanup::sweep_stale();

@@ -79,14 +79,20 @@ impl Run<'_> {
             }
             return Ok(exit_code(RunEnd::NothingToRun));
         }
-        // A missing kernel of a profile these files use is a config error,
-        // reported now rather than by the first boot.
+        // The profiles these files use are built now (dynamic builds, Debian
+        // userlands), and a missing kernel of one is a config error reported
+        // now rather than by the first boot.
         let config = self.config;
-        config.check_files(&runner::profiles_used(&files, &config.profiles.keys().cloned().collect::<Vec<_>>()))?;
-
+        let used = runner::profiles_used(&files, &config.profiles.keys().cloned().collect::<Vec<_>>());
         cleanup::install_signal_handler();
         cleanup::sweep_stale();
         let images = Arc::new(Images::new(Arc::new(config.clone())));
+        let builds = if cli.no_build { crate::image::Builds::Skip } else { crate::image::Builds::Run };
+        // What a file picks at run time (a profile name in a variable) is
+        // prepared at its first boot instead.
+        let names: Vec<String> = used.iter().map(|(n, _)| n.clone()).collect();
+        images.prepare_profiles(&names, builds, false, &mut |line| eprintln!("{line}"))?;
+        config.check_files(&used)?;
         let accel = choose_accel(&images, cli.verbose);
         let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);
         let (tx, rx) = channel();

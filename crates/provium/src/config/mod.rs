@@ -106,9 +106,9 @@ impl Config {
         let mut from_dir = None;
         for (name, value) in raw.profiles {
             if name == "from_dir" {
-                let dir = value.as_str().ok_or_else(|| {
-                    invalid("profiles.from_dir".into(), "must be a directory path (a string)".into())
-                })?;
+                let dir = value
+                    .as_str()
+                    .ok_or_else(|| invalid("profiles.from_dir".into(), "must be a directory path (a string)".into()))?;
                 from_dir = Some(anchor(PathBuf::from(dir)));
                 continue;
             }
@@ -173,8 +173,9 @@ fn parse_profile(file: &Path, name: &str, value: toml::Value, dir: &Path) -> Res
     if !value.is_table() {
         return Err(invalid(format!("profiles.{name}"), "must be a table ([profiles.NAME])".into()));
     }
-    let raw: profile::RawProfile =
-        value.try_into().map_err(|e: toml::de::Error| invalid(format!("profiles.{name}"), e.message().trim().into()))?;
+    let raw: profile::RawProfile = value
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(format!("profiles.{name}"), e.message().trim().into()))?;
     raw.resolve(name, dir).map_err(|e| invalid(format!("profiles.{name}.{}", e.field), e.message))
 }
 
@@ -194,8 +195,8 @@ fn profiles_in_dir(dir: &Path) -> Result<Vec<(String, Profile)>, ConfigError> {
         let own_dir = dir.join(&name);
         let file = own_dir.join(PROFILE_FILE);
         let text = read(&file)?;
-        let value: toml::Value =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: file.clone(), message: one_line(&e, &text) })?;
+        let value: toml::Value = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: file.clone(), message: one_line(&e, &text) })?;
         let value = match value.get("profile") {
             Some(inner) if value.as_table().is_some_and(|t| t.len() == 1) => inner.clone(),
             _ => value,
@@ -287,10 +288,9 @@ mod tests {
 
     #[test]
     fn debian_profiles_take_packages_and_vm_defaults() {
-        let c = parse(
-            "[profiles.web]\nbase = \"debian\"\npackages = [\"python3\", \"curl\"]\nmemory = \"1G\"\ncpus = 2\n",
-        )
-        .unwrap();
+        let c =
+            parse("[profiles.web]\nbase = \"debian\"\npackages = [\"python3\", \"curl\"]\nmemory = \"1G\"\ncpus = 2\n")
+                .unwrap();
         let p = &c.profiles["web"];
         let Guest::Debian(d) = &p.guest else { panic!("{p:?}") };
         assert_eq!((d.suite.as_str(), d.mirror.as_str()), (DEFAULT_SUITE, DEFAULT_MIRROR));
@@ -311,8 +311,10 @@ mod tests {
 
     #[test]
     fn disks_are_checked_where_declared() {
-        let c = parse("[profiles.d]\nkernel = \"/k\"\ndisks = [{ path = \"img/a.raw\", id = \"data\" }, { size = \"64M\" }]\n")
-            .unwrap();
+        let c = parse(
+            "[profiles.d]\nkernel = \"/k\"\ndisks = [{ path = \"img/a.raw\", id = \"data\" }, { size = \"64M\" }]\n",
+        )
+        .unwrap();
         let d = &c.profiles["d"].disks;
         assert_eq!(d[0].image.as_deref(), Some(Path::new("/suite/img/a.raw")));
         assert_eq!((d[1].id.as_deref(), d[1].size), (None, Some(64 << 20)));
@@ -343,8 +345,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let own = dir.path().join("profiles/peinit");
         std::fs::create_dir_all(&own).unwrap();
-        std::fs::write(own.join(PROFILE_FILE), "build = \"./build.sh {out}\"\nbuild_out = \"out\"\nkernel = \"{out}/k\"\n")
-            .unwrap();
+        std::fs::write(
+            own.join(PROFILE_FILE),
+            "build = \"./build.sh {out}\"\nbuild_out = \"out\"\nkernel = \"{out}/k\"\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.path().join("profiles/not-a-profile")).unwrap();
         let file = dir.path().join("provium.toml");
         let c = Config::parse(&file, "[profiles]\nfrom_dir = \"profiles\"\n").unwrap();

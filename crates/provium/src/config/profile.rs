@@ -237,9 +237,11 @@ impl RawProfile {
                 return Err(invalid("base", format!("unknown base `{other}` (provium builds: \"debian\")")));
             }
             None => {
-                for (field, set) in
-                    [("suite", self.suite.is_some()), ("mirror", self.mirror.is_some()), ("packages", !self.packages.is_empty())]
-                {
+                for (field, set) in [
+                    ("suite", self.suite.is_some()),
+                    ("mirror", self.mirror.is_some()),
+                    ("packages", !self.packages.is_empty()),
+                ] {
                     if set {
                         return Err(invalid(field, "only means something with base = \"debian\""));
                     }

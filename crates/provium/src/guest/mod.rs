@@ -31,8 +31,8 @@ mod vmlinux;
 
 pub use cpio::CpioWriter;
 pub use default_guest::{
-    overlay_cpio, prepare, prepare_flavor, Flavor, GuestError, GuestInputs, PreparedGuest, AGENT_PATH,
-    DEFAULT_MODULES, DISK_ROOT_MODULES, MODULE_LIST_PATH, ON_DEMAND_MODULES, ROOT_DISK_SERIAL,
+    overlay_cpio, prepare, prepare_flavor, Flavor, GuestError, GuestInputs, PreparedGuest, AGENT_PATH, DEFAULT_MODULES,
+    DISK_ROOT_MODULES, MODULE_LIST_PATH, ON_DEMAND_MODULES, ROOT_DISK_SERIAL,
 };
 pub use kmod::KmodError;
 

@@ -34,7 +34,9 @@ pub enum DiskError {
     UsedTwice { vm: String, id: String },
     #[error("vm `{vm}`: {0}", .message)]
     BadId { vm: String, message: String },
-    #[error("vm `{vm}`: disk `{id}`: no image at `{path}` (provium does not create one; give `size` for a blank disk)")]
+    #[error(
+        "vm `{vm}`: disk `{id}`: no image at `{path}` (provium does not create one; give `size` for a blank disk)"
+    )]
     NoImage { vm: String, id: String, path: PathBuf },
     #[error("vm `{vm}`: disk `{id}` needs `image` (a file to start from) or `size` (a blank disk)")]
     NoSize { vm: String, id: String },
@@ -137,7 +139,14 @@ impl Disks {
                     })?;
                     let file = dir.join(format!("{id}.raw"));
                     make_file(vm, &id, &decl, &file)?;
-                    DiskState { id: id.clone(), readonly: decl.readonly, file, decl, faults: Faults::default(), detached: false }
+                    DiskState {
+                        id: id.clone(),
+                        readonly: decl.readonly,
+                        file,
+                        decl,
+                        faults: Faults::default(),
+                        detached: false,
+                    }
                 }
             };
             machine.devices.push(Device::Disk { id: id.clone(), source: DiskSource::Served, readonly: state.readonly });
@@ -165,7 +174,11 @@ impl Disks {
                 from: snapshot.display().to_string(),
                 why,
             };
-            let image = meta.disks.iter().find(|d| d.id == id).ok_or_else(|| failed("the snapshot holds no image of it".into()))?;
+            let image = meta
+                .disks
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| failed("the snapshot holds no image of it".into()))?;
             let dir = self.dir(vm).map_err(|e| failed(e.to_string()))?;
             let file = dir.join(format!("{id}.raw"));
             crate::vmm::snapshot::extract_disk(snapshot, image, &file).map_err(|e| failed(e.to_string()))?;
@@ -367,7 +380,11 @@ impl Vm {
     pub fn fault_inject(&mut self, id: &str, mode: &str) -> Result<(), VmError> {
         let live = self.live_disk(id);
         let name = self.name().to_string();
-        let d = self.disks.find_mut(id).ok_or_else(|| DiskError::Unknown { vm: name, id: id.into(), known: String::new() })?;
+        let d = self.disks.find_mut(id).ok_or_else(|| DiskError::Unknown {
+            vm: name,
+            id: id.into(),
+            known: String::new(),
+        })?;
         add_fault(&mut d.faults, mode)?;
         if let Some(h) = live {
             h.set_faults(d.faults);
@@ -427,7 +444,8 @@ impl Vm {
     pub(super) fn apply_disk_faults(&self) {
         for d in &self.disks.disks {
             if let Some(h) = self.live_disk(&d.id) {
-                let faults = if d.detached { Faults { eio_read: true, eio_write: true, slow: false } } else { d.faults };
+                let faults =
+                    if d.detached { Faults { eio_read: true, eio_write: true, slow: false } } else { d.faults };
                 h.set_faults(faults);
             }
         }
@@ -468,7 +486,9 @@ mod tests {
     fn boot_disks_get_ids_files_and_devices() {
         let mut disks = Disks::default();
         let mut m = Machine::standard(256, 1);
-        let files = disks.plan_boot("v", &[decl(Some("data"), 1 << 20)], &[decl(None, 4096), decl(None, 4096)], &mut m).unwrap();
+        let files = disks
+            .plan_boot("v", &[decl(Some("data"), 1 << 20)], &[decl(None, 4096), decl(None, 4096)], &mut m)
+            .unwrap();
         assert_eq!(files.keys().collect::<Vec<_>>(), ["boot0", "boot1", "data"]);
         assert_eq!(m.served_disks(), [("data".to_string(), false), ("boot0".into(), false), ("boot1".into(), false)]);
         assert_eq!(std::fs::metadata(&files["data"]).unwrap().len(), 1 << 20);

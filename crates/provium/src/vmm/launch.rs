@@ -130,8 +130,8 @@ fn serve_disks(spec: &LaunchSpec) -> Result<Vec<ServedDisk>, LaunchError> {
             .write(!readonly)
             .open(&file)
             .map_err(|e| failed(super::nbd::NbdError::Image(e)))?;
-        let server = super::nbd::BlockServer::serve(&argv::disk_socket(&id, &spec.scratch), image, readonly)
-            .map_err(failed)?;
+        let server =
+            super::nbd::BlockServer::serve(&argv::disk_socket(&id, &spec.scratch), image, readonly).map_err(failed)?;
         served.push(ServedDisk { id, file, server });
     }
     Ok(served)

@@ -4,8 +4,15 @@
 //! The `default` profile is provium's embedded guest ([`crate::guest`]),
 //! prepared once and cached by its inputs. A user profile's initrd gets the
 //! agent overlay appended (cached by the initrd's identity and the agent's
-//! hash). Paths are checked here, at boot, with errors that name the profile
-//! field.
+//! hash). A Debian profile boots provium's kernel with a small first-stage
+//! initramfs ([`guest::Flavor::DiskRoot`]) and the squashfs root image
+//! `crate::debian` builds. Paths are checked here, at boot, with errors that
+//! name the profile field. [`prepare`] runs dynamic profiles' builds and
+//! Debian builds before a run.
+
+mod prepare;
+
+pub use prepare::{Builds, PrepareError};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -61,6 +68,8 @@ pub enum ImageError {
         #[source]
         source: GuestError,
     },
+    #[error(transparent)]
+    Build(Box<PrepareError>),
     #[error("profile `{profile}`: cannot build its Debian userland")]
     Debian {
         profile: String,
@@ -103,6 +112,10 @@ pub struct Images {
     disk_root: Mutex<Option<PreparedGuest>>,
     /// Debian root images by profile, once prepared in this run.
     debian: Mutex<std::collections::HashMap<String, crate::debian::DebianImage>>,
+    /// Profiles whose `build` ran in this run.
+    built: Mutex<std::collections::HashSet<String>>,
+    /// `--no-build`.
+    skip_builds: std::sync::atomic::AtomicBool,
 }
 
 impl Images {
@@ -113,6 +126,8 @@ impl Images {
             default: Mutex::new(None),
             disk_root: Mutex::new(None),
             debian: Mutex::default(),
+            built: Mutex::default(),
+            skip_builds: Default::default(),
         }
     }
 
@@ -248,11 +263,17 @@ impl Images {
     }
 
     fn resolve_profile(&self, p: &Profile) -> Result<BootImage, ImageError> {
+        // Built before the run for the profiles its files name; one picked
+        // at run time builds at its first boot.
+        self.run_build(p, &mut |line| eprintln!("{line}")).map_err(|e| ImageError::Build(Box::new(e)))?;
         let agent_timeout = p.agent_boot_timeout.map(Duration::from_secs_f64).unwrap_or(DEFAULT_AGENT_TIMEOUT);
         let (kernel, initrd, cmdline_file, inject_agent) = match &p.guest {
-            Guest::Files { kernel, initrd, cmdline_file, inject_agent } => (kernel, initrd, cmdline_file, *inject_agent),
+            Guest::Files { kernel, initrd, cmdline_file, inject_agent } => {
+                (kernel, initrd, cmdline_file, *inject_agent)
+            }
             Guest::Debian(_) => {
-                let root = self.prepare_debian(p, false, &mut |_| {})?;
+                let root =
+                    self.prepare_debian(p, false, &mut |step| eprintln!("provium: profile `{}`: {step}", p.name))?;
                 let g = self.disk_root_guest(&p.name)?;
                 let mut cmdline = default_cmdline();
                 if !p.cmdline.is_empty() {
