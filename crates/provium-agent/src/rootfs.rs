@@ -124,7 +124,9 @@ fn wait_for_disk(serial: &str) -> Result<String, String> {
             }
         }
         if Instant::now() >= deadline {
-            return Err(format!("no disk with serial `{serial}` appeared within {DISK_WAIT:?} (is virtio_blk loaded?)"));
+            return Err(format!(
+                "no disk with serial `{serial}` appeared within {DISK_WAIT:?} (is virtio_blk loaded?)"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
