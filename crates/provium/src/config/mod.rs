@@ -48,7 +48,40 @@ struct RawConfig {
     provium: RawProvium,
     /// Profile tables, and `from_dir` (a string) beside them.
     #[serde(default)]
-    profiles: toml::Table,
+    profiles: RawProfiles,
+}
+
+/// `[profiles]`: `[profiles.<name>]` tables and `from_dir`. Read by hand
+/// (one key is a string, the others tables) so that an error inside a
+/// profile keeps its line and column.
+#[derive(Debug, Default)]
+struct RawProfiles {
+    from_dir: Option<PathBuf>,
+    tables: BTreeMap<String, profile::RawProfile>,
+}
+
+impl<'de> Deserialize<'de> for RawProfiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawProfiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("[profiles.NAME] tables and `from_dir`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawProfiles, A::Error> {
+                let mut out = RawProfiles::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "from_dir" {
+                        out.from_dir = Some(map.next_value()?);
+                    } else {
+                        out.tables.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,19 +136,12 @@ impl Config {
         };
         let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_path_buf(), key, message };
         let mut profiles = BTreeMap::new();
-        let mut from_dir = None;
-        for (name, value) in raw.profiles {
-            if name == "from_dir" {
-                let dir = value
-                    .as_str()
-                    .ok_or_else(|| invalid("profiles.from_dir".into(), "must be a directory path (a string)".into()))?;
-                from_dir = Some(anchor(PathBuf::from(dir)));
-                continue;
-            }
-            let p = parse_profile(path, &name, value, &base)?;
+        for (name, raw) in raw.profiles.tables {
+            let p =
+                raw.resolve(&name, &base).map_err(|e| invalid(format!("profiles.{name}.{}", e.field), e.message))?;
             profiles.insert(name, p);
         }
-        if let Some(dir) = from_dir {
+        if let Some(dir) = raw.profiles.from_dir.map(anchor) {
             for (name, p) in profiles_in_dir(&dir)? {
                 if profiles.contains_key(&name) {
                     return Err(invalid(
@@ -167,21 +193,9 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
 
-/// One profile table of `file`; relative paths against `dir`.
-fn parse_profile(file: &Path, name: &str, value: toml::Value, dir: &Path) -> Result<Profile, ConfigError> {
-    let invalid = |key: String, message: String| ConfigError::Invalid { path: file.to_path_buf(), key, message };
-    if !value.is_table() {
-        return Err(invalid(format!("profiles.{name}"), "must be a table ([profiles.NAME])".into()));
-    }
-    let raw: profile::RawProfile = value
-        .try_into()
-        .map_err(|e: toml::de::Error| invalid(format!("profiles.{name}"), e.message().trim().into()))?;
-    raw.resolve(name, dir).map_err(|e| invalid(format!("profiles.{name}.{}", e.field), e.message))
-}
-
 /// The profiles of `[profiles] from_dir`: `<dir>/<name>/profile.provium.toml`
-/// each (the table's keys at top level, or under `[profile]`), paths and
-/// `build` relative to `<dir>/<name>`.
+/// each (a profile's keys at top level), paths and `build` relative to
+/// `<dir>/<name>`.
 fn profiles_in_dir(dir: &Path) -> Result<Vec<(String, Profile)>, ConfigError> {
     let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read { path: dir.to_path_buf(), source })?;
     let mut names: Vec<String> = entries
@@ -195,13 +209,13 @@ fn profiles_in_dir(dir: &Path) -> Result<Vec<(String, Profile)>, ConfigError> {
         let own_dir = dir.join(&name);
         let file = own_dir.join(PROFILE_FILE);
         let text = read(&file)?;
-        let value: toml::Value = toml::from_str(&text)
+        let raw: profile::RawProfile = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: file.clone(), message: one_line(&e, &text) })?;
-        let value = match value.get("profile") {
-            Some(inner) if value.as_table().is_some_and(|t| t.len() == 1) => inner.clone(),
-            _ => value,
-        };
-        let p = parse_profile(&file, &name, value, &own_dir)?;
+        let p = raw.resolve(&name, &own_dir).map_err(|e| ConfigError::Invalid {
+            path: file.clone(),
+            key: e.field,
+            message: e.message,
+        })?;
         out.push((name, p));
     }
     Ok(out)
@@ -260,7 +274,7 @@ mod tests {
              = \"debian\" for one provium builds"
         );
         let e = parse("[profiles.k]\nkernal = \"x\"\n").unwrap_err().to_string();
-        assert!(e.starts_with("invalid config in `/suite/provium.toml`: `profiles.k`: unknown field `kernal`"), "{e}");
+        assert!(e.starts_with("cannot parse `/suite/provium.toml`: line 2, column 1: unknown field `kernal`"), "{e}");
         let e = parse("[profiles.k]\nkernel = \"x\"\ncmdline = \"rdinit=/init\"\n").unwrap_err().to_string();
         assert!(e.contains("`profiles.k.cmdline`: already pins rdinit="), "{e}");
         let e = parse("[profiles.k\n").unwrap_err().to_string();
