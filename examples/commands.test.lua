@@ -64,7 +64,7 @@ test("a dynamically linked host binary says which loader the guest lacks", funct
   for _, r in ipairs({vm:run("/tmp/hi"), vm:run("/tmp/hi", {}), vm:run("hi", {env = {PATH = "/tmp"}})}) do
     t:assert_eq(r.exit_code, 127)
     t:assert_contains(r.stderr, "/tmp/hi needs " .. loader .. ", which this guest does not have")
-    t:assert_contains(r.stderr, "link it statically or use a guest with a C library")
+    t:assert_contains(r.stderr, "link it statically, or boot a profile with a C library (`base = \"debian\"` in provium.toml")
   end
   local p = vm:run_async("/tmp/hi")
   t:assert_contains(p:wait(30).stderr, "/tmp/hi needs " .. loader)

@@ -24,7 +24,10 @@ pub fn missing_interpreter(path: &Path) -> Option<String> {
 
 /// What to tell the user about `path` whose loader `interp` is missing.
 pub fn explain(path: &str, interp: &str) -> String {
-    format!("{path} needs {interp}, which this guest does not have: link it statically or use a guest with a C library")
+    format!(
+        "{path} needs {interp}, which this guest does not have: link it statically, or boot a profile with a C \
+         library (`base = \"debian\"` in provium.toml: a Debian userland provium builds)"
+    )
 }
 
 /// The `PT_INTERP` string of a 64-bit little-endian ELF file.
