@@ -54,7 +54,18 @@ pub fn run(config: &Config) -> i32 {
         Some(p) => line(true, "config", &p.display().to_string()),
         None => line(true, "config", "no provium.toml here (profile `default` needs none)"),
     }
-    for name in config.profiles.keys() {
+    images.set_builds(crate::image::Builds::Skip);
+    for (name, p) in &config.profiles {
+        if let crate::config::Guest::Debian(d) = &p.guest {
+            // Building one can take a while: doctor only says what it is.
+            let what = format!(
+                "Debian {} with {} (built, or found cached, by `provium prepare {name}` or the first run)",
+                d.suite,
+                if d.packages.is_empty() { "no extra packages".to_string() } else { d.packages.join(", ") }
+            );
+            line(true, &format!("profile `{name}`"), &what);
+            continue;
+        }
         match images.resolve(name) {
             Ok(img) => line(true, &format!("profile `{name}`"), &img.kernel.display().to_string()),
             Err(e) => {

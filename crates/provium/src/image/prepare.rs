@@ -59,6 +59,12 @@ pub enum Builds {
 }
 
 impl Images {
+    /// Whether resolving a profile may run its `build` (not under
+    /// `--no-build`, nor for `provium doctor`).
+    pub fn set_builds(&self, builds: Builds) {
+        self.skip_builds.store(builds == Builds::Skip, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Prepares each profile of `names` that needs it (unknown names and
     /// `default` are skipped): its build, then its Debian userland.
     pub fn prepare_profiles(
@@ -68,7 +74,7 @@ impl Images {
         refresh: bool,
         say: &mut dyn FnMut(String),
     ) -> Result<(), PrepareError> {
-        self.skip_builds.store(builds == Builds::Skip, std::sync::atomic::Ordering::Relaxed);
+        self.set_builds(builds);
         for name in names {
             let Some(p) = self.config().profiles.get(name) else { continue };
             if builds == Builds::Run {
