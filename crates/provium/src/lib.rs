@@ -24,6 +24,7 @@ pub mod agent;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod debian;
 pub mod doctor;
 pub mod errors;
 pub mod events;
