@@ -13,7 +13,7 @@ use super::unpack::{merged, normalize, Captured, Stream};
 use super::{DebianError, Step};
 
 /// What went into the key from this file; change it with the rules.
-pub(super) const SETTINGS: &str = "fixups-1 passwd group shadow alternatives+slaves hostname=provium hosts resolv \
+pub(super) const SETTINGS: &str = "fixups-1 passwd(x) group shadow alternatives+slaves hostname=provium hosts resolv \
                                    mtab proc sys dev run tmp usr/local/bin root";
 
 const HOSTNAME: &str = "provium";
@@ -37,7 +37,7 @@ fn write<W: Write>(s: &mut Stream<W>, captured: &Captured, progress: &mut dyn Fn
     for d in ["etc", "usr", "usr/local", "usr/local/bin"] {
         s.dir(d, 0o755)?;
     }
-    s.file("etc/passwd", 0o644, ROOT, passwd.as_bytes())?;
+    s.file("etc/passwd", 0o644, ROOT, shadowed(&passwd).as_bytes())?;
     s.file("etc/group", 0o644, ROOT, group.as_bytes())?;
     let shadow_gid = group_id(&group, "shadow").unwrap_or(0);
     s.file("etc/shadow", 0o640, (0, shadow_gid), shadow(&passwd).as_bytes())?;
@@ -75,6 +75,17 @@ fn group_id(group: &str, name: &str) -> Option<u64> {
         (f.next()? == name).then_some(())?;
         f.nth(1)?.parse().ok()
     })
+}
+
+/// `passwd` with each password field `x` (see `/etc/shadow`), as `shadowconfig on` leaves it.
+fn shadowed(passwd: &str) -> String {
+    passwd
+        .lines()
+        .map(|l| match l.split_once(':') {
+            Some((name, rest)) => format!("{name}:x:{}\n", rest.split_once(':').map_or("", |(_, r)| r)),
+            None => format!("{l}\n"),
+        })
+        .collect()
 }
 
 /// A shadow file with every account of `passwd` locked.
@@ -223,6 +234,10 @@ mod tests {
     fn shadow_and_groups() {
         let passwd = "root:*:0:0:root:/root:/bin/bash\ndaemon:*:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
         assert_eq!(shadow(passwd), "root:*::0:99999:7:::\ndaemon:*::0:99999:7:::\n");
+        assert_eq!(
+            shadowed(passwd),
+            "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+        );
         assert_eq!(group_id("root:*:0:\nshadow:*:42:\n", "shadow"), Some(42));
         assert_eq!(group_id("root:*:0:\n", "shadow"), None);
     }

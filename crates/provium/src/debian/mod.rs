@@ -336,7 +336,7 @@ fn image_key(spec: &DebianSpec, resolved: &[apt::Package], kernel_release: &str,
         &pins.join(" "),
         &unpack::settings(),
         fixups::SETTINGS,
-        spec.compression.name(),
+        &spec.compression.args().join(" "),
         kernel_release,
         modules_id,
     ] {
@@ -413,15 +413,18 @@ impl Drop for TempEntry {
     }
 }
 
-/// Removes what an interrupted build of `key` left behind. Called under the key's lock, so no
-/// build of the key is running.
+/// Removes what an interrupted build of `key` left behind (called under the key's lock, so no
+/// build of the key is running), and builds of other keys abandoned for over an hour.
 fn remove_leftovers(images: &Path, key: &str) {
     let prefix = format!(".tmp-{key}-");
     let Ok(entries) = std::fs::read_dir(images) else {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let idle = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        let abandoned = name.starts_with(".tmp-") && idle.is_some_and(|i| i > std::time::Duration::from_secs(3600));
+        if name.starts_with(&prefix) || abandoned {
             tracing::debug!(path = %e.path().display(), "removing an interrupted debian image build");
             let _ = std::fs::remove_dir_all(e.path());
         }

@@ -66,6 +66,9 @@ fn key_is_stable_and_order_independent() {
     assert_ne!(a, image_key(&spec, &[p("bash", "5.2"), p("dash", "0.5")], "6.1.0-57-cloud-amd64", "m2"));
     let lz4 = DebianSpec { compression: Compression::Lz4, ..spec.clone() };
     assert_ne!(a, image_key(&lz4, &[p("bash", "5.2"), p("dash", "0.5")], "6.1.0-57-cloud-amd64", "m1"));
+    assert_eq!(Compression::from_name("lz4"), Some(Compression::Lz4));
+    assert_eq!(Compression::from_name("zstd"), Some(Compression::default()));
+    assert_eq!(Compression::from_name("bzip2"), None);
 }
 
 #[test]
@@ -232,18 +235,94 @@ fn run_in_chroot(image: &Path, release: &str) {
     }
 }
 
-/// Build time and size per compressor (run by hand: `cargo test -p provium measure_compressors
-/// -- --ignored --nocapture`).
+/// Each phase timed on its own, cold (fresh apt root and .deb dir), then `tar2sqfs` per
+/// compressor on the same tar, then a whole cold `prepare` (run by hand: `cargo test -p
+/// provium --lib measure_phases -- --ignored --nocapture`).
 #[test]
 #[ignore = "a measurement, not a check"]
-fn measure_compressors() {
+fn measure_phases() {
     let kernel = kernel();
-    for compression in [Compression::Lz4, Compression::Zstd, Compression::Gzip, Compression::Xz] {
-        let images = tempfile::tempdir().unwrap();
-        let spec = DebianSpec { compression, ..DebianSpec::with_packages(&["python3", "curl"]) };
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = CacheDirs::under(tmp.path());
+    let packages = ["python3".to_owned(), "curl".to_owned()];
+    let secs = |t: Instant| t.elapsed().as_secs_f64();
+
+    let root = apt::AptRoot::open(&dirs.apt, DEFAULT_MIRROR, DEFAULT_SUITE).unwrap();
+    let t = Instant::now();
+    root.update_if_needed(false, &mut |_| {}).unwrap();
+    eprintln!("apt-get update (cold): {:.2} s", secs(t));
+    let t = Instant::now();
+    let (pkgs, cached) = root.resolve(&packages).unwrap();
+    assert!(!cached);
+    eprintln!("resolve: {:.2} s ({} packages)", secs(t), pkgs.len());
+    let t = Instant::now();
+    let (_, again) = root.resolve(&packages).unwrap();
+    assert!(again);
+    eprintln!("resolve (stored): {:.4} s", secs(t));
+    let t = Instant::now();
+    let (debs, (count, bytes)) = apt::download(&root, &pkgs, &dirs.debs).unwrap();
+    eprintln!("download (cold): {:.2} s, {count} debs, {:.1} MB", secs(t), bytes as f64 / 1e6);
+
+    let tar_path = tmp.path().join("root.tar");
+    let t = Instant::now();
+    let file = std::io::BufWriter::new(std::fs::File::create(&tar_path).unwrap());
+    let mut stream = unpack::Stream::new(file);
+    let captured = stream.add_debs(&debs, &mut |_| {}).unwrap();
+    let t_debs = secs(t);
+    fixups::apply(&mut stream, &captured, &mut |_| {}).unwrap();
+    let t_fix = secs(t);
+    stream.add_modules(&kernel.modules_dir(), &kernel.kernel_release).unwrap();
+    let (stats, _) = stream.finish().unwrap();
+    eprintln!(
+        "unpack+tar: {:.2} s (debs {t_debs:.2}, fixups {:.2}, modules {:.2}); {} entries, {:.1} MB tar",
+        secs(t),
+        t_fix - t_debs,
+        secs(t) - t_fix,
+        stats.entries,
+        stats.tar_bytes as f64 / 1e6
+    );
+    let choices = [
+        ("lz4", ""),
+        ("lz4", "hc"),
+        ("zstd", "level=1"),
+        ("zstd", "level=3"),
+        ("zstd", "level=6"),
+        ("zstd", "level=15"),
+        ("gzip", "level=1"),
+        ("gzip", "level=9"),
+        ("xz", "level=6"),
+    ];
+    for (c, extra) in choices {
+        let out = tmp.path().join(format!("{c}.sqfs"));
         let t = Instant::now();
-        let img = prepare_in(&spec, &kernel, &shared_dirs(images.path()), false, &mut |_| {}).unwrap();
-        let size = std::fs::metadata(&img.rootfs).unwrap().len();
-        eprintln!("{:5}: {:.2} s, {:.1} MB", compression.name(), t.elapsed().as_secs_f64(), size as f64 / 1e6);
+        let extra = if extra.is_empty() { String::new() } else { format!("-X {extra}") };
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar2sqfs -q -f -s -c {c} {extra} -j {} '{}' < '{}'",
+                std::thread::available_parallelism().unwrap(),
+                out.display(),
+                tar_path.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let size = std::fs::metadata(&out).unwrap().len();
+        eprintln!("tar2sqfs -c {c:4} {extra:14}: {:.2} s, {:.1} MB", secs(t), size as f64 / 1e6);
+    }
+
+    if std::env::var_os("PROVIUM_DEBIAN_MEASURE_PREPARE").is_none() {
+        return;
+    }
+    for c in [Compression::Lz4, Compression::Zstd] {
+        let fresh = tempfile::tempdir().unwrap();
+        let spec = DebianSpec { compression: c, ..DebianSpec::with_packages(&packages) };
+        let t = Instant::now();
+        let img = prepare(&spec, &kernel, fresh.path(), false, &mut |_| {}).unwrap();
+        eprintln!("prepare, all cold ({}): {:.2} s", c.name(), secs(t));
+        let t = Instant::now();
+        let hit = prepare(&spec, &kernel, fresh.path(), false, &mut |_| {}).unwrap();
+        assert!(img.built && !hit.built);
+        eprintln!("prepare, cache hit: {:.4} s", secs(t));
     }
 }
