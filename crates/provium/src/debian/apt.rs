@@ -107,7 +107,7 @@ impl AptRoot {
         cmd
     }
 
-    fn lists_dir(&self) -> PathBuf {
+    pub(super) fn lists_dir(&self) -> PathBuf {
         self.dir.join("var/lib/apt/lists")
     }
 

@@ -95,6 +95,47 @@ fn unknown_suite_is_reported() {
 }
 
 #[test]
+fn an_unreachable_mirror_gives_apts_complaint() {
+    let images = tempfile::tempdir().unwrap();
+    let apt = tempfile::tempdir().unwrap();
+    let dirs = CacheDirs { apt: apt.path().to_owned(), ..shared_dirs(images.path()) };
+    let spec = DebianSpec { mirror: "http://127.0.0.1:9/debian".into(), ..DebianSpec::with_packages(&["bash"]) };
+    let err = prepare_in(&spec, &kernel(), &dirs, false, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, DebianError::Apt { action: "update", .. }), "{err}");
+    assert!(err.to_string().contains("Connection refused"), "{err}");
+}
+
+/// Lists from an earlier update, then the mirror goes away: a warning, and the old lists.
+#[test]
+fn old_lists_are_used_when_an_update_fails() {
+    let apt = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let shared = shared_dirs(images.path());
+    // Make sure the shared lists exist, then copy them under the name of a dead mirror.
+    let good = apt::AptRoot::open(&shared.apt, DEFAULT_MIRROR, DEFAULT_SUITE).unwrap();
+    let lock = good.lock().unwrap();
+    good.update_if_needed(false, &mut |_| {}).unwrap();
+    let dead = "http://127.0.0.1:9/debian";
+    let root = apt::AptRoot::open(apt.path(), dead, DEFAULT_SUITE).unwrap();
+    let (from, to) = (good.lists_dir(), root.lists_dir());
+    for e in std::fs::read_dir(&from).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix("deb.debian.org_debian_dists_") {
+            std::fs::copy(e.path(), to.join(format!("127.0.0.1:9_debian_dists_{rest}"))).unwrap();
+        }
+    }
+    drop(lock);
+    let mut steps = Vec::new();
+    root.update_if_needed(true, &mut |s| steps.push(s)).unwrap();
+    assert!(
+        matches!(steps.as_slice(), [Step::Updating { .. }, Step::Warning(w)] if w.contains("Connection refused") && w.contains("last successful update")),
+        "{steps:?}"
+    );
+    let (pkgs, _) = root.resolve(&["bash".to_owned()]).unwrap();
+    assert!(pkgs.iter().any(|p| p.name == "bash"));
+}
+
+#[test]
 fn builds_python3_curl_once_then_reuses_and_rebuilds_after_a_kill() {
     let kernel = kernel();
     let images = tempfile::tempdir().unwrap();

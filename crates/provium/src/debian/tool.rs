@@ -42,3 +42,18 @@ pub(super) fn tail(stderr: &[u8]) -> String {
         tail
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_says_what_to_install() {
+        let e = spawn_error("tar2sqfs", std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(e.to_string(), "`tar2sqfs` not found; install squashfs-tools-ng (run scripts/setup)");
+        let e = output("apt-get", &mut Command::new("/nonexistent/apt-get")).unwrap_err();
+        assert!(e.to_string().contains("install apt"), "{e}");
+        let e = spawn_error("dpkg-deb", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(e, DebianError::Spawn { tool: "dpkg-deb", .. }), "{e}");
+    }
+}
