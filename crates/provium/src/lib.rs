@@ -10,6 +10,8 @@
 //!   │                     │
 //!   │                     ├─► vmm: LaunchSpec → argv, QEMU process, QMP, accel, snapshots
 //!   │                     └─► agent: frames over virtio-serial to provium-agent
+//!   │     guest (default guest: vmlinux + agent initramfs) · debian (userland rootfs.sqfs
+//!   │       from .debs, rootless, cached by resolved versions)
 //!   │
 //!   └── report (human, progress, JSON, JUnit) ◄── events ◄── runner, lua, lab, vm, fixture
 //! ```

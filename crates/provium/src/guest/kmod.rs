@@ -73,11 +73,49 @@ pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>,
         done: HashSet::new(),
         visiting: HashSet::new(),
         out: Vec::new(),
+        keep_bytes: true,
     };
     for name in wanted {
         r.visit(&module_name(name), None)?;
     }
     Ok(r.out)
+}
+
+/// Every module under `modules_dir` in load order, for a guest that holds the whole tree (a
+/// Debian image). Reads each module once for its dependencies and keeps no contents
+/// ([`KernelModule::bytes`] is empty).
+pub(crate) fn resolve_all(modules_dir: &Path) -> Result<Vec<KernelModule>, KmodError> {
+    let index = index(modules_dir)?;
+    let names: Vec<String> = index.keys().cloned().collect();
+    let mut r = Resolver {
+        dir: modules_dir,
+        index,
+        builtin: builtin(modules_dir),
+        done: HashSet::new(),
+        visiting: HashSet::new(),
+        out: Vec::new(),
+        keep_bytes: false,
+    };
+    for name in &names {
+        r.visit(name, None)?;
+    }
+    Ok(r.out)
+}
+
+/// `modules.dep.bin` for `modules`: the lines of [`modules_dep`] keyed by module name, in
+/// kmod's index format (what `modprobe` reads; it ignores the text file).
+pub(crate) fn modules_dep_bin(modules: &[KernelModule]) -> Vec<u8> {
+    let text = modules_dep(modules);
+    let entries =
+        modules.iter().zip(text.lines()).enumerate().map(|(i, (m, line))| (m.name.clone(), line.to_owned(), i as u32));
+    super::kmod_index::write(entries)
+}
+
+/// `modules.builtin.bin` from the `modules.builtin` of `modules_dir` (empty index if none).
+pub(crate) fn modules_builtin_bin(modules_dir: &Path) -> Vec<u8> {
+    let mut names: Vec<String> = builtin(modules_dir).into_iter().collect();
+    names.sort();
+    super::kmod_index::write(names.into_iter().map(|n| (n, String::new(), 0)))
 }
 
 /// The text of `modules.dep` for `modules` (in load order): one line per module, listing all
@@ -115,6 +153,8 @@ struct Resolver<'a> {
     done: HashSet<String>,
     visiting: HashSet<String>,
     out: Vec<KernelModule>,
+    /// Whether [`KernelModule::bytes`] is filled in (else it is left empty once read).
+    keep_bytes: bool,
 }
 
 impl Resolver<'_> {
@@ -134,8 +174,11 @@ impl Resolver<'_> {
         if !rel_path.ends_with(".ko") {
             return Err(KmodError::CompressedModule { path });
         }
-        let bytes = std::fs::read(&path).map_err(|source| KmodError::ReadModule { path: path.clone(), source })?;
+        let mut bytes = std::fs::read(&path).map_err(|source| KmodError::ReadModule { path: path.clone(), source })?;
         let depends = depends(&bytes).map_err(|reason| KmodError::BadElf { path, reason })?;
+        if !self.keep_bytes {
+            bytes = Vec::new();
+        }
         for dep in &depends {
             self.visit(dep, Some(name))?;
         }

@@ -26,7 +26,8 @@
 
 mod cpio;
 mod default_guest;
-mod kmod;
+pub(crate) mod kmod;
+mod kmod_index;
 mod vmlinux;
 
 pub use cpio::CpioWriter;
