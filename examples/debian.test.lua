@@ -12,7 +12,7 @@ test("python3, curl and ip are there", function(t)
 end)
 
 test("a program built on the host, dynamically linked, runs as it is", function(t)
-  local here = _PROVIUM_SOURCE_PATH:match("^(.*/)") or "./"
+  local here = _PROVIUM_SOURCE_PATH:match("^(.*/)")
   local bin = os.tmpname()
   local built = os.execute("cc -O2 -o " .. bin .. " " .. here .. "helpers/c/hello.c")
   if not built then
@@ -34,8 +34,16 @@ for _, f in ipairs({"slow-start-daemon.py", "chatty-daemon.sh", "env-with-port.p
 end
 local cwd = "/root/subplot"
 
-local function running(pattern)
-  return vm:run("pgrep -f '" .. pattern .. "'"):ok()
+-- "a process X is running": pgrep on the full command line. The pattern's
+-- first letter goes in brackets so that pgrep's own `sh -c` never matches.
+local function running(name)
+  return vm:run("pgrep -f '[" .. name:sub(1, 1) .. "]" .. name:sub(2) .. "'"):ok()
+end
+
+-- lib/daemon connects to a daemon's port once it is open and closes the
+-- connection at once; the helper scripts exit on that.
+local function knock(port)
+  vm:run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" .. port .. "'"):assert_ok()
 end
 
 test("daemon is started and terminated", function(t)
@@ -49,6 +57,7 @@ end)
 test("daemon takes a while to open its port", function(t)
   t:assert(not running("slow-start-daemon.py"))
   local d = vm:daemon("./slow-start-daemon.py", {port = 8888, cwd = cwd, timeout = "20s"})
+  knock(8888)
   d:stop()
   t:assert(not running("slow-start-daemon.py"))
 end)
@@ -75,9 +84,11 @@ test("additional environment variables for one daemon only", function(t)
   env:stop()
   t:assert_contains(env:stdout(), "custom_variable=has a Value")
   local p = vm:daemon("./env-with-port.py 8765", {cwd = cwd, port = 8765, env = {custom_variable = "1337"}})
+  knock(8765)
   p:stop()
   t:assert_contains(p:stdout(), "custom_variable=1337")
   local q = vm:daemon("./env-with-port.py 8766", {cwd = cwd, port = 8766, env = {subplot2 = "000"}})
+  knock(8766)
   q:stop()
   t:assert_contains(q:stdout(), "subplot2=000")
   local env2 = vm:daemon("/usr/bin/env", {log = "PATH="})

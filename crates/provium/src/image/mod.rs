@@ -182,6 +182,7 @@ impl Images {
             suite: base.suite.clone(),
             packages: base.packages.clone(),
             mirror: base.mirror.clone(),
+            ..Default::default()
         };
         let img = crate::debian::prepare(&spec, &kernel, &self.cache, refresh, progress).map_err(failed)?;
         crate::sync::lock(&self.debian).insert(profile.name.clone(), img.clone());

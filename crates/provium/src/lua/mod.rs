@@ -63,6 +63,10 @@ fn set_package_path(lua: &Lua, file: &Path, roots: &[PathBuf]) -> mlua::Result<(
 /// (a test file or a fixture builder).
 pub(crate) fn install_api(lua: &Lua, path: &Path, roots: &[PathBuf], ctx: FileContext) -> mlua::Result<()> {
     set_package_path(lua, path, roots)?;
+    // The file's own canonical path, as the reference names it (a test
+    // that runs host tools on files beside it needs it).
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    lua.globals().set("_PROVIUM_SOURCE_PATH", canonical.display().to_string())?;
     framework::install(lua)?;
     json::install(lua)?;
     jobs::install(lua)?;
