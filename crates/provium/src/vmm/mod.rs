@@ -10,7 +10,8 @@
 //!   scratch directory;
 //! - [`accel`]: KVM only after a probe proves it works;
 //! - [`snapshot`], [`sparse`], [`shm`]: snapshot files and guest RAM;
-//! - [`rng`]: the seeded hwrng source; [`console`]: console tails.
+//! - [`rng`]: the seeded hwrng source; [`console`]: console tails;
+//! - [`nbd`]: data disks provium serves itself (fault injection, power cut).
 //!
 //! This module knows nothing of Lua or of VM states; `crate::vm` does.
 
@@ -18,6 +19,7 @@ pub mod accel;
 pub mod argv;
 pub mod console;
 pub mod launch;
+pub mod nbd;
 pub mod process;
 pub mod qmp;
 pub mod rng;
