@@ -9,16 +9,18 @@
 //!                                              └─ WriteCache (volatile) ─▶ image file
 //! ```
 //!
-//! - [`protocol`]: the wire format (fixed-newstyle handshake, simple replies);
-//! - [`server`]: [`BlockServer`], the listener and connection threads;
-//! - [`disk`]: [`DiskHandle`] — faults, power cut, host-side sector access;
-//! - [`cache`]: the volatile write cache over the image file.
+//! - `protocol.rs`: the wire format (fixed-newstyle handshake, simple replies);
+//! - `server.rs`: [`BlockServer`], the listener and connection threads;
+//! - `disk.rs`: [`DiskHandle`] — faults, power cut, host-side sector access;
+//! - `cache.rs`: the volatile write cache over the image file.
 //!
 //! # The disk model
 //!
 //! Like a real disk with a write cache: a `WRITE` without `FUA` stays in
 //! memory until a `FLUSH`; reads see it. A `FUA` write goes to the file at
-//! once (only itself; other cached writes stay cached). [`DiskHandle::power_cut`]
+//! once (only itself; other cached writes stay cached); a `FUA` on `TRIM` or
+//! `WRITE_ZEROES` (QEMU sends none) commits the whole cache. A failed
+//! `FLUSH` (the `eio_write` fault) leaves the cache as it was. [`DiskHandle::power_cut`]
 //! drops what is cached. Past 256 MiB of unflushed data the oldest is
 //! written back, and the power cut reports those bytes as `spilled_bytes`:
 //! they survive, as on no real disk, and a test can tell. "Written to the
@@ -44,7 +46,7 @@
 
 mod cache;
 mod disk;
-pub mod protocol;
+mod protocol;
 mod server;
 
 #[cfg(test)]

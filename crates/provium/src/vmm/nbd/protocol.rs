@@ -234,6 +234,8 @@ impl Request {
         })
     }
 
+    /// The client's side, for tests.
+    #[cfg(test)]
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
         b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
