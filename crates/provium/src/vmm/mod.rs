@@ -10,8 +10,8 @@
 //!   scratch directory;
 //! - [`accel`]: KVM only after a probe proves it works;
 //! - [`snapshot`], [`sparse`], [`shm`]: snapshot files and guest RAM;
-//! - [`rng`]: the seeded hwrng source; [`nbd`]: the disks provium serves
-//!   (faults, power cuts); [`console`]: console tails.
+//! - [`rng`]: the seeded hwrng source; [`console`]: console tails;
+//! - [`nbd`]: data disks provium serves itself (fault injection, power cut).
 //!
 //! This module knows nothing of Lua or of VM states; `crate::vm` does.
 

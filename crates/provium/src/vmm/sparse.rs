@@ -74,7 +74,7 @@ mod tests {
         src.write_all_at(b"last", (64 << 20) - 4).unwrap();
         let dst_path = dir.path().join("snap");
         std::fs::write(&dst_path, b"header").unwrap();
-        let dst = File::options().write(true).open(&dst_path).unwrap();
+        let dst = File::options().read(true).write(true).open(&dst_path).unwrap();
         copy_data(&src, &dst, 2 << 20, 64 << 20).unwrap();
         let out = std::fs::read(&dst_path).unwrap();
         assert_eq!(out.len(), (66 << 20) as usize);
