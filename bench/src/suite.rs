@@ -41,7 +41,11 @@ fn provium_binary() -> Result<PathBuf, BenchError> {
 /// One timed run of `provium -q -j jobs paths…`; it must pass.
 fn timed(bin: &Path, jobs: usize, paths: &[&Path]) -> Result<Duration, BenchError> {
     let t0 = Instant::now();
+    // The example suite's config (profile `web`), wherever the bench runs.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../provium.toml");
     let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
         .arg("-q")
         .arg("-j")
         .arg(jobs.to_string())

@@ -19,6 +19,11 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").canonicalize().unwrap()
 }
 
+/// The example suite's `provium.toml` (the repository root's: profile `web`).
+fn examples_config() -> String {
+    examples_dir().join("../provium.toml").canonicalize().unwrap().display().to_string()
+}
+
 /// The default guest's initramfs with an `/init` script added: a guest
 /// image that has its own init.
 fn initrd_with_init(dir: &Path, script: &str) -> PathBuf {
@@ -39,6 +44,8 @@ fn example_suite_passes_and_leaves_nothing() {
     let events = s.path().join("events.msgpack");
     let child = s
         .command(&[
+            "--config",
+            &examples_config(),
             "--json",
             "--save-events",
             events.to_str().unwrap(),
@@ -75,7 +82,17 @@ fn example_suite_passes_and_leaves_nothing() {
     let dir = examples_dir();
     for k in 1..=2 {
         let shard = format!("count:{k}/2");
-        let out = s.run(&["-q", "--partition", &shard, "--junit", &format!("shard{k}.xml"), dir.to_str().unwrap()]);
+        let junit = format!("shard{k}.xml");
+        let out = s.run(&[
+            "--config",
+            &examples_config(),
+            "-q",
+            "--partition",
+            &shard,
+            "--junit",
+            &junit,
+            dir.to_str().unwrap(),
+        ]);
         assert_eq!(out.status.code(), Some(0), "{shard}");
     }
     assert_eq!(s.run(&["merge-junit", "merged.xml", "shard1.xml", "shard2.xml"]).status.code(), Some(0));

@@ -196,7 +196,7 @@ pub enum CliError {
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
     #[error(transparent)]
-    Prepare(#[from] crate::image::PrepareError),
+    Prepare(#[from] Box<crate::image::PrepareError>),
     #[error("prepare: profile `{name}` not found in {where_} (profiles: {known})")]
     UnknownProfile { name: String, where_: String, known: String },
 }
@@ -331,7 +331,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
             };
             let images = Images::new(Arc::new(config.clone()));
             let builds = if cli.no_build { crate::image::Builds::Skip } else { crate::image::Builds::Run };
-            images.prepare_profiles(&names, builds, *refresh, &mut |line| eprintln!("{line}"))?;
+            images.prepare_profiles(&names, builds, *refresh, &mut |line| eprintln!("{line}")).map_err(Box::new)?;
             let ready: Vec<&String> = names
                 .iter()
                 .filter(|n| {

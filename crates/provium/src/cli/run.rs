@@ -91,7 +91,7 @@ impl Run<'_> {
         // What a file picks at run time (a profile name in a variable) is
         // prepared at its first boot instead.
         let names: Vec<String> = used.iter().map(|(n, _)| n.clone()).collect();
-        images.prepare_profiles(&names, builds, false, &mut |line| eprintln!("{line}"))?;
+        images.prepare_profiles(&names, builds, false, &mut |line| eprintln!("{line}")).map_err(Box::new)?;
         config.check_files(&used)?;
         let accel = choose_accel(&images, cli.verbose);
         let jobs = cli.jobs.unwrap_or_else(runner::default_jobs).min(files.len()).max(1);

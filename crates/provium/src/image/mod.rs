@@ -74,7 +74,7 @@ pub enum ImageError {
     Debian {
         profile: String,
         #[source]
-        source: crate::debian::DebianError,
+        source: Box<crate::debian::DebianError>,
     },
     #[error("cannot write the merged initramfs to `{path}`")]
     Cache {
@@ -175,7 +175,7 @@ impl Images {
         if let Some(img) = crate::sync::lock(&self.debian).get(&profile.name) {
             return Ok(img.clone());
         }
-        let failed = |source| ImageError::Debian { profile: profile.name.clone(), source };
+        let failed = |source| ImageError::Debian { profile: profile.name.clone(), source: Box::new(source) };
         let kernel =
             GuestInputs::locate().map_err(|source| ImageError::Kernel { profile: profile.name.clone(), source })?;
         let spec = crate::debian::DebianSpec {

@@ -37,7 +37,7 @@ pub enum VmError {
     Image {
         vm: String,
         #[source]
-        source: ImageError,
+        source: Box<ImageError>,
     },
     /// Starting or restarting QEMU or the agent failed; `action` is what
     /// was being done (`boot`, `restore`, `reset`, `reconnect`).

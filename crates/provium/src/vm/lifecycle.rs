@@ -337,8 +337,10 @@ impl Vm {
             return Err(self.wrong_state("boot", Needs::Created));
         }
         let opts = self.merged_opts(opts);
-        let image =
-            self.images.resolve(&self.profile).map_err(|source| VmError::Image { vm: self.name.clone(), source })?;
+        let image = self
+            .images
+            .resolve(&self.profile)
+            .map_err(|source| VmError::Image { vm: self.name.clone(), source: Box::new(source) })?;
         if let Some(cmdline) = &opts.kernel_cmdline {
             if image.inject_agent && argv::pins_other_rdinit(cmdline) {
                 return Err(VmError::BadOption {
