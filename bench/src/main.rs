@@ -10,6 +10,7 @@
 //! Exit codes: 0 success, 1 a measurement failed (the error chain is
 //! printed), 2 the bench left a QEMU process running, 64 bad arguments.
 
+mod guests;
 mod measure;
 mod network;
 mod port;
@@ -71,6 +72,14 @@ struct Args {
     /// built beside this one).
     #[arg(long)]
     suite_only: bool,
+    /// Only the guest-choice rows: a Debian profile's image build (cold and
+    /// cached), its cold boot and restore against the default guest's, the
+    /// default guest with a C library, and data-disk throughput.
+    #[arg(long)]
+    guests_only: bool,
+    /// Size of the data-disk throughput transfer, in MiB (`--guests-only`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    disk_mib: u64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -89,6 +98,11 @@ fn main() -> ExitCode {
     }
     if args.suite_only {
         return suite_only(&args);
+    }
+    if args.guests_only {
+        let result = prepare()
+            .and_then(|bench| guests::measure(&bench, args.boots as usize, args.restores as usize, args.disk_mib));
+        return print_only(&args, "provium-bench --guests-only", result, guests::Guests::rows);
     }
     let result = run(&args);
     // Whatever happened, every VM has been dropped (and so shut down) by

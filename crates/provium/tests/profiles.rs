@@ -121,3 +121,34 @@ fn profile_mistakes_are_config_errors() {
         assert!(err.contains(want), "{toml}: {err}");
     }
 }
+
+/// A Debian profile that names a package the mirror lacks, or a suite it
+/// lacks: one line naming the package (or suite) and the profile, exit 2
+/// before any test, and no image left in the cache.
+#[test]
+fn debian_profiles_with_unknown_packages_or_suites_stop_the_run() {
+    let s = Suite::new();
+    let cache = s.path().join("cache");
+    for (toml, want) in [
+        (
+            "[profiles.web]\nbase = \"debian\"\npackages = [\"python3\", \"no-such-package-provium\"]\n",
+            "profile `web`: cannot build its Debian userland: package `no-such-package-provium` is not in Debian bookworm",
+        ),
+        ("[profiles.web]\nbase = \"debian\"\nsuite = \"nosuchsuite\"\n", "suite `nosuchsuite`"),
+    ] {
+        s.write("provium.toml", toml);
+        s.write("w.test.lua", "test(\"never\", function(t) provium:vm(\"v\", \"web\"):boot() end)\n");
+        let mut c = s.command(&["w.test.lua"]);
+        c.env("PROVIUM_CACHE_DIR", &cache);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(want), "{toml}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("FAIL"), "no test ran");
+        let images = cache.join("debian/images");
+        let left: Vec<_> = std::fs::read_dir(&images)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.ends_with(".lock")).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "nothing half-built in the image cache: {left:?}");
+    }
+}
