@@ -136,8 +136,10 @@ fn initrd_with_glibc(default_initrd: &Path, debs: &Path, into: &Path) -> Result<
         Err(e) => return Err(guest_err("unpacking libc6", e)),
     }
     let mut w = provium::guest::CpioWriter::new();
-    let lib = tree.join("usr/lib/x86_64-linux-gnu");
-    let lib = if lib.is_dir() { lib } else { tree.join("lib/x86_64-linux-gnu") };
+    // bookworm's libc6 ships its libraries in /lib (merged /usr comes from
+    // the base system's symlinks); later suites in /usr/lib.
+    let lib = tree.join("lib/x86_64-linux-gnu");
+    let lib = if lib.join("libc.so.6").exists() { lib } else { tree.join("usr/lib/x86_64-linux-gnu") };
     w.dir("lib", 0o755);
     w.dir("lib/x86_64-linux-gnu", 0o755);
     w.dir("lib64", 0o755);
