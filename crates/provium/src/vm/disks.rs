@@ -535,4 +535,27 @@ mod tests {
             "disk:fault_inject: unknown mode `boom` (valid: eio_read, eio_write, slow)"
         );
     }
+
+    #[test]
+    fn a_qcow2_image_becomes_a_raw_copy_of_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("seed.raw");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[512..517].copy_from_slice(b"qcow2");
+        std::fs::write(&raw, &bytes).unwrap();
+        let qcow = dir.path().join("seed.qcow2");
+        let out = Command::new(crate::vmm::process::qemu_img_binary())
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&qcow)
+            .output()
+            .expect("qemu-img (qemu-utils; run scripts/setup)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(sniff_format(&qcow), DiskFormat::Qcow2);
+        assert_eq!(sniff_format(&raw), DiskFormat::Raw);
+        let d = DiskDecl { image: Some(qcow), ..decl(Some("q"), 1) };
+        let mut disks = Disks::default();
+        let files = disks.plan_boot("v", &[], &[d], &mut Machine::standard(256, 1)).unwrap();
+        assert_eq!(std::fs::read(&files["q"]).unwrap(), bytes, "the guest gets the image's contents, raw");
+    }
 }
