@@ -341,6 +341,9 @@ mod tests {
         assert!(e.contains("`profiles.d.disks[0]`: needs `path`"), "{e}");
         let e = bad("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, id = \"a/b\" }]\n");
         assert!(e.contains("disk id `a/b` must be"), "{e}");
+        assert!(parse("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, mediated = true }]\n").is_ok());
+        let e = bad("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, mediated = false }]\n");
+        assert!(e.contains("mediated = false is not supported"), "{e}");
     }
 
     #[test]

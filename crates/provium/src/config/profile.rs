@@ -51,6 +51,8 @@ struct RawDisk {
     format: Option<String>,
     #[serde(default)]
     readonly: bool,
+    /// The reference's opt-in to a disk provium serves; every disk is.
+    mediated: Option<bool>,
 }
 
 /// The userland a profile asks provium to build.
@@ -281,6 +283,13 @@ impl RawProfile {
                 Some("qcow2") => Some(DiskFormat::Qcow2),
                 Some(f) => return Err(invalid(&field, format!("unknown format `{f}` (raw, qcow2)"))),
             };
+            if d.mediated == Some(false) {
+                return Err(invalid(
+                    &field,
+                    "mediated = false is not supported: provium serves every disk itself (that is what makes \
+                     fault_inject and power_cut reach the guest); remove the key",
+                ));
+            }
             let size = d.size.as_ref().map(|v| size(&field, v)).transpose()?;
             if d.path.is_none() && size.is_none() {
                 return Err(invalid(&field, "needs `path` (an image to start from) or `size` (a blank disk)"));

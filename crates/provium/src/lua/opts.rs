@@ -67,7 +67,13 @@ fn boot_disks(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<crate::confi
     for (i, entry) in t.sequence_values::<Table>().enumerate() {
         let w = format!("{what}: disks[{}]", i + 1);
         let e = entry.map_err(|_| raise(lua, format!("{what}: disks must be a list of {{id, size, image}} tables")))?;
-        check_keys(lua, &w, &e, &["id", "size", "image", "path", "format", "readonly"])?;
+        check_keys(lua, &w, &e, &["id", "size", "image", "path", "format", "readonly", "mediated"])?;
+        if super::args::field::<Option<bool>>(lua, &w, &e, "mediated")? == Some(false) {
+            return Err(raise(
+                lua,
+                format!("{w}: mediated = false is not supported: provium serves every disk itself (remove the key)"),
+            ));
+        }
         let id: Option<String> = super::args::field(lua, &w, &e, "id")?;
         if let Some(id) = &id {
             crate::config::check_disk_id(id).map_err(|m| raise(lua, format!("{w}: {m}")))?;

@@ -350,13 +350,6 @@ impl Instance {
         self.disks.iter().find(|d| d.id == id).map(|d| d.server.disk())
     }
 
-    /// Asks QEMU to remove disk `id` from the guest (QMP `device_del`).
-    /// microvm cannot unplug; the error says so.
-    pub fn unplug_disk(&self, id: &str) -> Result<(), QmpError> {
-        let args = serde_json::json!({ "id": format!("blk-{id}") });
-        self.qmp.execute("device_del", Some(args), QMP_TIMEOUT).map(drop)
-    }
-
     /// The host end of NIC `index` (a second handle on its socket).
     pub fn nic_end(&self, index: u8) -> Option<std::io::Result<NicEnd>> {
         let end = self.nics.iter().find(|n| n.index == index)?;
