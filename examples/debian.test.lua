@@ -41,9 +41,11 @@ local function running(name)
 end
 
 -- lib/daemon connects to a daemon's port once it is open and closes the
--- connection at once; the helper scripts exit on that.
-local function knock(port)
+-- connection at once; the helper scripts exit on that (and only then is
+-- Python's buffered stdout written), so wait for the exit.
+local function knock(port, name)
   vm:run("bash -c 'exec 3<>/dev/tcp/127.0.0.1/" .. port .. "'"):assert_ok()
+  vm:wait_until(function() return not running(name) end, {timeout = 30, desc = name .. " exits after the knock"})
 end
 
 test("daemon is started and terminated", function(t)
@@ -56,8 +58,8 @@ end)
 
 test("daemon takes a while to open its port", function(t)
   t:assert(not running("slow-start-daemon.py"))
-  local d = vm:daemon("./slow-start-daemon.py", {port = 8888, cwd = cwd, timeout = "20s"})
-  knock(8888)
+  local d = vm:daemon("./slow-start-daemon.py", {port = 8888, cwd = cwd, timeout = "30s"})
+  knock(8888, "slow-start-daemon.py")
   d:stop()
   t:assert(not running("slow-start-daemon.py"))
 end)
@@ -83,12 +85,12 @@ test("additional environment variables for one daemon only", function(t)
   local env = vm:daemon("/usr/bin/env", {env = {custom_variable = "has a Value"}, log = "custom_variable"})
   env:stop()
   t:assert_contains(env:stdout(), "custom_variable=has a Value")
-  local p = vm:daemon("./env-with-port.py 8765", {cwd = cwd, port = 8765, env = {custom_variable = "1337"}})
-  knock(8765)
+  local p = vm:daemon("./env-with-port.py 8765", {cwd = cwd, port = 8765, env = {custom_variable = "1337"}, timeout = "30s"})
+  knock(8765, "env-with-port.py 8765")
   p:stop()
   t:assert_contains(p:stdout(), "custom_variable=1337")
-  local q = vm:daemon("./env-with-port.py 8766", {cwd = cwd, port = 8766, env = {subplot2 = "000"}})
-  knock(8766)
+  local q = vm:daemon("./env-with-port.py 8766", {cwd = cwd, port = 8766, env = {subplot2 = "000"}, timeout = "30s"})
+  knock(8766, "env-with-port.py 8766")
   q:stop()
   t:assert_contains(q:stdout(), "subplot2=000")
   local env2 = vm:daemon("/usr/bin/env", {log = "PATH="})
@@ -104,15 +106,30 @@ test("a daemon's health checked with curl", function(t)
   vm:push_file("helpers/mydaemon.py", "/usr/bin/mydaemon")
   -- Start a daemon
   local job = vm:background("/usr/bin/mydaemon")
-  -- Wait for it to be ready
+  -- Wait for it to be ready (the seed waits 5 s; Python's start under TCG
+  -- on a loaded 2-core machine can take longer)
   vm:wait_until(function()
     local r = vm:exec("test -f /var/run/mydaemon.pid")
     return r.ok
-  end, {timeout = 5, desc = "daemon ready"})
+  end, {timeout = 30, desc = "daemon ready"})
   -- Test the daemon's behavior
   local r = vm:exec("curl http://localhost:8080/health")
   assert(r.ok)
   t:assert_eq(r.stdout, "healthy\n")
   -- Clean up
   vm:job_kill(job)
+end)
+
+-- nginx-light from the package list. Maintainer scripts do not run in a
+-- profile provium builds, so the site the postinst would enable is the
+-- test's to write.
+test("nginx serves a site", function(t)
+  vm:mkdir("/srv/site", true)
+  vm:write_file("/srv/site/index.html", "served by nginx\n")
+  vm:write_file("/etc/nginx/sites-enabled/site",
+    "server { listen 127.0.0.1:8081; root /srv/site; }\n")
+  vm:run("nginx -t"):assert_ok()
+  local d = vm:daemon("nginx -g 'daemon off;'", {port = 8081})
+  t:assert_eq(vm:run("curl -s http://127.0.0.1:8081/").stdout, "served by nginx\n")
+  d:stop()
 end)
