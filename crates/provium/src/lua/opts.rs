@@ -57,8 +57,18 @@ pub fn size(lua: &Lua, what: &str, v: &Value) -> mlua::Result<u64> {
     }
 }
 
-const BOOT_KEYS: &[&str] =
-    &["memory", "cpus", "kernel_cmdline", "agent_timeout", "rng_seed", "initial_time", "files", "nics", "disks"];
+const BOOT_KEYS: &[&str] = &[
+    "memory",
+    "cpus",
+    "kernel_cmdline",
+    "kernel_cmdline_append",
+    "agent_timeout",
+    "rng_seed",
+    "initial_time",
+    "files",
+    "nics",
+    "disks",
+];
 
 /// `disks = {{id=, size=, image= (or path=), format=, readonly=}, …}`.
 fn boot_disks(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<crate::config::DiskDecl>> {
@@ -144,6 +154,7 @@ pub fn boot_opts(lua: &Lua, what: &str, t: Option<Table>) -> mlua::Result<BootOp
         }
     }
     o.kernel_cmdline = super::args::field::<Option<String>>(lua, what, &t, "kernel_cmdline")?;
+    o.kernel_cmdline_append = super::args::field::<Option<String>>(lua, what, &t, "kernel_cmdline_append")?;
     if let Some(v) = super::args::field::<Option<Value>>(lua, what, &t, "agent_timeout")? {
         o.agent_timeout = Some(duration(lua, &format!("{what}: agent_timeout"), &v)?);
     }

@@ -9,6 +9,9 @@ pub struct BootOpts {
     pub memory: Option<u64>,
     pub cpus: Option<u32>,
     pub kernel_cmdline: Option<String>,
+    /// Tokens added after the command line (the profile's, or
+    /// `kernel_cmdline`).
+    pub kernel_cmdline_append: Option<String>,
     pub agent_timeout: Option<Duration>,
     pub rng_seed: Option<u64>,
     /// Epoch seconds the guest's wall clock starts at.
@@ -29,6 +32,7 @@ impl BootOpts {
             memory: self.memory.or(base.memory),
             cpus: self.cpus.or(base.cpus),
             kernel_cmdline: self.kernel_cmdline.clone().or_else(|| base.kernel_cmdline.clone()),
+            kernel_cmdline_append: self.kernel_cmdline_append.clone().or_else(|| base.kernel_cmdline_append.clone()),
             agent_timeout: self.agent_timeout.or(base.agent_timeout),
             rng_seed: self.rng_seed.or(base.rng_seed),
             initial_time: self.initial_time.or(base.initial_time),

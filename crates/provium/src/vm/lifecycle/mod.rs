@@ -344,18 +344,25 @@ impl Vm {
             .images
             .resolve(&self.profile)
             .map_err(|source| VmError::Image { vm: self.name.clone(), source: Box::new(source) })?;
-        if let Some(cmdline) = &opts.kernel_cmdline {
-            if image.inject_agent && argv::pins_other_rdinit(cmdline) {
+        for (option, cmdline) in
+            [("kernel_cmdline", &opts.kernel_cmdline), ("kernel_cmdline_append", &opts.kernel_cmdline_append)]
+        {
+            if cmdline.as_deref().is_some_and(|c| image.inject_agent && argv::pins_other_rdinit(c)) {
                 return Err(VmError::BadOption {
                     vm: self.name.clone(),
-                    option: "kernel_cmdline",
+                    option,
                     message: "pins rdinit=, but provium starts its agent as rdinit: remove it, or use a profile with \
                               inject_agent = false whose image starts the agent"
                         .into(),
                 });
             }
         }
-        let base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
+        // The reference's order: the base (kernel_cmdline, else the
+        // profile's), then kernel_cmdline_append, then what provium adds.
+        let mut base = opts.kernel_cmdline.clone().unwrap_or(image.cmdline.clone());
+        if let Some(extra) = opts.kernel_cmdline_append.as_deref().filter(|e| !e.trim().is_empty()) {
+            base = format!("{} {}", base.trim_end(), extra.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
         // With a seeded hwrng, the agent stops the kernel's hwrng thread
         // after its first read, so what a test reads is the same each boot
         // (provium-agent's hwrng module).
