@@ -216,10 +216,16 @@ impl Images {
                     }
                     lines.push(format!("inject_agent={inject_agent}"));
                 }
-                Guest::Debian(_) => match crate::sync::lock(&self.debian).get(name) {
-                    Some(img) => lines.push(format!("debian={}", img.key)),
-                    None => lines.push("debian=not-prepared".into()),
-                },
+                // The declaration, not the versions the mirror resolved: a
+                // key must not depend on which files a run prepared. A
+                // fixture keeps the userland it was built on (its snapshot
+                // names that image, which stays in the cache) until the
+                // declaration changes or the fixture is rebuilt.
+                Guest::Debian(d) => {
+                    let mut packages = d.packages.clone();
+                    packages.sort();
+                    lines.push(format!("debian={} {} {}", d.suite, d.mirror, packages.join(",")));
+                }
             }
             lines.push(format!("cmdline={}", p.cmdline));
             for d in &p.disks {
