@@ -3,9 +3,8 @@
 //! faults the guest sees, a power cut, detaching).
 //!
 //! Every data disk is served by provium (`vmm::nbd`) from a file of its
-//! own that lives as long as the [`Vm`]: a disk keeps what the guest wrote
-//! across a shutdown and the next boot, like a real machine's, and two VMs
-//! never share one. A disk made from an image starts as a copy of it (the
+//! own that lives as long as the [`Vm`]: after a shutdown the host still
+//! reads and writes it, and two VMs never share one. A disk made from an image starts as a copy of it (the
 //! image itself is never written); a blank one is a sparse file. A snapshot
 //! carries each disk's contents and a restore writes them back here.
 //!
@@ -19,7 +18,7 @@ use std::process::Command;
 use super::{Vm, VmError};
 use crate::cleanup::ScratchDir;
 use crate::config::{check_disk_id, DiskDecl, DiskFormat};
-use crate::vmm::nbd::{DiskHandle, Faults};
+use crate::vmm::nbd::{DiskHandle, Faults, NbdError};
 use crate::vmm::snapshot::SnapshotMeta;
 use crate::vmm::{Device, DiskSource, Machine};
 
@@ -61,11 +60,21 @@ pub struct DiskState {
     pub readonly: bool,
     /// The per-VM file the disk is served from.
     pub file: PathBuf,
-    /// The declaration it was made from (a changed one makes a new file).
-    decl: DiskDecl,
-    /// Faults set by the test; kept across boots of this VM.
+    /// Faults set by the test (a restore starts without any).
     pub faults: Faults,
     pub detached: bool,
+}
+
+impl DiskState {
+    /// The faults the guest's I/O sees: the test's, or every I/O failing
+    /// once the disk is detached.
+    fn guest_faults(&self) -> Faults {
+        if self.detached {
+            Faults { eio_read: true, eio_write: true, slow: false }
+        } else {
+            self.faults
+        }
+    }
 }
 
 /// The data disks of one VM, in the order the guest sees them.
@@ -95,9 +104,11 @@ impl Disks {
         Ok(self.dir.as_ref().expect("just made").path().to_path_buf())
     }
 
-    /// The disks of a boot: the profile's, then the boot's. Files are made
-    /// for new or changed declarations and kept for the others; the
-    /// machine gets one served device per disk. Returns id → file.
+    /// The disks of a boot: the profile's, then the boot's, each a fresh
+    /// file (a VM boots only from `created`: its first boot, or after a lab
+    /// restore forgot a run the lab's snapshot did not hold, whose disks
+    /// must not survive either); the machine gets one served device per
+    /// disk. Returns id → file.
     pub fn plan_boot(
         &mut self,
         vm: &str,
@@ -124,31 +135,16 @@ impl Disks {
         let mut next = Vec::new();
         let mut files = std::collections::BTreeMap::new();
         for (id, decl) in wanted {
-            let kept = self.find(&id).filter(|d| d.decl == decl && d.file.exists()).cloned();
-            let state = match kept {
-                Some(mut d) => {
-                    d.detached = false;
-                    d
-                }
-                None => {
-                    let dir = self.dir(vm).map_err(|e| DiskError::Prepare {
-                        vm: vm.to_string(),
-                        id: id.clone(),
-                        from: "a scratch directory".into(),
-                        why: e.to_string(),
-                    })?;
-                    let file = dir.join(format!("{id}.raw"));
-                    make_file(vm, &id, &decl, &file)?;
-                    DiskState {
-                        id: id.clone(),
-                        readonly: decl.readonly,
-                        file,
-                        decl,
-                        faults: Faults::default(),
-                        detached: false,
-                    }
-                }
-            };
+            let dir = self.dir(vm).map_err(|e| DiskError::Prepare {
+                vm: vm.to_string(),
+                id: id.clone(),
+                from: "a scratch directory".into(),
+                why: e.to_string(),
+            })?;
+            let file = dir.join(format!("{id}.raw"));
+            make_file(vm, &id, &decl, &file)?;
+            let state =
+                DiskState { id: id.clone(), readonly: decl.readonly, file, faults: Faults::default(), detached: false };
             machine.devices.push(Device::Disk { id: id.clone(), source: DiskSource::Served, readonly: state.readonly });
             files.insert(id, state.file.clone());
             next.push(state);
@@ -182,15 +178,8 @@ impl Disks {
             let dir = self.dir(vm).map_err(|e| failed(e.to_string()))?;
             let file = dir.join(format!("{id}.raw"));
             crate::vmm::snapshot::extract_disk(snapshot, image, &file).map_err(|e| failed(e.to_string()))?;
-            let decl = self.find(&id).map(|d| d.decl.clone()).unwrap_or(DiskDecl {
-                id: Some(id.clone()),
-                image: None,
-                format: None,
-                size: Some(image.size),
-                readonly,
-            });
             files.insert(id.clone(), file.clone());
-            next.push(DiskState { id, readonly, file, decl, faults: Faults::default(), detached: false });
+            next.push(DiskState { id, readonly, file, faults: Faults::default(), detached: false });
         }
         self.disks = next;
         Ok(files)
@@ -321,12 +310,30 @@ impl Vm {
         self.instance_ref().and_then(|i| i.disk(id))
     }
 
-    fn attached(&self, id: &str, op: &'static str) -> Result<&DiskState, DiskError> {
+    /// The handle the host reaches disk `id` through: the live one while
+    /// its QEMU runs, else one opened on its file with the faults the test
+    /// set, so both go through the same checks.
+    fn disk_handle(&self, id: &str, op: &'static str) -> Result<DiskHandle, DiskError> {
         let d = self.disk_state(id)?;
         if d.detached {
             return Err(DiskError::Detached { vm: self.name().to_string(), id: id.to_string(), op });
         }
-        Ok(d)
+        if let Some(h) = self.live_disk(id) {
+            return Ok(h);
+        }
+        let opened = std::fs::OpenOptions::new().read(true).write(!d.readonly).open(&d.file);
+        let h = opened.map_err(NbdError::Image).and_then(|f| DiskHandle::open(f, d.readonly)).map_err(|e| {
+            DiskError::Io { op, message: format!("{}: {}", d.file.display(), crate::errors::chain(&e)) }
+        })?;
+        h.set_faults(d.faults);
+        Ok(h)
+    }
+
+    /// Gives the running guest's disk `id` the faults its state says.
+    fn push_faults(&self, id: &str) {
+        if let (Some(d), Some(h)) = (self.disks.find(id), self.live_disk(id)) {
+            h.set_faults(d.guest_faults());
+        }
     }
 
     /// The disk's size in bytes.
@@ -343,64 +350,35 @@ impl Vm {
     /// `count` sectors from sector `first`, as the guest would read them
     /// (its unflushed writes included).
     pub fn read_sectors(&self, id: &str, first: u64, count: u64) -> Result<Vec<u8>, VmError> {
-        let d = self.attached(id, "read_sectors")?;
-        let (offset, len) = (first * SECTOR, count * SECTOR);
-        let io = |message: String| VmError::from(DiskError::Io { op: "read_sectors", message });
-        match self.live_disk(id) {
-            Some(h) => h.read(offset, len as usize).map_err(|e| io(e.to_string())),
-            None => {
-                if d.faults.eio_read {
-                    return Err(io("EIO (fault_inject)".into()));
-                }
-                read_file_at(&d.file, offset, len).map_err(|e| io(e.to_string()))
-            }
-        }
+        let h = self.disk_handle(id, "read_sectors")?;
+        let read = h.read(first * SECTOR, (count * SECTOR) as usize);
+        read.map_err(|e| DiskError::Io { op: "read_sectors", message: e.to_string() }.into())
     }
 
     /// Writes `data` at sector `first` (durably, as if flushed). `data`
     /// need not fill whole sectors.
     pub fn write_sectors(&self, id: &str, first: u64, data: &[u8]) -> Result<(), VmError> {
-        let d = self.attached(id, "write_sectors")?;
-        let io = |message: String| VmError::from(DiskError::Io { op: "write_sectors", message });
-        if d.readonly {
-            return Err(io(format!("disk `{id}` is read-only")));
-        }
-        match self.live_disk(id) {
-            Some(h) => h.write(first * SECTOR, data).map_err(|e| io(e.to_string())),
-            None => {
-                if d.faults.eio_write {
-                    return Err(io("EIO (fault_inject)".into()));
-                }
-                write_file_at(&d.file, first * SECTOR, data).map_err(|e| io(e.to_string()))
-            }
-        }
+        let h = self.disk_handle(id, "write_sectors")?;
+        let written = h.write(first * SECTOR, data);
+        written.map_err(|e| DiskError::Io { op: "write_sectors", message: e.to_string() }.into())
     }
 
     /// Sets fault `mode` on disk `id`; the guest's own I/O sees it at once.
     pub fn fault_inject(&mut self, id: &str, mode: &str) -> Result<(), VmError> {
-        let live = self.live_disk(id);
-        let name = self.name().to_string();
-        let d = self.disks.find_mut(id).ok_or_else(|| DiskError::Unknown {
-            vm: name,
-            id: id.into(),
-            known: String::new(),
-        })?;
-        add_fault(&mut d.faults, mode)?;
-        if let Some(h) = live {
-            h.set_faults(d.faults);
+        self.disk_state(id)?;
+        if let Some(d) = self.disks.find_mut(id) {
+            add_fault(&mut d.faults, mode)?;
         }
+        self.push_faults(id);
         Ok(())
     }
 
     pub fn clear_faults(&mut self, id: &str) -> Result<(), VmError> {
         self.disk_state(id)?;
-        let live = self.live_disk(id);
         if let Some(d) = self.disks.find_mut(id) {
             d.faults = Faults::default();
-            if let Some(h) = live {
-                h.set_faults(d.faults);
-            }
         }
+        self.push_faults(id);
         Ok(())
     }
 
@@ -412,7 +390,7 @@ impl Vm {
     /// failure would (follow it with `reset()`: the guest's page cache
     /// still believes the writes happened).
     pub fn power_cut(&self, id: &str) -> Result<PowerCutReport, VmError> {
-        self.attached(id, "power_cut")?;
+        self.disk_handle(id, "power_cut")?;
         let h = self
             .live_disk(id)
             .ok_or_else(|| DiskError::NotRunning { vm: self.name().to_string(), id: id.to_string() })?;
@@ -422,16 +400,13 @@ impl Vm {
 
     /// Detaches disk `id`: the host can no longer read or write it, and
     /// every guest I/O to it fails (microvm cannot unplug a device, so the
-    /// guest still lists it). The next boot attaches it again.
+    /// guest still lists it). A restore attaches it again.
     pub fn detach_disk(&mut self, id: &str) -> Result<(), VmError> {
         self.disk_state(id)?;
-        let live = self.live_disk(id);
         if let Some(d) = self.disks.find_mut(id) {
             d.detached = true;
-            if let Some(h) = live {
-                h.set_faults(Faults { eio_read: true, eio_write: true, slow: false });
-            }
         }
+        self.push_faults(id);
         Ok(())
     }
 
@@ -439,39 +414,12 @@ impl Vm {
         Ok(self.disk_state(id)?.detached)
     }
 
-    /// After a launch: gives each served disk the faults the test set (a
-    /// detached disk fails every I/O).
+    /// After a launch: gives each served disk the faults the test set.
     pub(super) fn apply_disk_faults(&self) {
-        for d in &self.disks.disks {
-            if let Some(h) = self.live_disk(&d.id) {
-                let faults =
-                    if d.detached { Faults { eio_read: true, eio_write: true, slow: false } } else { d.faults };
-                h.set_faults(faults);
-            }
+        for id in self.disks.ids() {
+            self.push_faults(&id);
         }
     }
-}
-
-fn read_file_at(file: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(file)?;
-    let size = f.metadata()?.len();
-    if offset + len > size {
-        return Err(std::io::Error::other(format!("sectors past the end of the disk ({size} bytes)")));
-    }
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset)?;
-    Ok(buf)
-}
-
-fn write_file_at(file: &Path, offset: u64, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(file)?;
-    let size = f.metadata()?.len();
-    if offset + data.len() as u64 > size {
-        return Err(std::io::Error::other(format!("sectors past the end of the disk ({size} bytes)")));
-    }
-    f.write_all_at(data, offset)
 }
 
 #[cfg(test)]
@@ -493,11 +441,13 @@ mod tests {
         assert_eq!(m.served_disks(), [("data".to_string(), false), ("boot0".into(), false), ("boot1".into(), false)]);
         assert_eq!(std::fs::metadata(&files["data"]).unwrap().len(), 1 << 20);
 
-        // A second boot keeps what the first wrote.
+        // A second boot (after a lab restore forgot the first run) starts
+        // from fresh disks: nothing of the forgotten run survives.
         std::fs::write(&files["data"], vec![7u8; 1 << 20]).unwrap();
         let mut m = Machine::standard(256, 1);
         let again = disks.plan_boot("v", &[decl(Some("data"), 1 << 20)], &[], &mut m).unwrap();
-        assert_eq!(std::fs::read(&again["data"]).unwrap()[0], 7);
+        assert_eq!(std::fs::read(&again["data"]).unwrap(), vec![0u8; 1 << 20]);
+        assert_eq!(m.served_disks(), [("data".to_string(), false)]);
 
         let err = |p: &[DiskDecl], b: &[DiskDecl]| {
             Disks::default().plan_boot("v", p, b, &mut Machine::standard(256, 1)).unwrap_err().to_string()

@@ -244,6 +244,18 @@ impl Disk {
 pub struct DiskHandle(pub(super) Arc<Disk>);
 
 impl DiskHandle {
+    /// A disk over `image` (opened for reading, and writing unless
+    /// `readonly`) that no server serves yet: the host's access to a disk
+    /// whose guest is not running goes through the same checks and faults.
+    /// The image's length is the disk's size, a non-zero multiple of 512.
+    pub fn open(image: File, readonly: bool) -> Result<DiskHandle, super::NbdError> {
+        let size = image.metadata().map_err(super::NbdError::Image)?.len();
+        if size == 0 || size % 512 != 0 {
+            return Err(super::NbdError::ImageSize { size });
+        }
+        Ok(DiskHandle(Arc::new(Disk::new(image, size, readonly))))
+    }
+
     /// Sets the faults every later request sees (guest and host).
     pub fn set_faults(&self, faults: Faults) {
         *lock(&self.0.faults) = faults;

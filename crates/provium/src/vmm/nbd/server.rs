@@ -42,13 +42,9 @@ impl BlockServer {
     /// caller, for reading and writing unless `readonly`). The image's
     /// length is the disk's size, a multiple of 512.
     pub fn serve(socket: &Path, image: std::fs::File, readonly: bool) -> Result<BlockServer, NbdError> {
-        let size = image.metadata().map_err(NbdError::Image)?.len();
-        if size == 0 || size % 512 != 0 {
-            return Err(NbdError::ImageSize { size });
-        }
+        let disk = DiskHandle::open(image, readonly)?;
         let listener =
             UnixListener::bind(socket).map_err(|source| NbdError::Bind { socket: socket.to_owned(), source })?;
-        let disk = DiskHandle(Arc::new(Disk::new(image, size, readonly)));
         let (wake, woken) = UnixStream::pair().map_err(NbdError::Thread)?;
         let connections = Arc::new(Mutex::new(Vec::new()));
         let listener = {
