@@ -338,7 +338,7 @@ mod tests {
         let e = bad("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, id = \"x\" }, { size = 1, id = \"x\" }]\n");
         assert!(e.contains("disk id `x` is used twice"), "{e}");
         let e = bad("[profiles.d]\nkernel = \"/k\"\ndisks = [{ id = \"x\" }]\n");
-        assert!(e.contains("`profiles.d.disks[0]`: needs `path`"), "{e}");
+        assert!(e.contains("`profiles.d.disks[0]`: needs `image` (or `path`: a file to start from) or `size`"), "{e}");
         let e = bad("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, id = \"a/b\" }]\n");
         assert!(e.contains("disk id `a/b` must be"), "{e}");
         assert!(parse("[profiles.d]\nkernel = \"/k\"\ndisks = [{ size = 1, mediated = true }]\n").is_ok());

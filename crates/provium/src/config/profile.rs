@@ -100,6 +100,39 @@ pub struct DiskDecl {
     pub readonly: bool,
 }
 
+impl DiskDecl {
+    /// A disk as written (in `provium.toml` or in Lua boot options),
+    /// checked: its id, its format, `mediated`, and that it says what it
+    /// starts as. The error is the message; the caller names where.
+    pub fn new(
+        id: Option<String>,
+        image: Option<PathBuf>,
+        size: Option<u64>,
+        format: Option<&str>,
+        readonly: bool,
+        mediated: Option<bool>,
+    ) -> Result<DiskDecl, String> {
+        if let Some(id) = &id {
+            check_disk_id(id)?;
+        }
+        let format = match format {
+            None => None,
+            Some("raw") => Some(DiskFormat::Raw),
+            Some("qcow2") => Some(DiskFormat::Qcow2),
+            Some(f) => return Err(format!("unknown format `{f}` (raw, qcow2)")),
+        };
+        if mediated == Some(false) {
+            return Err("mediated = false is not supported: provium serves every disk itself (that is what makes \
+                        fault_inject and power_cut reach the guest); remove the key"
+                .into());
+        }
+        if image.is_none() && size.is_none() {
+            return Err("needs `image` (or `path`: a file to start from) or `size` (a blank disk)".into());
+        }
+        Ok(DiskDecl { id, image, format, size, readonly })
+    }
+}
+
 /// A user-declared guest: what to boot and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -274,27 +307,9 @@ impl RawProfile {
         let mut disks = Vec::new();
         for (i, d) in self.disks.into_iter().enumerate() {
             let field = format!("disks[{i}]");
-            if let Some(id) = &d.id {
-                check_disk_id(id).map_err(|m| invalid(&field, m))?;
-            }
-            let format = match d.format.as_deref() {
-                None => None,
-                Some("raw") => Some(DiskFormat::Raw),
-                Some("qcow2") => Some(DiskFormat::Qcow2),
-                Some(f) => return Err(invalid(&field, format!("unknown format `{f}` (raw, qcow2)"))),
-            };
-            if d.mediated == Some(false) {
-                return Err(invalid(
-                    &field,
-                    "mediated = false is not supported: provium serves every disk itself (that is what makes \
-                     fault_inject and power_cut reach the guest); remove the key",
-                ));
-            }
             let size = d.size.as_ref().map(|v| size(&field, v)).transpose()?;
-            if d.path.is_none() && size.is_none() {
-                return Err(invalid(&field, "needs `path` (an image to start from) or `size` (a blank disk)"));
-            }
-            disks.push(DiskDecl { id: d.id, image: d.path.map(path), format, size, readonly: d.readonly });
+            let decl = DiskDecl::new(d.id, d.path.map(path), size, d.format.as_deref(), d.readonly, d.mediated);
+            disks.push(decl.map_err(|m| invalid(&field, m))?);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, d) in disks.iter().enumerate() {

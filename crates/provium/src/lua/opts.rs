@@ -72,22 +72,11 @@ const BOOT_KEYS: &[&str] = &[
 
 /// `disks = {{id=, size=, image= (or path=), format=, readonly=}, …}`.
 fn boot_disks(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<crate::config::DiskDecl>> {
-    use crate::config::{DiskDecl, DiskFormat};
     let mut out = Vec::new();
     for (i, entry) in t.sequence_values::<Table>().enumerate() {
         let w = format!("{what}: disks[{}]", i + 1);
         let e = entry.map_err(|_| raise(lua, format!("{what}: disks must be a list of {{id, size, image}} tables")))?;
         check_keys(lua, &w, &e, &["id", "size", "image", "path", "format", "readonly", "mediated"])?;
-        if super::args::field::<Option<bool>>(lua, &w, &e, "mediated")? == Some(false) {
-            return Err(raise(
-                lua,
-                format!("{w}: mediated = false is not supported: provium serves every disk itself (remove the key)"),
-            ));
-        }
-        let id: Option<String> = super::args::field(lua, &w, &e, "id")?;
-        if let Some(id) = &id {
-            crate::config::check_disk_id(id).map_err(|m| raise(lua, format!("{w}: {m}")))?;
-        }
         let size = match super::args::field::<Option<Value>>(lua, &w, &e, "size")? {
             Some(v) => Some(size(lua, &format!("{w}: size"), &v)?),
             None => None,
@@ -97,18 +86,15 @@ fn boot_disks(lua: &Lua, what: &str, t: &Table) -> mlua::Result<Vec<crate::confi
         if image.is_some() && path.is_some() {
             return Err(raise(lua, format!("{w}: give `image` or `path` (the same thing), not both")));
         }
-        let image = image.or(path).map(std::path::PathBuf::from);
-        if image.is_none() && size.is_none() {
-            return Err(raise(lua, format!("{w}: needs `image` (a file to start from) or `size` (a blank disk)")));
-        }
-        let format = match super::args::field::<Option<String>>(lua, &w, &e, "format")?.as_deref() {
-            None => None,
-            Some("raw") => Some(DiskFormat::Raw),
-            Some("qcow2") => Some(DiskFormat::Qcow2),
-            Some(f) => return Err(raise(lua, format!("{w}: unknown format `{f}` (raw, qcow2)"))),
-        };
-        let readonly = super::args::field::<Option<bool>>(lua, &w, &e, "readonly")?.unwrap_or(false);
-        out.push(DiskDecl { id, image, format, size, readonly });
+        let decl = crate::config::DiskDecl::new(
+            super::args::field(lua, &w, &e, "id")?,
+            image.or(path).map(std::path::PathBuf::from),
+            size,
+            super::args::field::<Option<String>>(lua, &w, &e, "format")?.as_deref(),
+            super::args::field::<Option<bool>>(lua, &w, &e, "readonly")?.unwrap_or(false),
+            super::args::field(lua, &w, &e, "mediated")?,
+        );
+        out.push(decl.map_err(|m| raise(lua, format!("{w}: {m}")))?);
     }
     Ok(out)
 }
