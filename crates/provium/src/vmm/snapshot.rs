@@ -227,28 +227,32 @@ pub fn set_ignore_shared(qmp: &Qmp, on: bool) -> Result<(), QmpError> {
 /// Copies the RAM file behind the stream in `path`, at the next
 /// [`RAM_ALIGN`] boundary, skipping holes.
 fn append_ram(path: &Path, ram: &Path) -> Result<RamImage, SaveError> {
-    let failed = |step: &'static str| move |source| SaveError::Ram { path: path.to_path_buf(), step, source };
-    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(failed("opening the snapshot"))?;
-    let src = std::fs::File::open(ram).map_err(failed("reading the RAM file"))?;
-    let stream_end = dst.metadata().map_err(failed("measuring the stream"))?.len();
-    let offset = stream_end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
-    let size = src.metadata().map_err(failed("measuring the RAM file"))?.len();
-    super::sparse::copy_data(&src, &dst, offset, size).map_err(failed("copying guest RAM"))?;
+    let (offset, size) = append_aligned(path, ram, "reading the RAM file")
+        .map_err(|(step, source)| SaveError::Ram { path: path.to_path_buf(), step, source })?;
     Ok(RamImage { offset, size })
 }
 
 /// Commits `d`'s write cache and copies its file behind what `path` holds
-/// already, at the next [`RAM_ALIGN`] boundary, skipping holes.
+/// already, the same way.
 fn append_disk(path: &Path, d: &DiskFile<'_>) -> Result<DiskImage, SaveError> {
     let failed = |source| SaveError::Disk { path: path.to_path_buf(), id: d.id.to_string(), source };
     d.disk.flush().map_err(failed)?;
-    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(failed)?;
-    let src = std::fs::File::open(d.file).map_err(failed)?;
-    let end = dst.metadata().map_err(failed)?.len();
-    let offset = end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
-    let size = src.metadata().map_err(failed)?.len();
-    super::sparse::copy_data(&src, &dst, offset, size).map_err(failed)?;
+    let (offset, size) = append_aligned(path, d.file, "reading the disk file").map_err(|(_, source)| failed(source))?;
     Ok(DiskImage { id: d.id.to_string(), offset, size })
+}
+
+/// Copies `src` (`what` is the failed step when it cannot be read) behind what `path` holds, at the
+/// next [`RAM_ALIGN`] boundary, skipping holes: its (offset, size), or the
+/// step that failed.
+fn append_aligned(path: &Path, src: &Path, what: &'static str) -> Result<(u64, u64), (&'static str, std::io::Error)> {
+    let step = |step: &'static str| move |e| (step, e);
+    let dst = std::fs::OpenOptions::new().write(true).open(path).map_err(step("opening the snapshot"))?;
+    let end = dst.metadata().map_err(step("measuring the snapshot"))?.len();
+    let src = std::fs::File::open(src).map_err(|e| (what, e))?;
+    let size = src.metadata().map_err(|e| (what, e))?.len();
+    let offset = end.div_ceil(RAM_ALIGN) * RAM_ALIGN;
+    super::sparse::copy_data(&src, &dst, offset, size).map_err(step("copying"))?;
+    Ok((offset, size))
 }
 
 /// Writes served disk `image` of snapshot `path` to `dest` (created or
