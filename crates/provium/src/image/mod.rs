@@ -138,25 +138,24 @@ impl Images {
     /// Prepares (or finds cached) the default guest. Held under a lock so
     /// concurrent files build it once.
     pub fn default_guest(&self) -> Result<PreparedGuest, ImageError> {
-        let mut slot = crate::sync::lock(&self.default);
-        if let Some(g) = slot.as_ref() {
-            return Ok(g.clone());
-        }
-        let inputs = GuestInputs::locate().map_err(ImageError::DefaultGuest)?;
-        let g = guest::prepare(&inputs, AGENT, &self.cache).map_err(ImageError::DefaultGuest)?;
-        *slot = Some(g.clone());
-        Ok(g)
+        self.prepared(&self.default, Flavor::Default).map_err(ImageError::DefaultGuest)
     }
 
     /// The first-stage initramfs of a guest whose root is a disk image.
     fn disk_root_guest(&self, profile: &str) -> Result<PreparedGuest, ImageError> {
-        let mut slot = crate::sync::lock(&self.disk_root);
+        self.prepared(&self.disk_root, Flavor::DiskRoot)
+            .map_err(|source| ImageError::Kernel { profile: profile.to_string(), source })
+    }
+
+    /// `flavor`'s initramfs (and the vmlinux), prepared once per run and
+    /// kept in `slot`.
+    fn prepared(&self, slot: &Mutex<Option<PreparedGuest>>, flavor: Flavor) -> Result<PreparedGuest, GuestError> {
+        let mut slot = crate::sync::lock(slot);
         if let Some(g) = slot.as_ref() {
             return Ok(g.clone());
         }
-        let kernel = |source| ImageError::Kernel { profile: profile.to_string(), source };
-        let inputs = GuestInputs::locate().map_err(kernel)?;
-        let g = guest::prepare_flavor(&inputs, AGENT, &self.cache, Flavor::DiskRoot).map_err(kernel)?;
+        let inputs = GuestInputs::locate()?;
+        let g = guest::prepare_flavor(&inputs, AGENT, &self.cache, flavor)?;
         *slot = Some(g.clone());
         Ok(g)
     }
