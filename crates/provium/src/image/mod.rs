@@ -40,9 +40,6 @@ pub struct BootImage {
     pub agent_timeout: Duration,
     /// The read-only image the guest's root lives on (a Debian profile's).
     pub root_image: Option<PathBuf>,
-    /// The profile's VM defaults (a boot's options win).
-    pub memory: Option<u64>,
-    pub cpus: Option<u32>,
     /// The profile's data disks, attached before a boot's own.
     pub disks: Vec<DiskDecl>,
 }
@@ -252,8 +249,6 @@ impl Images {
                 inject_agent: true,
                 agent_timeout: DEFAULT_AGENT_TIMEOUT,
                 root_image: None,
-                memory: None,
-                cpus: None,
                 disks: Vec::new(),
             });
         }
@@ -293,8 +288,6 @@ impl Images {
                     inject_agent: true,
                     agent_timeout,
                     root_image: Some(root.rootfs),
-                    memory: p.memory,
-                    cpus: p.cpus,
                     disks: p.disks.clone(),
                 });
             }
@@ -340,8 +333,6 @@ impl Images {
             inject_agent,
             agent_timeout,
             root_image: None,
-            memory: p.memory,
-            cpus: p.cpus,
             disks: p.disks.clone(),
         })
     }
